@@ -1,0 +1,293 @@
+import { execFileSync, spawn } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync, symlinkSync, writeFileSync, chmodSync } from 'node:fs';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+
+// A throwaway Kubernetes-style node on the harness's own host: its own mount namespace (so
+// /etc/containerd, /var, /run, /usr/local/bin are private and the harness's default paths are
+// real), its own network namespace for containerd and the pods' CNI bridge, an sshd on
+// 127.0.0.1:<port> as the only way in, and Debian's containerd + CNI plugins. Nothing here
+// mocks a node: the harness reaches it exactly as it reaches a VM.
+
+export interface HostNodeOptions {
+  name: string;
+  /** A directory this node owns; removed by stop(). */
+  stateDir: string;
+  sshPort: number;
+  /** OpenSSH public key line allowed to log in as root. */
+  authorizedKey: string;
+  /** The sandbox image containerd uses (must be imported before pods can start). */
+  sandboxImage: string;
+  /** Directory holding the containerd and ctr to run, installed as the node's /usr/local/bin ones
+   *  (as image-builder installs upstream containerd); Debian's when unset. */
+  containerdBinDir?: string;
+  /** containerd config schema: 2 for containerd 1.6/1.7, 3 for 2.x. */
+  configVersion?: 2 | 3;
+  /** The open-file limit containerd is started with (what pods then inherit). */
+  nofile?: number;
+  timeoutMs?: number;
+}
+
+export const CONTAINERD_NOFILE = 8192;
+
+function sh(cmd: string, opts: { input?: string } = {}): string {
+  return execFileSync('/bin/sh', ['-c', cmd], { encoding: 'utf8', input: opts.input, stdio: ['pipe', 'pipe', 'pipe'] });
+}
+
+function baseContainerdConfig(sandboxImage: string, version: 2 | 3): string {
+  // restrict_oom_score_adj: this machine forbids negative oom_score_adj.
+  if (version === 3) {
+    return `version = 3
+
+[plugins."io.containerd.cri.v1.images".pinned_images]
+  sandbox = "${sandboxImage}"
+
+[plugins."io.containerd.cri.v1.runtime"]
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = "/etc/containerd/net.d"
+`;
+  }
+  return `version = 2
+disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper"]
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "${sandboxImage}"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "/etc/containerd/net.d"
+`;
+}
+
+const CNI_CONFLIST = JSON.stringify(
+  {
+    cniVersion: '1.0.0',
+    name: 'gvisor-e2e',
+    plugins: [
+      {
+        type: 'bridge',
+        bridge: 'gve2e0',
+        isGateway: true,
+        ipMasq: false,
+        ipam: { type: 'host-local', ranges: [[{ subnet: '10.244.0.0/24' }]], routes: [{ dst: '0.0.0.0/0' }], dataDir: '/var/lib/cni/networks' },
+      },
+    ],
+  },
+  null,
+  2,
+);
+
+export class HostNode {
+  private constructor(
+    readonly name: string,
+    readonly stateDir: string,
+    readonly sshPort: number,
+    readonly knownHostsLine: string,
+    readonly sshdPid: number,
+    private readonly mntNs: string,
+  ) {}
+
+  /** Command that restarts this node's containerd (what systemctl does on a real node). */
+  get restartCommand(): string {
+    return `sh ${join(this.stateDir, 'restart-containerd.sh')}`;
+  }
+
+  static async start(o: HostNodeOptions): Promise<HostNode> {
+    const S = o.stateDir;
+    rmSync(S, { recursive: true, force: true });
+    for (const d of ['ssh', 'etc-containerd/net.d', 'etc-systemd', 'usr-local-bin', 'var/lib', 'var/log', 'var/tmp', 'var/bin']) mkdirSync(join(S, d), { recursive: true });
+    symlinkSync('/run', join(S, 'var/run'));
+    chmodSync(join(S, 'var/tmp'), 0o1777);
+    if (o.containerdBinDir) for (const b of ['containerd', 'ctr']) copyFileSync(join(o.containerdBinDir, b), join(S, 'usr-local-bin', b));
+    writeFileSync(join(S, 'etc-containerd/config.toml'), baseContainerdConfig(o.sandboxImage, o.configVersion ?? 2));
+    writeFileSync(join(S, 'etc-containerd/net.d/10-gvisor-e2e.conflist'), CNI_CONFLIST);
+    sh(`ssh-keygen -q -t ed25519 -N '' -C ${o.name} -f ${join(S, 'ssh/host_ed25519')}`);
+    writeFileSync(join(S, 'ssh/authorized_keys'), `${o.authorizedKey.trim()}\n`, { mode: 0o600 });
+    writeFileSync(
+      join(S, 'ssh/sshd_config'),
+      [
+        `Port ${o.sshPort}`,
+        'ListenAddress 127.0.0.1',
+        `HostKey ${join(S, 'ssh/host_ed25519')}`,
+        `AuthorizedKeysFile ${join(S, 'ssh/authorized_keys')}`,
+        `PidFile ${join(S, 'ssh/sshd.pid')}`,
+        'PermitRootLogin prohibit-password',
+        'PasswordAuthentication no',
+        'KbdInteractiveAuthentication no',
+        'UsePAM no',
+        'StrictModes no',
+        'AllowStreamLocalForwarding yes',
+        'MaxSessions 64',
+        'MaxStartups 64:30:128',
+        `SetEnv GVISOR_E2E_TESTBED_NODE=${o.name}`,
+        '',
+      ].join('\n'),
+    );
+    const nofile = o.nofile ?? CONTAINERD_NOFILE;
+    writeFileSync(
+      join(S, 'restart-containerd.sh'),
+      `#!/bin/sh
+# Restarts this test node's containerd: what \`systemctl restart containerd\` does on a real node.
+set -e
+S=${S}
+if [ -f "$S/containerd.pid" ]; then
+  pid=$(cat "$S/containerd.pid")
+  if kill "$pid" 2>/dev/null; then
+    i=0; while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+fi
+# The runsc shim and runsc are looked up on PATH, as with Gardener's containerd unit.
+export PATH=/var/bin/containerruntimes:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export GVISOR_E2E_TESTBED_NODE=${o.name}
+ulimit -n ${nofile}
+nsenter --net="$S/netns" setsid containerd --config /etc/containerd/config.toml >>"$S/containerd.log" 2>&1 </dev/null &
+echo $! > "$S/containerd.pid"
+i=0
+until [ -S /run/containerd/containerd.sock ] && ctr --timeout 2s version >/dev/null 2>&1; do
+  i=$((i+1)); if [ $i -gt 300 ]; then echo "timed out after 30s waiting for containerd of node ${o.name} to serve /run/containerd/containerd.sock" >&2; tail -20 "$S/containerd.log" >&2; exit 1; fi
+  if ! kill -0 "$(cat "$S/containerd.pid")" 2>/dev/null; then echo "containerd of node ${o.name} exited:" >&2; tail -20 "$S/containerd.log" >&2; exit 1; fi
+  sleep 0.1
+done
+`,
+    );
+    // sshd in its own user + mount namespace; everything started over SSH (containerd, shims,
+    // sandboxes) inherits them. The user namespace maps root to root (all ids but one), so file
+    // ownership is the host's; it exists because this machine lacks CAP_SYS_RESOURCE and the runsc
+    // shim insists on oom_score_adj -999 except inside a user namespace, where it tolerates EACCES.
+    const mounts = [
+      // The network namespace is made (and pinned at a file) from inside, so the user namespace owns it.
+      `touch ${S}/netns && unshare --net=${S}/netns true && nsenter --net=${S}/netns ip link set lo up`,
+      'mount -t tmpfs -o mode=755 tmpfs /run',
+      'mkdir -p /run/sshd /run/containerd',
+      `mount --bind ${S}/var /var`,
+      `mount --bind ${S}/etc-containerd /etc/containerd`,
+      `mount --bind ${S}/etc-systemd /etc/systemd/system`,
+      `mount --bind ${S}/usr-local-bin /usr/local/bin`,
+    ].join(' && ');
+    const child = spawn(
+      'unshare',
+      ['--user', '--mount', '--propagation', 'private', 'sh', '-c', `read go && ${mounts} && exec /usr/sbin/sshd -D -e -f ${S}/ssh/sshd_config`],
+      { detached: true, stdio: ['pipe', 'ignore', 'pipe'], env: { ...process.env, GVISOR_E2E_TESTBED_NODE: o.name } },
+    );
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const pid = child.pid!;
+    const timeoutMs = o.timeoutMs ?? 30_000;
+    await mapRootUser(pid, o.name, timeoutMs);
+    child.stdin!.end('go\n');
+    child.unref();
+    (child.stderr as unknown as { unref?: () => void }).unref?.();
+    await waitForSsh(o.name, o.sshPort, timeoutMs, () => existsSync(`/proc/${pid}`)).catch((e: Error) => {
+      throw new Error(`${e.message}${stderr ? `: ${stderr.trim()}` : ''}`);
+    });
+    const mntNs = readlinkSync(`/proc/${pid}/ns/mnt`);
+    const node = new HostNode(o.name, S, o.sshPort, `[127.0.0.1]:${o.sshPort} ${readFileSync(join(S, 'ssh/host_ed25519.pub'), 'utf8').trim().split(' ').slice(0, 2).join(' ')}`, pid, mntNs);
+    try {
+      node.inNode(`sh ${S}/restart-containerd.sh`);
+    } catch (e) {
+      await node.stop();
+      throw e;
+    }
+    return node;
+  }
+
+  /** Runs a command inside the node's namespaces from the host (fixture set-up and fault injection only). */
+  inNode(cmd: string): string {
+    return sh(`nsenter -t ${this.sshdPid} -U -m -- sh -c ${JSON.stringify(cmd)}`);
+  }
+
+  /** Every process that belongs to this node: its mount namespace, or the marker its processes inherit. */
+  private nodePids(): number[] {
+    const pids: number[] = [];
+    for (const ent of readdirSync('/proc')) {
+      if (!/^\d+$/.test(ent) || Number(ent) === process.pid) continue;
+      try {
+        if (readlinkSync(`/proc/${ent}/ns/mnt`) === this.mntNs) {
+          pids.push(Number(ent));
+          continue;
+        }
+        const env = readFileSync(`/proc/${ent}/environ`, 'latin1');
+        if (env.split('\0').includes(`GVISOR_E2E_TESTBED_NODE=${this.name}`)) pids.push(Number(ent));
+      } catch {
+        /* process gone or not ours to read */
+      }
+    }
+    return pids;
+  }
+
+  async stop(): Promise<void> {
+    // Let containerd tear down its pods first (shims, sandboxes, pod netns), then kill the rest.
+    try {
+      this.inNode(
+        `for p in $(ctr -n k8s.io --timeout 10s containers ls -q 2>/dev/null); do ctr -n k8s.io tasks kill -s KILL $p >/dev/null 2>&1; done; true`,
+      );
+    } catch {
+      /* containerd may already be gone */
+    }
+    for (let round = 0; round < 3; round++) {
+      const pids = this.nodePids();
+      if (pids.length === 0) break;
+      for (const p of pids) {
+        try {
+          process.kill(p, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    // Overlay snapshots were mounted in the node's mount namespace, which is gone with its processes.
+    rmSync(this.stateDir, { recursive: true, force: true });
+  }
+
+  /** Processes of this node still alive (for leak checks). */
+  leftoverPids(): number[] {
+    return this.nodePids();
+  }
+}
+
+/** Maps uid/gid 0..2^32-3 of the new user namespace to the same host ids, once unshare has made it. */
+async function mapRootUser(pid: number, name: string, timeoutMs: number): Promise<void> {
+  const ours = readlinkSync('/proc/self/ns/user');
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    let theirs: string | undefined;
+    try {
+      theirs = readlinkSync(`/proc/${pid}/ns/user`);
+    } catch {
+      throw new Error(`unshare for test node ${name} exited before creating its user namespace`);
+    }
+    if (theirs !== ours) break;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs / 1000}s waiting for the user namespace of test node ${name}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  writeFileSync(`/proc/${pid}/uid_map`, '0 0 4294967294\n');
+  writeFileSync(`/proc/${pid}/gid_map`, '0 0 4294967294\n');
+}
+
+export function waitForSsh(name: string, port: number, timeoutMs: number, alive: () => boolean): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  return new Promise((res, rej) => {
+    const attempt = () => {
+      if (!alive()) return rej(new Error(`sshd of test node ${name} exited before listening on 127.0.0.1:${port}`));
+      const s = connect(port, '127.0.0.1');
+      s.once('data', (d) => {
+        s.destroy();
+        if (d.toString().startsWith('SSH-2.0')) res();
+        else retry();
+      });
+      s.once('error', () => {
+        s.destroy();
+        retry();
+      });
+    };
+    const retry = () => {
+      if (Date.now() > deadline) rej(new Error(`timed out after ${timeoutMs / 1000}s waiting for sshd of test node ${name} on 127.0.0.1:${port}`));
+      else setTimeout(attempt, 100);
+    };
+    attempt();
+  });
+}

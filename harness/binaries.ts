@@ -1,0 +1,165 @@
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import type { GVisorConfig } from './config.ts';
+import { InfrastructureError } from './errors.ts';
+import { step } from './log.ts';
+import { CONTAINERD_MODULE_VERSION, CRI_API_MODULE_VERSION, GVISOR_MODULE_VERSION } from './versions.ts';
+
+// Heavy upstream artefacts (runsc, its shim, the CRI proto) are fetched or built once and cached
+// outside the clone, keyed by version, so CI on the same machine reuses them. Go is used only
+// as a build tool for upstream Go modules, never for harness code.
+
+const run = promisify(execFile);
+
+export function cacheRoot(): string {
+  return process.env.GVISOR_E2E_CACHE ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'gvisor-e2e');
+}
+
+export interface GVisorBinaries {
+  runsc: string;
+  shim: string;
+  /** What `runsc --version` must report on the nodes. */
+  expectedVersion: string;
+}
+
+async function goBuildModule(workDir: string, env: NodeJS.ProcessEnv, args: string[]): Promise<void> {
+  try {
+    await run('go', args, { cwd: workDir, env, maxBuffer: 64 * 1024 * 1024 });
+  } catch (e) {
+    const err = e as { stderr?: string; message: string };
+    throw new InfrastructureError(`go ${args.join(' ')} failed: ${(err.stderr ?? err.message).slice(-2000)}`);
+  }
+}
+
+/** Builds runsc and containerd-shim-runsc-v1 from the gvisor.dev/gvisor module (about 2 min on 2 cores). */
+export async function buildGVisor(version = GVISOR_MODULE_VERSION): Promise<GVisorBinaries> {
+  const dir = join(cacheRoot(), 'gvisor', version);
+  const bins = { runsc: join(dir, 'runsc'), shim: join(dir, 'containerd-shim-runsc-v1'), expectedVersion: version };
+  if (existsSync(bins.runsc) && existsSync(bins.shim)) return bins;
+  await step(`build runsc + containerd-shim-runsc-v1 ${version} from the gvisor.dev/gvisor Go module`, async () => {
+    const work = mkdtempSync(join(tmpdir(), 'gvisor-e2e-gobuild-'));
+    try {
+      writeFileSync(join(work, 'go.mod'), 'module gvisor-e2e/buildtool\n\ngo 1.26\n');
+      const env = { ...process.env, CGO_ENABLED: '0', GOFLAGS: '-mod=mod' };
+      await goBuildModule(work, env, ['get', `gvisor.dev/gvisor/runsc@${version}`, `gvisor.dev/gvisor/shim@${version}`]);
+      const out = join(work, 'out');
+      const ldflags = `-s -w -X gvisor.dev/gvisor/runsc/version.version=${version}`;
+      await goBuildModule(work, env, ['build', '-trimpath', '-ldflags', ldflags, '-o', join(out, 'runsc'), 'gvisor.dev/gvisor/runsc']);
+      await goBuildModule(work, env, ['build', '-trimpath', '-ldflags', '-s -w', '-o', join(out, 'containerd-shim-runsc-v1'), 'gvisor.dev/gvisor/shim']);
+      mkdirSync(join(cacheRoot(), 'gvisor'), { recursive: true });
+      // Rename into place as a whole so an interrupted build never leaves half a cache entry.
+      rmSync(dir, { recursive: true, force: true });
+      renameSync(out, dir);
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
+  return bins;
+}
+
+/** Builds containerd and ctr from the containerd/v2 Go module (pure Go: no btrfs/devmapper/zfs snapshotters). */
+export async function buildContainerd(version = CONTAINERD_MODULE_VERSION): Promise<{ dir: string; containerd: string; ctr: string }> {
+  const dir = join(cacheRoot(), 'containerd', version);
+  const out = { dir, containerd: join(dir, 'containerd'), ctr: join(dir, 'ctr') };
+  if (existsSync(out.containerd) && existsSync(out.ctr)) return out;
+  await step(`build containerd + ctr ${version} from the github.com/containerd/containerd/v2 Go module`, async () => {
+    const work = mkdtempSync(join(tmpdir(), 'gvisor-e2e-gobuild-'));
+    try {
+      writeFileSync(join(work, 'go.mod'), 'module gvisor-e2e/buildtool\n\ngo 1.26\n');
+      const env = { ...process.env, CGO_ENABLED: '0', GOFLAGS: '-mod=mod' };
+      const mod = 'github.com/containerd/containerd/v2';
+      await goBuildModule(work, env, ['get', `${mod}/cmd/containerd@${version}`, `${mod}/cmd/ctr@${version}`]);
+      const bin = join(work, 'out');
+      const ldflags = `-s -w -X ${mod}/version.Version=${version}`;
+      await goBuildModule(work, env, ['build', '-tags', 'no_btrfs no_devmapper no_zfs', '-trimpath', '-ldflags', ldflags, '-o', join(bin, 'containerd'), `${mod}/cmd/containerd`]);
+      await goBuildModule(work, env, ['build', '-trimpath', '-ldflags', ldflags, '-o', join(bin, 'ctr'), `${mod}/cmd/ctr`]);
+      mkdirSync(join(cacheRoot(), 'containerd'), { recursive: true });
+      rmSync(dir, { recursive: true, force: true });
+      renameSync(bin, dir);
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
+  return out;
+}
+
+const RELEASE_BASE = 'https://storage.googleapis.com/gvisor/releases/release';
+
+/** Downloads a release like image-builder does (runsc + shim, each checked against its .sha512). */
+export async function downloadRelease(version: string): Promise<GVisorBinaries> {
+  if (version !== 'latest' && !/^\d{8}(\.\d+)?$/.test(version)) {
+    throw new InfrastructureError(`gvisor.version "${version}" is not a release: expected "latest" or a date "yyyymmdd"`);
+  }
+  const arch = process.arch === 'arm64' ? 'aarch64' : 'x86_64';
+  const dir = join(cacheRoot(), 'gvisor-release', version);
+  const bins = { runsc: join(dir, 'runsc'), shim: join(dir, 'containerd-shim-runsc-v1'), expectedVersion: version === 'latest' ? '' : `release-${version}` };
+  if (version !== 'latest' && existsSync(bins.runsc) && existsSync(bins.shim)) return bins;
+  await step(`download gVisor release ${version}`, async () => {
+    mkdirSync(dir, { recursive: true });
+    for (const name of ['runsc', 'containerd-shim-runsc-v1']) {
+      const url = `${RELEASE_BASE}/${version}/${arch}/${name}`;
+      const [bin, sum] = await Promise.all([fetchBytes(url), fetchBytes(`${url}.sha512`)]);
+      const want = sum.toString('utf8').split(/\s+/)[0];
+      const got = createHash('sha512').update(bin).digest('hex');
+      if (want !== got) throw new InfrastructureError(`${url}: sha512 mismatch (expected ${want}, got ${got})`);
+      writeFileSync(join(dir, `${name}.tmp`), bin);
+      chmodSync(join(dir, `${name}.tmp`), 0o755);
+      renameSync(join(dir, `${name}.tmp`), join(dir, name));
+    }
+  });
+  return bins;
+}
+
+async function fetchBytes(url: string): Promise<Buffer> {
+  let res: Response;
+  try {
+    res = await fetch(url, { signal: AbortSignal.timeout(120_000) });
+  } catch (e) {
+    throw new InfrastructureError(`cannot download ${url}: ${(e as Error).message}`);
+  }
+  if (!res.ok) throw new InfrastructureError(`cannot download ${url}: HTTP ${res.status}`);
+  return Buffer.from(await res.arrayBuffer());
+}
+
+/** Resolves the binaries the config asks for. */
+export async function gvisorBinaries(g: GVisorConfig): Promise<GVisorBinaries> {
+  switch (g.source.type) {
+    case 'build':
+      return buildGVisor(g.version === 'latest' ? GVISOR_MODULE_VERSION : g.version);
+    case 'release':
+      return downloadRelease(g.version);
+    case 'dir': {
+      const runsc = join(g.source.path, 'runsc');
+      const shim = join(g.source.path, 'containerd-shim-runsc-v1');
+      if (!existsSync(runsc)) throw new InfrastructureError(`gvisor.source.path: ${runsc} does not exist`);
+      return { runsc, shim, expectedVersion: g.version === 'latest' ? '' : g.version };
+    }
+  }
+}
+
+/** The CRI api.proto from the k8s.io/cri-api Go module, cached. */
+export async function criProtoPath(version = CRI_API_MODULE_VERSION): Promise<string> {
+  const dest = join(cacheRoot(), 'cri-api', version, 'api.proto');
+  if (existsSync(dest)) return dest;
+  await step(`fetch k8s.io/cri-api ${version} (CRI protocol definition)`, async () => {
+    let out: string;
+    try {
+      ({ stdout: out } = await run('go', ['mod', 'download', '-json', `k8s.io/cri-api@${version}`], { env: process.env }));
+    } catch (e) {
+      throw new InfrastructureError(`go mod download k8s.io/cri-api@${version} failed: ${(e as { stderr?: string }).stderr ?? (e as Error).message}`);
+    }
+    const { Dir } = JSON.parse(out) as { Dir: string };
+    mkdirSync(join(cacheRoot(), 'cri-api', version), { recursive: true });
+    copyFileSync(join(Dir, 'pkg/apis/runtime/v1/api.proto'), `${dest}.tmp`);
+    renameSync(`${dest}.tmp`, dest);
+  });
+  return dest;
+}
+
+export function sha256File(path: string): string {
+  return createHash('sha256').update(readFileSync(path)).digest('hex');
+}

@@ -1,0 +1,237 @@
+import { readFileSync } from 'node:fs';
+import { resolve, dirname } from 'node:path';
+import { parseDocument } from 'yaml';
+import { z } from 'zod';
+import { ConfigError } from './errors.ts';
+import { log } from './log.ts';
+
+// One YAML file describes the whole run. Unknown keys are errors (a typo must not silently
+// change what is tested); the one deliberate exception is gVisor's configFlags, where we copy
+// gardener-extension-runtime-gvisor: only `net-raw` ("true"/"false") is honoured, the rest is
+// ignored — but we say so, where the extension stays silent.
+
+const duration = z.string().regex(/^\d+(ms|s|m|h)$/, 'a duration like "30s", "5m" or "500ms"');
+
+const sshAccess = z
+  .object({
+    type: z.literal('ssh'),
+    host: z.string().min(1),
+    port: z.number().int().min(1).max(65535).default(22),
+    user: z.string().min(1).default('root'),
+    privateKeyPath: z.string().min(1),
+    /** Host key verification is mandatory: a known_hosts file or a pinned SHA256 fingerprint. */
+    knownHostsPath: z.string().min(1).optional(),
+    hostKeyFingerprint: z.string().regex(/^SHA256:[A-Za-z0-9+/]{43}$/, 'an OpenSSH fingerprint "SHA256:<43 base64 chars>"').optional(),
+  })
+  .strict()
+  .refine((a) => a.knownHostsPath || a.hostKeyFingerprint, {
+    message: 'set knownHostsPath or hostKeyFingerprint: host keys are always verified',
+  });
+
+const localAccess = z.object({ type: z.literal('local') }).strict();
+const dockerAccess = z.object({ type: z.literal('docker'), container: z.string().min(1) }).strict();
+
+export const OS_FAMILIES = ['auto', 'debian', 'ubuntu', 'flatcar', 'azurelinux', 'mariner', 'rhel', 'photon', 'other'] as const;
+
+const nodePaths = z
+  .object({
+    containerdConfig: z.string().startsWith('/').default('/etc/containerd/config.toml'),
+    containerdSocket: z.string().startsWith('/').default('/run/containerd/containerd.sock'),
+    runscConfig: z.string().startsWith('/').default('/etc/containerd/runsc.toml'),
+    systemdUnitDir: z.string().startsWith('/').default('/etc/systemd/system'),
+    /** Where CRI container logs are written for the pods the suites start. */
+    podLogDir: z.string().startsWith('/').default('/var/log/gvisor-e2e'),
+    /** Scratch space on the node (image tarballs). */
+    tmpDir: z.string().startsWith('/').default('/tmp'),
+  })
+  .strict();
+
+const nodeSchema = z
+  .object({
+    name: z.string().regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'a DNS-1123 name'),
+    pool: z.string().min(1),
+    labels: z.record(z.string(), z.string()).default({}),
+    access: z.discriminatedUnion('type', [sshAccess, localAccess, dockerAccess]),
+    osFamily: z.enum(OS_FAMILIES).default('auto'),
+    paths: nodePaths.default(nodePaths.parse({})),
+    containerd: z
+      .object({
+        /** How to restart containerd after its config changed. Default: systemd. */
+        restartCommand: z.string().min(1).default('systemctl daemon-reload && systemctl restart containerd'),
+      })
+      .strict()
+      .default({ restartCommand: 'systemctl daemon-reload && systemctl restart containerd' }),
+  })
+  .strict();
+
+const gvisorSource = z.discriminatedUnion('type', [
+  /** Build runsc and its shim from the gvisor.dev/gvisor Go module (cached by version). */
+  z.object({ type: z.literal('build') }).strict(),
+  /** Use binaries from a directory on the harness host (runsc, containerd-shim-runsc-v1). */
+  z.object({ type: z.literal('dir'), path: z.string().min(1) }).strict(),
+  /** Download a dated release (yyyymmdd) or "latest" from gVisor's release bucket, sha512-checked. */
+  z.object({ type: z.literal('release') }).strict(),
+]);
+
+const gvisorSchema = z
+  .object({
+    /** Worker pools whose nodes get gVisor (Gardener: the ContainerRuntime's workerPool). */
+    pools: z.array(z.string().min(1)).min(1),
+    /** CRI runtime handler. Gardener: "runsc"; image-builder: "gvisor". */
+    handler: z.string().regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'a DNS-1123 label').default('runsc'),
+    runtimeClassName: z.string().min(1).default('gvisor'),
+    /** Gardener default /var/bin/containerruntimes; image-builder /usr/local/bin. */
+    binaryPath: z.string().startsWith('/').default('/var/bin/containerruntimes'),
+    /** "latest", a dated release "yyyymmdd" (image-builder's containerd_gvisor_version), or an exact version string. */
+    version: z.string().min(1).default('latest'),
+    source: gvisorSource.default({ type: 'build' }),
+    /** io.containerd.runsc.v1 (the runsc shim), or the runc v2 shim with runsc as its binary where no runsc shim exists. */
+    shim: z.enum(['runsc', 'runc-v2']).default('runsc'),
+    configFlags: z.record(z.string(), z.string()).default({}),
+  })
+  .strict();
+
+const containerdSchema = z
+  .object({
+    /** image-builder: containerd_image_pull_progress_timeout */
+    imagePullProgressTimeout: z.string().regex(/^\d+(ns|us|ms|s|m|h)([\d]+(ns|us|ms|s|m|h))*$/, 'a Go duration like "5m0s"').optional(),
+    /** image-builder: containerd_additional_settings (TOML appended at the end of config.toml) */
+    additionalSettings: z.string().optional(),
+    /** image-builder: containerd_enable_limit_no_file */
+    enableLimitNoFile: z.boolean().default(false),
+  })
+  .strict();
+
+export const SUITE_NAMES = ['runsc-installation', 'sandbox-dmesg', 'net-raw', 'limit-nofile', 'runtimeclass-scheduling'] as const;
+export type SuiteName = (typeof SUITE_NAMES)[number];
+
+export const configSchema = z
+  .object({
+    apiVersion: z.literal('gvisor-e2e.dev/v1alpha1'),
+    kind: z.literal('Config'),
+    cluster: z
+      .object({
+        /** "nodes": a set of hosts reached over SSH / locally / docker exec, without a Kubernetes API. */
+        provider: z.enum(['nodes']),
+        name: z.string().min(1).default('gvisor-e2e'),
+        nodes: z.array(nodeSchema).min(1),
+      })
+      .strict(),
+    gvisor: gvisorSchema,
+    containerd: containerdSchema.default({ enableLimitNoFile: false }),
+    suites: z
+      .object({
+        include: z.array(z.enum(SUITE_NAMES)).optional(),
+        skip: z.array(z.enum(SUITE_NAMES)).default([]),
+      })
+      .strict()
+      .default({ skip: [] }),
+    timeouts: z
+      .object({ command: duration.default('60s'), container: duration.default('60s'), containerdRestart: duration.default('60s') })
+      .strict()
+      .default({ command: '60s', container: '60s', containerdRestart: '60s' }),
+    reportsDir: z.string().default('reports'),
+  })
+  .strict()
+  .superRefine((c, ctx) => {
+    const names = new Set<string>();
+    c.cluster.nodes.forEach((n, i) => {
+      if (names.has(n.name)) ctx.addIssue({ code: 'custom', path: ['cluster', 'nodes', i, 'name'], message: `duplicate node name "${n.name}"` });
+      names.add(n.name);
+    });
+    const pools = new Set(c.cluster.nodes.map((n) => n.pool));
+    c.gvisor.pools.forEach((p, i) => {
+      if (!pools.has(p)) ctx.addIssue({ code: 'custom', path: ['gvisor', 'pools', i], message: `no node is in pool "${p}" (pools: ${[...pools].join(', ')})` });
+    });
+  });
+
+export type Config = z.infer<typeof configSchema>;
+export type NodeConfig = Config['cluster']['nodes'][number];
+export type GVisorConfig = Config['gvisor'];
+export type ContainerdConfig = Config['containerd'];
+
+/** The flags gardener-extension-runtime-gvisor honours; everything else is ignored with a warning. */
+export interface RunscFlags {
+  'net-raw': 'true' | 'false';
+}
+
+export function effectiveRunscFlags(configFlags: Record<string, string>, warn: (m: string) => void = (m) => log('warn', m)): RunscFlags {
+  const flags: RunscFlags = { 'net-raw': 'false' };
+  for (const [k, v] of Object.entries(configFlags)) {
+    if (k !== 'net-raw') {
+      warn(`gvisor.configFlags.${k} is ignored: only "net-raw" is honoured (as gardener-extension-runtime-gvisor does)`);
+    } else if (v !== 'true' && v !== 'false') {
+      warn(`gvisor.configFlags.net-raw="${v}" is ignored: expected "true" or "false"`);
+    } else {
+      flags['net-raw'] = v;
+    }
+  }
+  return flags;
+}
+
+export function durationMs(d: string): number {
+  const m = /^(\d+)(ms|s|m|h)$/.exec(d);
+  if (!m) throw new Error(`bad duration ${d}`);
+  const n = Number(m[1]);
+  return n * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as 'ms' | 's' | 'm' | 'h'];
+}
+
+function formatPath(path: PropertyKey[]): string {
+  return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : i === 0 ? String(p) : `.${String(p)}`)).join('');
+}
+
+/** Parses and validates a config text; `source` names it in errors (usually the file path). */
+export function parseConfig(text: string, source: string): Config {
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    throw new ConfigError(
+      source,
+      doc.errors.map((e) => ({ path: e.linePos ? `line ${e.linePos[0].line}, column ${e.linePos[0].col}` : '', message: e.message.split('\n')[0] ?? e.message })),
+    );
+  }
+  const result = configSchema.safeParse(doc.toJS());
+  if (!result.success) {
+    throw new ConfigError(
+      source,
+      result.error.issues.map((i) => ({ path: formatPath(i.path), message: describeIssue(i) })),
+    );
+  }
+  return result.data;
+}
+
+function describeIssue(i: z.core.$ZodIssue): string {
+  if (i.code === 'unrecognized_keys') return `unknown key(s) ${i.keys.map((k) => `"${k}"`).join(', ')}`;
+  return i.message;
+}
+
+/** Loads a config file; relative paths inside it (keys, known_hosts, dirs) are resolved against the file's directory. */
+export function loadConfig(file: string): Config {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new ConfigError(file, [{ path: '', message: `cannot read the file: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` }]);
+  }
+  const cfg = parseConfig(text, file);
+  const base = dirname(resolve(file));
+  for (const n of cfg.cluster.nodes) {
+    if (n.access.type === 'ssh') {
+      n.access.privateKeyPath = resolve(base, n.access.privateKeyPath);
+      if (n.access.knownHostsPath) n.access.knownHostsPath = resolve(base, n.access.knownHostsPath);
+    }
+  }
+  if (cfg.gvisor.source.type === 'dir') cfg.gvisor.source.path = resolve(base, cfg.gvisor.source.path);
+  return cfg;
+}
+
+/** Suites selected by the config and the CLI (--suite / --skip), in canonical order. */
+export function selectSuites(cfg: Config, only?: string[], skip: string[] = []): SuiteName[] {
+  for (const s of [...(only ?? []), ...skip]) {
+    if (!(SUITE_NAMES as readonly string[]).includes(s)) {
+      throw new ConfigError('command line', [{ path: '--suite/--skip', message: `unknown suite "${s}"; expected one of ${SUITE_NAMES.join(', ')}` }]);
+    }
+  }
+  const base = only?.length ? (only as SuiteName[]) : (cfg.suites.include ?? SUITE_NAMES.filter((s) => s !== 'runtimeclass-scheduling'));
+  const skipped = new Set([...cfg.suites.skip, ...skip]);
+  return SUITE_NAMES.filter((s) => base.includes(s) && !skipped.has(s));
+}

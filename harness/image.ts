@@ -1,0 +1,109 @@
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { create as tarCreate } from 'tar';
+import { cacheRoot } from './binaries.ts';
+import { InfrastructureError } from './errors.ts';
+import { mustExec, sh, writeNodeFile, type NodeAccess } from './node.ts';
+
+// No registry is reachable from test nodes, so the one image the suites need is built here
+// from Debian's busybox-static as an OCI layout archive and imported with `ctr`. The same
+// archive carries two names: the test image, and the sandbox (pause) image for test beds
+// whose containerd config points sandbox_image at it.
+
+export const BUSYBOX = '/bin/busybox';
+
+export interface TestImage {
+  archive: string;
+  /** Name used for test containers. */
+  image: string;
+  /** Name usable as containerd's sandbox_image. */
+  pause: string;
+}
+
+const sha = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
+
+// The pause process: sleep in the background so TERM is handled at once.
+const PAUSE_CMD = ['/bin/sh', '-c', "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"];
+
+export async function buildTestImage(busybox = BUSYBOX): Promise<TestImage> {
+  if (!existsSync(busybox)) {
+    throw new InfrastructureError(`${busybox} not found: install Debian's busybox-static (apt-get install busybox-static) to build the test image`);
+  }
+  const bbHash = sha(readFileSync(busybox)).slice(0, 12);
+  const tag = `bb-${bbHash}`;
+  const image = `gvisor-e2e.local/busybox:${tag}`;
+  const pause = `gvisor-e2e.local/pause:${tag}`;
+  const dir = join(cacheRoot(), 'images');
+  const archive = join(dir, `busybox-${tag}.oci.tar`);
+  if (existsSync(archive)) return { archive, image, pause };
+
+  const work = mkdtempSync(join(tmpdir(), 'gvisor-e2e-image-'));
+  try {
+    const root = join(work, 'rootfs');
+    mkdirSync(join(root, 'bin'), { recursive: true });
+    for (const d of ['etc', 'tmp', 'proc', 'sys', 'dev', 'root']) mkdirSync(join(root, d));
+    copyFileSync(busybox, join(root, 'bin/busybox'));
+    const applets = execFileSync(busybox, ['--list'], { encoding: 'utf8' }).split('\n').filter((a) => a && a !== 'busybox');
+    for (const a of applets) symlinkSync('busybox', join(root, 'bin', a));
+    writeFileSync(join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n');
+    writeFileSync(join(root, 'etc/group'), 'root:x:0:\nnobody:x:65534:\n');
+
+    const layerPath = join(work, 'layer.tar');
+    // Fixed mtimes and portable headers make the layer digest reproducible.
+    await tarCreate({ file: layerPath, cwd: root, portable: true, mtime: new Date(0), noDirRecurse: false }, ['.']);
+    const layer = readFileSync(layerPath);
+    const layerDigest = `sha256:${sha(layer)}`;
+    const config = Buffer.from(
+      JSON.stringify({
+        architecture: process.arch === 'arm64' ? 'arm64' : 'amd64',
+        os: 'linux',
+        config: { Env: ['PATH=/bin'], Cmd: PAUSE_CMD, WorkingDir: '/' },
+        rootfs: { type: 'layers', diff_ids: [layerDigest] },
+        history: [{ created_by: 'gvisor-e2e: busybox-static' }],
+      }),
+    );
+    const manifest = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: 'application/vnd.oci.image.manifest.v1+json',
+        config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: `sha256:${sha(config)}`, size: config.length },
+        layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: layerDigest, size: layer.length }],
+      }),
+    );
+    const manifestDesc = { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: `sha256:${sha(manifest)}`, size: manifest.length };
+    const layout = join(work, 'layout');
+    mkdirSync(join(layout, 'blobs/sha256'), { recursive: true });
+    for (const b of [layer, config, manifest]) writeFileSync(join(layout, 'blobs/sha256', sha(b)), b);
+    writeFileSync(join(layout, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
+    writeFileSync(
+      join(layout, 'index.json'),
+      JSON.stringify({
+        schemaVersion: 2,
+        manifests: [image, pause].map((name) => ({ ...manifestDesc, annotations: { 'io.containerd.image.name': name, 'org.opencontainers.image.ref.name': name } })),
+      }),
+    );
+    mkdirSync(dir, { recursive: true });
+    await tarCreate({ file: `${archive}.tmp`, cwd: layout, portable: true, mtime: new Date(0) }, ['oci-layout', 'index.json', 'blobs']);
+    renameSync(`${archive}.tmp`, archive);
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+  return { archive, image, pause };
+}
+
+/** Imports the test image into containerd's k8s.io namespace on a node, once. */
+export async function importTestImage(node: NodeAccess, img: TestImage, socket: string, tmpDir: string): Promise<void> {
+  const ctr = `ctr --address ${sh(socket)} -n k8s.io`;
+  const have = await node.exec(`${ctr} images ls -q`);
+  if (have.code === 0 && have.stdout.split('\n').includes(img.image) && have.stdout.split('\n').includes(img.pause)) return;
+  const remote = `${tmpDir}/gvisor-e2e-image-${process.pid}-${Date.now()}.tar`;
+  await writeNodeFile(node, remote, readFileSync(img.archive), '0600');
+  try {
+    await mustExec(node, `${ctr} images import ${sh(remote)}`, { timeoutMs: 180_000 });
+  } finally {
+    await node.exec(`rm -f ${sh(remote)}`);
+  }
+}

@@ -1,0 +1,177 @@
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type { GVisorBinaries } from './binaries.ts';
+import { type Config, type NodeConfig, durationMs, effectiveRunscFlags } from './config.ts';
+import { InfrastructureError, TimeoutError } from './errors.ts';
+import { log } from './log.ts';
+import { mustExec, readNodeFile, sh, writeNodeFile, type NodeAccess } from './node.ts';
+import {
+  LIMIT_NOFILE_DROPIN,
+  limitNofileExpected,
+  osFamilyFromOsRelease,
+  renderContainerdConfig,
+  renderLimitNofileDropIn,
+  renderRunscToml,
+} from './render.ts';
+
+// Puts gVisor and the image-builder containerd customizations on a node, idempotently, the
+// way the two upstreams do it: binaries replaced only when they differ (Gardener's install
+// script `diff`s them), config re-rendered, containerd restarted only when something changed.
+// Everything it creates is recorded on the node, so uninstall removes exactly that.
+
+export const STATE_FILE = '/var/lib/gvisor-e2e/installed.json';
+export const PATH_DROPIN = 'containerd.service.d/gvisor-e2e-path.conf';
+const STANDARD_PATH = ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'];
+
+interface InstallState {
+  /** Files the installer created (removed on uninstall). */
+  created: string[];
+  /** Files the installer replaced, with the backup that restores them. */
+  replaced: { path: string; backup: string }[];
+}
+
+export interface NodeFacts {
+  osFamily: string;
+  systemd: boolean;
+}
+
+export async function nodeFacts(node: NodeAccess): Promise<NodeFacts> {
+  const osRelease = (await readNodeFile(node, '/etc/os-release')) ?? (await readNodeFile(node, '/usr/lib/os-release')) ?? '';
+  const osFamily = node.config.osFamily !== 'auto' ? node.config.osFamily : osFamilyFromOsRelease(osRelease);
+  // systemd manages services only where it is PID 1 and knows a containerd unit.
+  const r = await node.exec('[ "$(cat /proc/1/comm 2>/dev/null)" = systemd ] && systemctl cat containerd >/dev/null 2>&1');
+  return { osFamily, systemd: r.code === 0 };
+}
+
+const sha256 = (b: string | Buffer) => createHash('sha256').update(b).digest('hex');
+
+async function remoteSha256(node: NodeAccess, path: string): Promise<string | undefined> {
+  const r = await node.exec(`sha256sum ${sh(path)} 2>/dev/null`);
+  return r.code === 0 ? r.stdout.split(/\s+/)[0] : undefined;
+}
+
+async function loadState(node: NodeAccess): Promise<InstallState> {
+  const text = await readNodeFile(node, STATE_FILE);
+  if (!text) return { created: [], replaced: [] };
+  try {
+    return JSON.parse(text) as InstallState;
+  } catch {
+    throw new InfrastructureError(`[${node.name}] ${STATE_FILE} is corrupt; remove it after restoring the node by hand`);
+  }
+}
+
+export interface InstallResult {
+  node: string;
+  inPool: boolean;
+  changed: string[];
+  facts: NodeFacts;
+}
+
+export function isGVisorNode(cfg: Config, n: NodeConfig): boolean {
+  return cfg.gvisor.pools.includes(n.pool);
+}
+
+export async function installNode(node: NodeAccess, cfg: Config, bins: GVisorBinaries | undefined): Promise<InstallResult> {
+  const g = cfg.gvisor;
+  const p = node.config.paths;
+  const inPool = isGVisorNode(cfg, node.config);
+  const facts = await nodeFacts(node);
+  const state = await loadState(node);
+  const changed: string[] = [];
+
+  /** Writes a file if its content differs, recording whether we created or replaced it. */
+  const put = async (path: string, content: string | Buffer, mode: string) => {
+    const current = await remoteSha256(node, path);
+    if (current === sha256(content)) return;
+    if (current === undefined) {
+      if (!state.created.includes(path)) state.created.push(path);
+    } else if (!state.created.includes(path) && !state.replaced.some((r) => r.path === path)) {
+      const backup = `${path}.gvisor-e2e.orig`;
+      await mustExec(node, `cp -p ${sh(path)} ${sh(backup)}`);
+      state.replaced.push({ path, backup });
+    }
+    await writeNodeFile(node, path, content, mode);
+    changed.push(path);
+  };
+  const remove = async (path: string) => {
+    if (!state.created.includes(path)) return;
+    await mustExec(node, `rm -f ${sh(path)}`);
+    state.created = state.created.filter((c) => c !== path);
+    changed.push(`-${path}`);
+  };
+
+  if (inPool) {
+    if (!bins) throw new InfrastructureError('gVisor binaries are needed to install a gVisor pool node');
+    await put(`${g.binaryPath}/runsc`, readFileSync(bins.runsc), '0755');
+    if (g.shim === 'runsc') await put(`${g.binaryPath}/containerd-shim-runsc-v1`, readFileSync(bins.shim), '0755');
+    await put(p.runscConfig, renderRunscToml(effectiveRunscFlags(g.configFlags, () => undefined)), '0644');
+  }
+
+  // config.toml is always rendered from the original, so re-applying converges.
+  const backup = state.replaced.find((r) => r.path === p.containerdConfig)?.backup;
+  const original = (backup ? await readNodeFile(node, backup) : undefined) ?? (await readNodeFile(node, p.containerdConfig)) ?? '';
+  let rendered: string;
+  try {
+    rendered = renderContainerdConfig(original, {
+      gvisor: inPool,
+      handler: g.handler,
+      binaryPath: g.binaryPath,
+      shim: g.shim,
+      runscConfigPath: p.runscConfig,
+      imagePullProgressTimeout: cfg.containerd.imagePullProgressTimeout,
+      additionalSettings: cfg.containerd.additionalSettings,
+    });
+  } catch (e) {
+    throw new InfrastructureError(`[${node.name}] ${p.containerdConfig}: ${(e as Error).message}`);
+  }
+  await put(p.containerdConfig, rendered, '0644');
+
+  const dropIn = `${p.systemdUnitDir}/${LIMIT_NOFILE_DROPIN}`;
+  if (limitNofileExpected(facts.osFamily, cfg.containerd.enableLimitNoFile)) await put(dropIn, renderLimitNofileDropIn(), '0644');
+  else await remove(dropIn);
+
+  // The runsc shim (and runsc) are found on containerd's PATH; add binaryPath where systemd runs it.
+  const pathDropIn = `${p.systemdUnitDir}/${PATH_DROPIN}`;
+  if (inPool && facts.systemd && !STANDARD_PATH.includes(g.binaryPath)) {
+    await put(pathDropIn, `[Service]\nEnvironment="PATH=${[g.binaryPath, ...STANDARD_PATH].join(':')}"\n`, '0644');
+  } else await remove(pathDropIn);
+
+  await writeNodeFile(node, STATE_FILE, JSON.stringify(state, null, 2), '0600');
+  if (changed.length > 0) await restartContainerd(node, cfg);
+  return { node: node.name, inPool, changed, facts };
+}
+
+/** Restores every file the installer replaced and removes every file it created. */
+export async function uninstallNode(node: NodeAccess, cfg: Config): Promise<string[]> {
+  const state = await loadState(node);
+  const undone: string[] = [];
+  for (const r of state.replaced) {
+    await mustExec(node, `if [ -f ${sh(r.backup)} ]; then mv -f ${sh(r.backup)} ${sh(r.path)}; fi`);
+    undone.push(r.path);
+  }
+  for (const c of state.created) {
+    await mustExec(node, `rm -f ${sh(c)}`);
+    undone.push(c);
+  }
+  await node.exec(`rm -f ${sh(STATE_FILE)}; rmdir ${sh(cfg.gvisor.binaryPath)} "$(dirname ${sh(STATE_FILE)})" 2>/dev/null; true`);
+  if (undone.length > 0) await restartContainerd(node, cfg);
+  return undone;
+}
+
+export async function restartContainerd(node: NodeAccess, cfg: Config): Promise<void> {
+  const timeoutMs = durationMs(cfg.timeouts.containerdRestart);
+  log('info', `[${node.name}] restarting containerd`);
+  const r = await node.exec(node.config.containerd.restartCommand, { timeoutMs });
+  if (r.code !== 0) {
+    throw new InfrastructureError(`[${node.name}] restarting containerd (\`${node.config.containerd.restartCommand}\`) exited ${r.code}: ${(r.stderr || r.stdout).trim().slice(-800)}`);
+  }
+  // The daemon must answer on its socket again before anything else talks to it.
+  const sock = node.config.paths.containerdSocket;
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await node.exec(`ctr --address ${sh(sock)} --timeout 2s version >/dev/null 2>&1`);
+    if (v.code === 0) return;
+    if (Date.now() > deadline) throw new TimeoutError(`containerd on ${node.name} to serve ${sock} after restart`, timeoutMs);
+    await new Promise((res) => setTimeout(res, 250));
+  }
+}

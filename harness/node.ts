@@ -1,0 +1,335 @@
+import { spawn } from 'node:child_process';
+import { createHash, createHmac } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { connect as netConnect } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { Client, type ClientChannel, type ConnectConfig } from 'ssh2';
+import type { NodeConfig } from './config.ts';
+import { InfrastructureError, TimeoutError } from './errors.ts';
+import { log } from './log.ts';
+import { redact } from './redact.ts';
+
+// A node is reached through one interface, whatever carries the commands: SSH for VMs and
+// real hosts, plain child processes for the harness's own host, `docker exec` for kind nodes.
+
+export interface ExecResult {
+  stdout: string;
+  stderr: string;
+  code: number;
+  durationMs: number;
+}
+
+export interface ExecOptions {
+  timeoutMs?: number;
+  stdin?: string | Buffer;
+}
+
+export interface TranscriptEntry {
+  node: string;
+  command: string;
+  code: number | null;
+  durationMs: number;
+  stdout: string;
+  stderr: string;
+  error?: string;
+}
+
+export interface NodeAccess {
+  readonly name: string;
+  readonly config: NodeConfig;
+  /** Runs a shell command (`sh -c`); non-zero exit codes are returned, not thrown. */
+  exec(command: string, opts?: ExecOptions): Promise<ExecResult>;
+  /** Opens a byte stream to a unix socket on the node (used to speak CRI to containerd). */
+  openUnixSocket(path: string): Promise<Duplex>;
+  /** Commands run so far, redacted, for the report. */
+  readonly transcript: TranscriptEntry[];
+  close(): Promise<void>;
+}
+
+const DEFAULT_TIMEOUT_MS = 60_000;
+const MAX_TRANSCRIPT_OUTPUT = 4000;
+
+function clip(s: string): string {
+  return s.length > MAX_TRANSCRIPT_OUTPUT ? `${s.slice(0, MAX_TRANSCRIPT_OUTPUT)}… [${s.length - MAX_TRANSCRIPT_OUTPUT} more bytes]` : s;
+}
+
+abstract class BaseNode implements NodeAccess {
+  readonly transcript: TranscriptEntry[] = [];
+  constructor(readonly config: NodeConfig) {}
+  get name(): string {
+    return this.config.name;
+  }
+  protected abstract run(command: string, opts: Required<Pick<ExecOptions, 'timeoutMs'>> & ExecOptions): Promise<ExecResult>;
+  abstract openUnixSocket(path: string): Promise<Duplex>;
+  abstract close(): Promise<void>;
+
+  async exec(command: string, opts: ExecOptions = {}): Promise<ExecResult> {
+    const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const entry: TranscriptEntry = { node: this.name, command: redact(command), code: null, durationMs: 0, stdout: '', stderr: '' };
+    const t0 = Date.now();
+    try {
+      const r = await this.run(command, { ...opts, timeoutMs });
+      Object.assign(entry, { code: r.code, stdout: clip(redact(r.stdout)), stderr: clip(redact(r.stderr)) });
+      log('debug', `[${this.name}] $ ${command} → ${r.code}`);
+      return r;
+    } catch (e) {
+      entry.error = redact((e as Error).message);
+      throw e;
+    } finally {
+      entry.durationMs = Date.now() - t0;
+      this.transcript.push(entry);
+    }
+  }
+}
+
+/** Collects a child's output with a hard timeout that kills the whole process group. */
+function runChild(argv: string[], what: string, opts: Required<Pick<ExecOptions, 'timeoutMs'>> & ExecOptions): Promise<ExecResult> {
+  return new Promise((resolvePromise, reject) => {
+    const t0 = Date.now();
+    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (d: Buffer) => out.push(d));
+    child.stderr.on('data', (d: Buffer) => err.push(d));
+    const timer = setTimeout(() => {
+      try {
+        process.kill(-child.pid!, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
+      reject(new TimeoutError(what, opts.timeoutMs));
+    }, opts.timeoutMs);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(new InfrastructureError(`${what}: cannot start ${argv[0]}: ${e.message}`, { cause: e }));
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolvePromise({
+        stdout: Buffer.concat(out).toString('utf8'),
+        stderr: Buffer.concat(err).toString('utf8'),
+        code: code ?? (signal ? 128 + 9 : 1),
+        durationMs: Date.now() - t0,
+      });
+    });
+    child.stdin.on('error', () => {
+      /* the command may exit before reading stdin */
+    });
+    child.stdin.end(opts.stdin ?? '');
+  });
+}
+
+/** The harness's own host. */
+export class LocalNode extends BaseNode {
+  protected run(command: string, opts: Required<Pick<ExecOptions, 'timeoutMs'>> & ExecOptions): Promise<ExecResult> {
+    return runChild(['/bin/sh', '-c', command], `command on ${this.name}: ${redact(command).slice(0, 120)}`, opts);
+  }
+  openUnixSocket(path: string): Promise<Duplex> {
+    return new Promise((res, rej) => {
+      const s = netConnect(path);
+      s.once('connect', () => res(s));
+      s.once('error', (e) => rej(new InfrastructureError(`[${this.name}] cannot connect to ${path}: ${e.message}`)));
+    });
+  }
+  async close(): Promise<void> {}
+}
+
+/** A kind node (or any container) reached through `docker exec`. */
+export class DockerExecNode extends BaseNode {
+  protected run(command: string, opts: Required<Pick<ExecOptions, 'timeoutMs'>> & ExecOptions): Promise<ExecResult> {
+    const access = this.config.access as { type: 'docker'; container: string };
+    return runChild(['docker', 'exec', '-i', access.container, 'sh', '-c', command], `docker exec on ${this.name}: ${redact(command).slice(0, 120)}`, opts);
+  }
+  openUnixSocket(path: string): Promise<Duplex> {
+    return Promise.reject(new InfrastructureError(`[${this.name}] unix socket ${path} is not reachable through docker exec yet; node-level CRI checks need ssh or local access`));
+  }
+  async close(): Promise<void> {}
+}
+
+// ---- SSH -------------------------------------------------------------------------------------
+
+/** OpenSSH fingerprint of a raw public key blob: "SHA256:" + unpadded base64 of its sha256. */
+export function fingerprint(keyBlob: Buffer): string {
+  return `SHA256:${createHash('sha256').update(keyBlob).digest('base64').replace(/=+$/, '')}`;
+}
+
+/** Host patterns as known_hosts writes them: "host" for port 22, "[host]:port" otherwise. */
+function hostPattern(host: string, port: number): string {
+  return port === 22 ? host : `[${host}]:${port}`;
+}
+
+/** Keys known_hosts lists for this host (plain and hashed "|1|salt|hash" entries). */
+export function knownHostKeys(knownHosts: string, host: string, port: number): Buffer[] {
+  const want = hostPattern(host, port);
+  const keys: Buffer[] = [];
+  for (const raw of knownHosts.split('\n')) {
+    const line = raw.trim();
+    if (!line || line.startsWith('#') || line.startsWith('@revoked')) continue;
+    const parts = line.replace(/^@cert-authority\s+/, '').split(/\s+/);
+    if (parts.length < 3) continue;
+    const [hosts, , b64] = parts as [string, string, string];
+    const match = hosts.split(',').some((h) => {
+      if (h.startsWith('|1|')) {
+        const [, , salt, hash] = h.split('|');
+        if (!salt || !hash) return false;
+        return createHmac('sha1', Buffer.from(salt, 'base64')).update(want).digest('base64') === hash;
+      }
+      return h === want;
+    });
+    if (match) keys.push(Buffer.from(b64, 'base64'));
+  }
+  return keys;
+}
+
+export class SshNode extends BaseNode {
+  private client?: Client;
+  private connecting?: Promise<Client>;
+  /** The host key the server presented, for error messages. */
+  private seenFingerprint?: string;
+
+  private get access() {
+    return this.config.access as Extract<NodeConfig['access'], { type: 'ssh' }>;
+  }
+
+  private connectClient(timeoutMs: number): Promise<Client> {
+    if (this.client) return Promise.resolve(this.client);
+    if (this.connecting) return this.connecting;
+    const a = this.access;
+    const where = `${a.user}@${a.host}:${a.port}`;
+    this.connecting = new Promise<Client>((res, rej) => {
+      let privateKey: Buffer;
+      try {
+        privateKey = readFileSync(a.privateKeyPath);
+      } catch (e) {
+        rej(new InfrastructureError(`[${this.name}] cannot read SSH private key ${a.privateKeyPath}: ${(e as NodeJS.ErrnoException).code}`));
+        return;
+      }
+      const allowed = a.hostKeyFingerprint
+        ? null
+        : knownHostKeys(readFileSync(a.knownHostsPath!, 'utf8'), a.host, a.port);
+      let hostKeyRejected = false;
+      const c = new Client();
+      const cfg: ConnectConfig = {
+        host: a.host,
+        port: a.port,
+        username: a.user,
+        privateKey,
+        readyTimeout: timeoutMs,
+        keepaliveInterval: 10_000,
+        hostVerifier: (key: Buffer) => {
+          this.seenFingerprint = fingerprint(key);
+          const ok = a.hostKeyFingerprint ? this.seenFingerprint === a.hostKeyFingerprint : allowed!.some((k) => k.equals(key));
+          hostKeyRejected = !ok;
+          return ok;
+        },
+      };
+      c.on('ready', () => {
+        this.client = c;
+        res(c);
+      });
+      c.on('error', (e) => {
+        this.connecting = undefined;
+        if (hostKeyRejected) {
+          rej(
+            new InfrastructureError(
+              `[${this.name}] SSH host key of ${a.host}:${a.port} is not trusted: it presented ${this.seenFingerprint}, ` +
+                (a.hostKeyFingerprint ? `expected ${a.hostKeyFingerprint}` : `which is not in ${a.knownHostsPath}`),
+            ),
+          );
+        } else {
+          rej(new InfrastructureError(`[${this.name}] SSH connection to ${where} failed: ${e.message}`, { cause: e }));
+        }
+      });
+      c.on('close', () => {
+        this.client = undefined;
+        this.connecting = undefined;
+      });
+      c.connect(cfg);
+    });
+    return this.connecting;
+  }
+
+  protected async run(command: string, opts: Required<Pick<ExecOptions, 'timeoutMs'>> & ExecOptions): Promise<ExecResult> {
+    const t0 = Date.now();
+    const client = await this.connectClient(opts.timeoutMs);
+    return new Promise((res, rej) => {
+      client.exec(command, (err, stream: ClientChannel) => {
+        if (err) {
+          rej(new InfrastructureError(`[${this.name}] SSH exec failed: ${err.message}`, { cause: err }));
+          return;
+        }
+        const out: Buffer[] = [];
+        const errb: Buffer[] = [];
+        let code: number | null = null;
+        const timer = setTimeout(() => {
+          stream.signal('KILL');
+          stream.close();
+          rej(new TimeoutError(`command on ${this.name}: ${redact(command).slice(0, 120)}`, opts.timeoutMs));
+        }, opts.timeoutMs);
+        stream.on('data', (d: Buffer) => out.push(d));
+        stream.stderr.on('data', (d: Buffer) => errb.push(d));
+        stream.on('exit', (c: number | null, signal?: string) => {
+          code = c ?? (signal ? 137 : 1);
+        });
+        stream.on('close', () => {
+          clearTimeout(timer);
+          res({ stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(errb).toString('utf8'), code: code ?? 255, durationMs: Date.now() - t0 });
+        });
+        stream.end(opts.stdin ?? '');
+      });
+    });
+  }
+
+  async openUnixSocket(path: string): Promise<Duplex> {
+    const client = await this.connectClient(DEFAULT_TIMEOUT_MS);
+    return new Promise((res, rej) => {
+      client.openssh_forwardOutStreamLocal(path, (err, stream) => {
+        if (err) rej(new InfrastructureError(`[${this.name}] cannot forward unix socket ${path} over SSH: ${err.message}`));
+        else res(stream);
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    this.client?.end();
+    this.client = undefined;
+  }
+}
+
+export function openNode(cfg: NodeConfig): NodeAccess {
+  switch (cfg.access.type) {
+    case 'ssh':
+      return new SshNode(cfg);
+    case 'local':
+      return new LocalNode(cfg);
+    case 'docker':
+      return new DockerExecNode(cfg);
+  }
+}
+
+/** Quotes a string for a POSIX shell. */
+export function sh(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/** Helpers every suite and the installer need on top of exec. */
+export async function readNodeFile(node: NodeAccess, path: string): Promise<string | undefined> {
+  const r = await node.exec(`cat ${sh(path)}`);
+  return r.code === 0 ? r.stdout : undefined;
+}
+
+export async function writeNodeFile(node: NodeAccess, path: string, content: string | Buffer, mode = '0644'): Promise<void> {
+  // Write to a temp file and rename, so a reader (containerd, systemd) never sees half a file.
+  const tmp = `${path}.gvisor-e2e.tmp`;
+  const r = await node.exec(`mkdir -p "$(dirname ${sh(path)})" && cat > ${sh(tmp)} && chmod ${mode} ${sh(tmp)} && mv -f ${sh(tmp)} ${sh(path)}`, {
+    stdin: content,
+    timeoutMs: 120_000,
+  });
+  if (r.code !== 0) throw new InfrastructureError(`[${node.name}] cannot write ${path}: ${r.stderr.trim()}`);
+}
+
+export async function mustExec(node: NodeAccess, command: string, opts?: ExecOptions): Promise<string> {
+  const r = await node.exec(command, opts);
+  if (r.code !== 0) throw new InfrastructureError(`[${node.name}] \`${redact(command).slice(0, 160)}\` exited ${r.code}: ${redact(r.stderr.trim() || r.stdout.trim()).slice(0, 500)}`);
+  return r.stdout;
+}

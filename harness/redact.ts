@@ -1,0 +1,26 @@
+// Secrets must never reach a report or a log. Redaction is applied at the two choke points
+// every text passes: the node transcript and the report writer.
+
+const PATTERNS: [RegExp, string][] = [
+  // PEM blocks: private keys, certificates' keys.
+  [/-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z0-9 ]*PRIVATE KEY-----/g, '[REDACTED PRIVATE KEY]'],
+  // Bearer tokens and kubeconfig token / password / client key fields.
+  [/(Bearer\s+)[A-Za-z0-9._~+/=-]+/gi, '$1[REDACTED]'],
+  [/((?:token|password|passwd|secret|client-key-data|client-certificate-data|certificate-authority-data)["']?\s*[:=]\s*["']?)[^\s"',}]+/gi, '$1[REDACTED]'],
+  // JWTs (service-account tokens) wherever they appear.
+  [/eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}/g, '[REDACTED JWT]'],
+];
+
+const literals = new Set<string>();
+
+/** Registers a concrete secret value (e.g. a token read from a kubeconfig) to be masked everywhere. */
+export function registerSecret(value: string | undefined): void {
+  if (value && value.length >= 6) literals.add(value);
+}
+
+export function redact(text: string): string {
+  let out = text;
+  for (const lit of literals) out = out.split(lit).join('[REDACTED]');
+  for (const [re, rep] of PATTERNS) out = out.replace(re, rep);
+  return out;
+}

@@ -1,0 +1,100 @@
+import { readFileSync } from 'node:fs';
+import { type Config, type NodeConfig, durationMs, effectiveRunscFlags } from './config.ts';
+import { CriClient } from './cri.ts';
+import { InfrastructureError } from './errors.ts';
+import { isGVisorNode } from './installer.ts';
+import { openNode, type NodeAccess } from './node.ts';
+import { runOneShot, type OneShotResult } from './sandbox.ts';
+
+// What a suite file sees: the run plan the CLI wrote, node access opened once per suite file,
+// and small helpers that turn "what we expected / what we found / where" into one message.
+
+export const PLAN_ENV = 'GVISOR_E2E_PLAN';
+
+export interface RunPlan {
+  runId: string;
+  runDir: string;
+  config: Config;
+  image: { image: string; pause: string };
+  /** What `runsc --version` must contain ('' = any). */
+  expectedVersion: string;
+}
+
+export function loadPlan(): RunPlan {
+  const path = process.env[PLAN_ENV];
+  if (!path) throw new InfrastructureError(`${PLAN_ENV} is not set: suites run through \`gvisor-e2e run\`, not on their own`);
+  return JSON.parse(readFileSync(path, 'utf8')) as RunPlan;
+}
+
+/** A failed expectation about the node under test (not an infrastructure problem). */
+export class CheckFailed extends Error {
+  override readonly name = 'AssertionError';
+}
+
+export function check(ok: unknown, message: string): asserts ok {
+  if (!ok) throw new CheckFailed(message);
+}
+
+export class SuiteContext {
+  private nodes = new Map<string, NodeAccess>();
+  private cris = new Map<string, Promise<CriClient>>();
+  readonly plan: RunPlan;
+
+  constructor(plan = loadPlan()) {
+    this.plan = plan;
+  }
+
+  get config(): Config {
+    return this.plan.config;
+  }
+  get gvisor() {
+    return this.plan.config.gvisor;
+  }
+  get gvisorNodes(): NodeConfig[] {
+    return this.config.cluster.nodes.filter((n) => isGVisorNode(this.config, n));
+  }
+  get otherNodes(): NodeConfig[] {
+    return this.config.cluster.nodes.filter((n) => !isGVisorNode(this.config, n));
+  }
+  get netRaw(): 'true' | 'false' {
+    return effectiveRunscFlags(this.gvisor.configFlags, () => undefined)['net-raw'];
+  }
+
+  node(n: NodeConfig): NodeAccess {
+    let a = this.nodes.get(n.name);
+    if (!a) {
+      a = openNode(n);
+      this.nodes.set(n.name, a);
+    }
+    return a;
+  }
+
+  cri(n: NodeConfig): Promise<CriClient> {
+    let c = this.cris.get(n.name);
+    if (!c) {
+      c = CriClient.connect(this.node(n), n.paths.containerdSocket, durationMs(this.config.timeouts.command));
+      this.cris.set(n.name, c);
+    }
+    return c;
+  }
+
+  /** Runs `command` as the main process of a fresh pod under `handler` on node `n`. */
+  async oneShot(n: NodeConfig, handler: string, name: string, command: string[]): Promise<OneShotResult> {
+    return runOneShot(this.node(n), await this.cri(n), {
+      handler,
+      image: this.plan.image.image,
+      command,
+      name,
+      runId: this.plan.runId,
+      podLogDir: n.paths.podLogDir,
+      timeoutMs: durationMs(this.config.timeouts.container),
+    });
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.cris.values()) (await c.catch(() => undefined))?.close();
+    for (const a of this.nodes.values()) await a.close();
+    this.cris.clear();
+    this.nodes.clear();
+  }
+}

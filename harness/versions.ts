@@ -1,0 +1,11 @@
+// Every pinned upstream version lives here, and only here.
+
+/** gvisor.dev/gvisor Go module (its `go` branch as the proxy serves it): runsc and containerd-shim-runsc-v1. */
+export const GVISOR_MODULE_VERSION = 'v0.0.0-20260905035102-160fafc42237';
+/** k8s.io/cri-api Go module: we load its api.proto to speak CRI over gRPC (crictl is not buildable here). */
+export const CRI_API_MODULE_VERSION = 'v0.34.2';
+/** The LimitNOFILE value image-builder's drop-in sets. */
+export const LIMIT_NOFILE = 1048576;
+/** github.com/containerd/containerd/v2 Go module: the containerd test nodes run (the current runsc shim speaks
+ *  shim bootstrap protocol v2, which Debian's containerd 1.6 does not understand). */
+export const CONTAINERD_MODULE_VERSION = 'v2.2.9';

@@ -1,0 +1,72 @@
+import { afterAll, describe, it } from 'vitest';
+import { nodeFacts, type NodeFacts } from '../../harness/installer.ts';
+import { readNodeFile } from '../../harness/node.ts';
+import { parseNofile, parseSystemdLimit } from '../../harness/probes.ts';
+import { LIMIT_NOFILE_DROPIN, limitNofileExpected } from '../../harness/render.ts';
+import { SuiteContext, check } from '../../harness/suite.ts';
+import { LIMIT_NOFILE } from '../../harness/versions.ts';
+
+// image-builder caps containerd's LimitNOFILE at 1048576 with a systemd drop-in on Flatcar and
+// Azure Linux / CBL-Mariner, elsewhere only when containerd_enable_limit_no_file is set. Check the
+// file is exactly where the rule says, that systemd applies it, and that pods inherit it.
+
+const ctx = new SuiteContext();
+afterAll(() => ctx.close());
+const enable = ctx.config.containerd.enableLimitNoFile;
+
+describe.each(ctx.config.cluster.nodes.map((n) => [n.name, n] as const))('node %s', (_name, n) => {
+  const dropIn = `${n.paths.systemdUnitDir}/${LIMIT_NOFILE_DROPIN}`;
+  let factsP: Promise<NodeFacts> | undefined;
+  const facts = () => (factsP ??= nodeFacts(ctx.node(n)));
+  const expected = async () => limitNofileExpected((await facts()).osFamily, enable);
+
+  it(`the LimitNOFILE drop-in ${dropIn} is present exactly where image-builder's rule puts it`, async () => {
+    const f = await facts();
+    const want = await expected();
+    const text = await readNodeFile(ctx.node(n), dropIn);
+    const why = `os family "${f.osFamily}", containerd.enableLimitNoFile ${enable}`;
+    if (!want) {
+      check(text === undefined, `${dropIn} exists on ${n.name}, but the drop-in belongs only on Flatcar / Azure Linux / Mariner or with containerd.enableLimitNoFile (${why})`);
+      return;
+    }
+    check(text !== undefined, `${dropIn} is missing on ${n.name}: expected LimitNOFILE=${LIMIT_NOFILE} (${why})`);
+    check(/^\[Service\]/m.test(text), `${dropIn} on ${n.name} has no [Service] section`);
+    const value = parseSystemdLimit(text);
+    check(value === LIMIT_NOFILE, `${dropIn} on ${n.name} sets LimitNOFILE=${value ?? '(nothing)'}, expected ${LIMIT_NOFILE}`);
+  });
+
+  it(`systemd applies LimitNOFILE=${LIMIT_NOFILE} to containerd`, async (t) => {
+    const f = await facts();
+    if (!f.systemd) return t.skip(`systemd does not manage containerd on ${n.name}`);
+    if (!(await expected())) return t.skip(`no drop-in is due on ${n.name} (os family "${f.osFamily}")`);
+    const r = await ctx.node(n).exec('systemctl show containerd -p LimitNOFILE');
+    const value = parseSystemdLimit(r.stdout);
+    check(value === LIMIT_NOFILE, `systemd on ${n.name} runs containerd with LimitNOFILE=${value ?? r.stdout.trim()}, expected ${LIMIT_NOFILE} from ${dropIn} (was \`systemctl daemon-reload\` run?)`);
+  });
+
+  it("containerd's own open-file limit agrees with systemd's", async (t) => {
+    const f = await facts();
+    if (!f.systemd) return t.skip(`systemd does not manage containerd on ${n.name}`);
+    const node = ctx.node(n);
+    const show = parseSystemdLimit((await node.exec('systemctl show containerd -p LimitNOFILE')).stdout);
+    const proc = parseNofile((await node.exec('cat /proc/"$(systemctl show containerd -p MainPID --value)"/limits')).stdout);
+    check(proc, `cannot read containerd's /proc/<pid>/limits on ${n.name}`);
+    const pid1 = parseNofile((await node.exec('cat /proc/1/limits')).stdout);
+    // A container host (nspawn, a kind node) cannot raise a limit above its own hard limit.
+    const ceiling = pid1 ? Math.min(show ?? Infinity, pid1.hard) : (show ?? Infinity);
+    if (show !== undefined && ceiling < show) t.annotate(`containerd's LimitNOFILE=${show} is capped by the node's own hard limit ${ceiling}`);
+    check(proc.soft === ceiling, `containerd on ${n.name} runs with an open-file limit of ${proc.soft}, expected ${ceiling} (systemd LimitNOFILE=${show})`);
+  });
+
+  if (ctx.gvisorNodes.includes(n)) {
+    it(`a "${ctx.gvisor.handler}" pod sees containerd's open-file limit`, async () => {
+      const node = ctx.node(n);
+      const pid = (await node.exec('pidof containerd || pgrep -x containerd')).stdout.trim().split(/\s+/)[0];
+      const proc = parseNofile((await node.exec(`cat /proc/${pid}/limits`)).stdout);
+      check(proc, `cannot find containerd's open-file limit on ${n.name}`);
+      const r = await ctx.oneShot(n, ctx.gvisor.handler, 'nofile', ['sh', '-c', 'ulimit -n']);
+      const inPod = r.output.trim() === 'unlimited' ? Infinity : Number(r.output.trim());
+      check(inPod === proc.soft, `a "${ctx.gvisor.handler}" pod on ${n.name} sees an open-file limit of ${r.output.trim()}, but containerd runs with ${proc.soft}`);
+    });
+  }
+});

@@ -1,0 +1,29 @@
+import { afterAll, describe, it } from 'vitest';
+import { readNodeFile } from '../../harness/node.ts';
+import { parseRunscToml } from '../../harness/render.ts';
+import { NET_RAW_PROBE, parseNetRawProbe } from '../../harness/probes.ts';
+import { SuiteContext, check } from '../../harness/suite.ts';
+
+// With net-raw off (gVisor's default) the sandboxed app has no CAP_NET_RAW, so ping cannot open
+// its raw ICMP socket; with net-raw "true" it can. The probe is the container's own main process:
+// processes started by `runsc exec` keep raw sockets whatever the flag says.
+
+const ctx = new SuiteContext();
+afterAll(() => ctx.close());
+const h = ctx.gvisor.handler;
+
+describe.each(ctx.gvisorNodes.map((n) => [n.name, n] as const))('gVisor node %s', (_name, n) => {
+  const want = ctx.netRaw;
+  it(want === 'true' ? 'raw sockets work in the sandbox (net-raw "true")' : 'raw sockets are refused in the sandbox (net-raw off)', async () => {
+    const r = await ctx.oneShot(n, h, 'net-raw', NET_RAW_PROBE);
+    const p = parseNetRawProbe(r.output);
+    check(p.gvisor, `the "${h}" pod on ${n.name} is not running under gVisor (runtime ${r.runtimeType || 'unknown'}), so net-raw cannot be judged: ${r.output.trim().slice(0, 200)}`);
+    check(p.pingExit !== undefined, `the net-raw probe on ${n.name} did not finish: ${r.output.trim().slice(0, 300)}`);
+    const onNode = parseRunscToml((await readNodeFile(ctx.node(n), n.paths.runscConfig)) ?? '')['net-raw'] ?? '(unset)';
+    if (want === 'true') {
+      check(p.pingExit === 0 && p.received, `net-raw is configured "true" but ping in the sandbox on ${n.name} failed (exit ${p.pingExit}; ${n.paths.runscConfig} has net-raw = "${onNode}"): ${r.output.trim().slice(0, 300)}`);
+    } else {
+      check(p.pingExit !== 0 && p.refused, `net-raw is off but ping opened a raw socket in the sandbox on ${n.name} (exit ${p.pingExit}; ${n.paths.runscConfig} has net-raw = "${onNode}"): ${r.output.trim().slice(0, 300)}`);
+    }
+  });
+});

@@ -1,0 +1,29 @@
+import { afterAll, describe, it } from 'vitest';
+import { gvisorBootLog } from '../../harness/probes.ts';
+import { SuiteContext, check } from '../../harness/suite.ts';
+
+// gVisor's Sentry prints its own boot log to the sandbox's dmesg ("Starting gVisor..." …
+// "Ready!"). A runc container sees the host kernel's log, or is refused; never that log.
+
+const ctx = new SuiteContext();
+afterAll(() => ctx.close());
+const h = ctx.gvisor.handler;
+
+describe.each(ctx.gvisorNodes.map((n) => [n.name, n] as const))('gVisor node %s', (_name, n) => {
+  it(`dmesg in a "${h}" container shows the gVisor boot log ending in "Ready!"`, async () => {
+    const r = await ctx.oneShot(n, h, 'dmesg-gvisor', ['dmesg']);
+    const log = gvisorBootLog(r.output);
+    const excerpt = log.lines.slice(-4).join(' | ') || '(no output)';
+    check(log.starts, `dmesg in a "${h}" pod on ${n.name} (runtime ${r.runtimeType || 'unknown'}) does not show "Starting gVisor...": got ${excerpt}`);
+    check(log.ready, `the gVisor boot log on ${n.name} does not end in "Ready!": last lines ${excerpt}`);
+    // Gardener's own integration test expects exactly one line naming gVisor.
+    check(log.gvisorLines === 1, `dmesg on ${n.name} has ${log.gvisorLines} lines mentioning gVisor, expected exactly 1`);
+    check(r.exitCode === 0, `dmesg in the "${h}" pod on ${n.name} exited ${r.exitCode}`);
+  });
+
+  it('dmesg in a runc container does not show the gVisor boot log', async () => {
+    const r = await ctx.oneShot(n, 'runc', 'dmesg-runc', ['dmesg']);
+    const log = gvisorBootLog(r.output);
+    check(!log.starts, `a runc pod on ${n.name} printed the gVisor boot log: the "runc" handler is running gVisor (runtime ${r.runtimeType})`);
+  });
+});
