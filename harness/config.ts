@@ -109,14 +109,38 @@ export const configSchema = z
   .object({
     apiVersion: z.literal('gvisor-e2e.dev/v1alpha1'),
     kind: z.literal('Config'),
-    cluster: z
-      .object({
-        /** "nodes": a set of hosts reached over SSH / locally / docker exec, without a Kubernetes API. */
-        provider: z.enum(['nodes']),
-        name: z.string().min(1).default('gvisor-e2e'),
-        nodes: z.array(nodeSchema).min(1),
-      })
-      .strict(),
+    cluster: z.discriminatedUnion('provider', [
+      z
+        .object({
+          /** "nodes": hosts you already have, reached over SSH / locally / docker exec, without a Kubernetes API. */
+          provider: z.literal('nodes'),
+          name: z.string().min(1).default('gvisor-e2e'),
+          nodes: z.array(nodeSchema).min(1),
+        })
+        .strict(),
+      z
+        .object({
+          /** "local": the embedded default: throwaway nodes on this machine, made and removed by the harness. */
+          provider: z.literal('local'),
+          name: z.string().regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'a DNS-1123 label').default('gvisor-e2e'),
+          /** Where node state lives (must not be on a tmpfs that hides it from `down` in another shell). */
+          stateDir: z.string().optional(),
+          pools: z
+            .array(
+              z
+                .object({
+                  name: z.string().min(1),
+                  nodes: z.number().int().min(1).max(64).default(1),
+                  /** host: a user+mount+network namespace node on this machine; systemd: a Debian booted with systemd-nspawn. */
+                  kind: z.enum(['host', 'systemd']).default('host'),
+                  osFamily: z.enum(OS_FAMILIES).default('auto'),
+                })
+                .strict(),
+            )
+            .min(1),
+        })
+        .strict(),
+    ]),
     gvisor: gvisorSchema,
     containerd: containerdSchema.default({ enableLimitNoFile: false }),
     suites: z
@@ -134,6 +158,22 @@ export const configSchema = z
   })
   .strict()
   .superRefine((c, ctx) => {
+    if (c.cluster.provider === 'local') {
+      const pools = new Set(c.cluster.pools.map((p) => p.name));
+      c.gvisor.pools.forEach((p, i) => {
+        if (!pools.has(p)) ctx.addIssue({ code: 'custom', path: ['gvisor', 'pools', i], message: `no pool "${p}" in cluster.pools (pools: ${[...pools].join(', ')})` });
+      });
+      c.cluster.pools.forEach((p, i) => {
+        if (c.gvisor.pools.includes(p.name) && p.kind === 'systemd') {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['cluster', 'pools', i, 'kind'],
+            message: 'a gVisor pool of the local provider must be kind "host": the systemd node runs Debian\'s containerd 1.6, which cannot drive the current runsc shim',
+          });
+        }
+      });
+      return;
+    }
     const names = new Set<string>();
     c.cluster.nodes.forEach((n, i) => {
       if (names.has(n.name)) ctx.addIssue({ code: 'custom', path: ['cluster', 'nodes', i, 'name'], message: `duplicate node name "${n.name}"` });
@@ -146,7 +186,14 @@ export const configSchema = z
   });
 
 export type Config = z.infer<typeof configSchema>;
-export type NodeConfig = Config['cluster']['nodes'][number];
+export type NodeConfig = z.infer<typeof nodeSchema>;
+export type NodesCluster = Extract<Config['cluster'], { provider: 'nodes' }>;
+export type LocalCluster = Extract<Config['cluster'], { provider: 'local' }>;
+
+/** Parses one node entry (the local provider builds them programmatically). */
+export function nodeConfig(input: z.input<typeof nodeSchema>): NodeConfig {
+  return nodeSchema.parse(input);
+}
 export type GVisorConfig = Config['gvisor'];
 export type ContainerdConfig = Config['containerd'];
 
@@ -214,7 +261,8 @@ export function loadConfig(file: string): Config {
   }
   const cfg = parseConfig(text, file);
   const base = dirname(resolve(file));
-  for (const n of cfg.cluster.nodes) {
+  if (cfg.cluster.provider === 'local' && cfg.cluster.stateDir) cfg.cluster.stateDir = resolve(base, cfg.cluster.stateDir);
+  for (const n of cfg.cluster.provider === 'nodes' ? cfg.cluster.nodes : []) {
     if (n.access.type === 'ssh') {
       n.access.privateKeyPath = resolve(base, n.access.privateKeyPath);
       if (n.access.knownHostsPath) n.access.knownHostsPath = resolve(base, n.access.knownHostsPath);

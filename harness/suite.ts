@@ -15,6 +15,8 @@ export interface RunPlan {
   runId: string;
   runDir: string;
   config: Config;
+  /** The cluster's nodes as `up` resolved them (the local provider makes them). */
+  nodes: NodeConfig[];
   image: { image: string; pause: string };
   /** What `runsc --version` must contain ('' = any). */
   expectedVersion: string;
@@ -36,7 +38,7 @@ export function check(ok: unknown, message: string): asserts ok {
 }
 
 export class SuiteContext {
-  private nodes = new Map<string, NodeAccess>();
+  private access = new Map<string, NodeAccess>();
   private cris = new Map<string, Promise<CriClient>>();
   readonly plan: RunPlan;
 
@@ -50,21 +52,24 @@ export class SuiteContext {
   get gvisor() {
     return this.plan.config.gvisor;
   }
+  get nodes(): NodeConfig[] {
+    return this.plan.nodes;
+  }
   get gvisorNodes(): NodeConfig[] {
-    return this.config.cluster.nodes.filter((n) => isGVisorNode(this.config, n));
+    return this.plan.nodes.filter((n) => isGVisorNode(this.config, n));
   }
   get otherNodes(): NodeConfig[] {
-    return this.config.cluster.nodes.filter((n) => !isGVisorNode(this.config, n));
+    return this.plan.nodes.filter((n) => !isGVisorNode(this.config, n));
   }
   get netRaw(): 'true' | 'false' {
     return effectiveRunscFlags(this.gvisor.configFlags, () => undefined)['net-raw'];
   }
 
   node(n: NodeConfig): NodeAccess {
-    let a = this.nodes.get(n.name);
+    let a = this.access.get(n.name);
     if (!a) {
       a = openNode(n);
-      this.nodes.set(n.name, a);
+      this.access.set(n.name, a);
     }
     return a;
   }
@@ -93,8 +98,8 @@ export class SuiteContext {
 
   async close(): Promise<void> {
     for (const c of this.cris.values()) (await c.catch(() => undefined))?.close();
-    for (const a of this.nodes.values()) await a.close();
+    for (const a of this.access.values()) await a.close();
     this.cris.clear();
-    this.nodes.clear();
+    this.access.clear();
   }
 }

@@ -96,6 +96,10 @@ export class HostNode {
 
   static async start(o: HostNodeOptions): Promise<HostNode> {
     const S = o.stateDir;
+    // These are remounted privately inside the node; a state dir below them would vanish there.
+    for (const hidden of ['/var', '/run', '/etc/containerd', '/etc/systemd/system', '/usr/local/bin']) {
+      if (S === hidden || S.startsWith(`${hidden}/`)) throw new Error(`state directory ${S} of test node ${o.name} must not be under ${hidden}, which the node remounts`);
+    }
     rmSync(S, { recursive: true, force: true });
     for (const d of ['ssh', 'etc-containerd/net.d', 'etc-systemd', 'usr-local-bin', 'var/lib', 'var/log', 'var/tmp', 'var/bin']) mkdirSync(join(S, d), { recursive: true });
     symlinkSync('/run', join(S, 'var/run'));
@@ -184,7 +188,10 @@ done
       throw new Error(`${e.message}${stderr ? `: ${stderr.trim()}` : ''}`);
     });
     const mntNs = readlinkSync(`/proc/${pid}/ns/mnt`);
-    const node = new HostNode(o.name, S, o.sshPort, `[127.0.0.1]:${o.sshPort} ${readFileSync(join(S, 'ssh/host_ed25519.pub'), 'utf8').trim().split(' ').slice(0, 2).join(' ')}`, pid, mntNs);
+    const knownHostsLine = `[127.0.0.1]:${o.sshPort} ${readFileSync(join(S, 'ssh/host_ed25519.pub'), 'utf8').trim().split(' ').slice(0, 2).join(' ')}`;
+    const node = new HostNode(o.name, S, o.sshPort, knownHostsLine, pid, mntNs);
+    // Enough to find and stop this node from another process (`down` after a crash).
+    writeFileSync(join(S, 'node.json'), JSON.stringify({ name: o.name, sshPort: o.sshPort, knownHostsLine, sshdPid: pid, mntNs }), { mode: 0o600 });
     try {
       node.inNode(`sh ${S}/restart-containerd.sh`);
     } catch (e) {
@@ -192,6 +199,25 @@ done
       throw e;
     }
     return node;
+  }
+
+  /** Re-attaches to a node started by another process, from its state directory. */
+  static attach(stateDir: string): HostNode | undefined {
+    try {
+      const r = JSON.parse(readFileSync(join(stateDir, 'node.json'), 'utf8')) as { name: string; sshPort: number; knownHostsLine: string; sshdPid: number; mntNs: string };
+      return new HostNode(r.name, stateDir, r.sshPort, r.knownHostsLine, r.sshdPid, r.mntNs);
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** True while the node's sshd (the holder of its namespaces) is alive. */
+  alive(): boolean {
+    try {
+      return readlinkSync(`/proc/${this.sshdPid}/ns/mnt`) === this.mntNs;
+    } catch {
+      return false;
+    }
   }
 
   /** Runs a command inside the node's namespaces from the host (fixture set-up and fault injection only). */

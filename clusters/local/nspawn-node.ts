@@ -670,3 +670,44 @@ export class NspawnNode {
     await removeTree(join(this.stateDir, "rootfs"));
   }
 }
+
+/**
+ * Stops a node recorded by an earlier process (`down` after a crash): the same power-off and
+ * SIGKILL fallback as stop(), driven by the recorded pid. The pid is only signalled while it
+ * still is that node's systemd-nspawn, so a recycled pid is never touched.
+ */
+export async function stopRecordedNspawn(rec: { pid: number; name: string; stateDir: string }): Promise<void> {
+  const isOurs = (): boolean => {
+    try {
+      const cmd = readFileSync(`/proc/${rec.pid}/cmdline`, 'latin1').split('\0');
+      return cmd.some((a) => a.endsWith('systemd-nspawn')) && cmd.includes(rec.name);
+    } catch {
+      return false;
+    }
+  };
+  if (isOurs()) {
+    try {
+      process.kill(rec.pid, 'SIGTERM');
+    } catch {
+      /* gone */
+    }
+    const deadline = Date.now() + 15_000;
+    while (isOurs() && Date.now() < deadline) await sleep(200);
+    if (isOurs()) {
+      for (const c of childPids(rec.pid)) {
+        try {
+          process.kill(c, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+      }
+      try {
+        process.kill(rec.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+      await sleep(500);
+    }
+  }
+  await removeTree(join(rec.stateDir, 'rootfs'));
+}

@@ -14,7 +14,7 @@ const ctx = new SuiteContext();
 afterAll(() => ctx.close());
 const enable = ctx.config.containerd.enableLimitNoFile;
 
-describe.each(ctx.config.cluster.nodes.map((n) => [n.name, n] as const))('node %s', (_name, n) => {
+describe.each(ctx.nodes.map((n) => [n.name, n] as const))('node %s', (_name, n) => {
   const dropIn = `${n.paths.systemdUnitDir}/${LIMIT_NOFILE_DROPIN}`;
   let factsP: Promise<NodeFacts> | undefined;
   const facts = () => (factsP ??= nodeFacts(ctx.node(n)));

@@ -1,0 +1,90 @@
+#!/usr/bin/env -S npx tsx
+import { Command, CommanderError, Option } from 'commander';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { doctor } from '../harness/doctor.ts';
+import { type Config, loadConfig } from '../harness/config.ts';
+import { ConfigError, ExitCode, InfrastructureError } from '../harness/errors.ts';
+import { log, setVerbose } from '../harness/log.ts';
+import { ROOT, down, install, run, up } from '../harness/run.ts';
+
+// gvisor-e2e: provision a cluster, install gVisor like Gardener's runtime-gvisor extension and
+// image-builder do, run the conformance suites, write reports. Exit codes: 0 all passed,
+// 1 a check failed, 2 the harness or infrastructure broke, 64 bad config or arguments.
+
+const DEFAULT_CONFIG = join(ROOT, 'fixtures', 'local.yaml');
+
+function config(path: string | undefined): Config {
+  const file = path ?? (existsSync('gvisor-e2e.yaml') ? 'gvisor-e2e.yaml' : DEFAULT_CONFIG);
+  return loadConfig(file);
+}
+
+const program = new Command()
+  .name('gvisor-e2e')
+  .description('End-to-end tests for Kubernetes nodes running gVisor (runsc) under containerd')
+  .option('-c, --config <file>', 'config file (default: ./gvisor-e2e.yaml, else the embedded local cluster)')
+  .option('-v, --verbose', 'log every command run on nodes')
+  .hook('preAction', (cmd) => setVerbose(Boolean(cmd.opts().verbose)))
+  .exitOverride();
+
+program
+  .command('doctor')
+  .description('check that this machine and the nodes have what the chosen cluster needs, and say how to get what is missing')
+  .action(async () => {
+    process.exitCode = (await doctor(config(program.opts().config))) ? ExitCode.Passed : ExitCode.Broken;
+  });
+
+program
+  .command('up')
+  .description('create (or re-attach to) the cluster')
+  .action(async () => {
+    const nodes = await up(config(program.opts().config));
+    for (const n of nodes) process.stdout.write(`${n.name}\tpool=${n.pool}\t${n.access.type === 'ssh' ? `ssh ${n.access.user}@${n.access.host}:${n.access.port}` : n.access.type}\n`);
+  });
+
+program
+  .command('install')
+  .description('install gVisor and the containerd customizations on the cluster (idempotent)')
+  .action(async () => {
+    const cfg = config(program.opts().config);
+    await install(cfg, await up(cfg));
+  });
+
+program
+  .command('run')
+  .description('up + install + run the suites + write reports (removes a local cluster afterwards unless --keep)')
+  .addOption(new Option('-s, --suite <name...>', 'run only these suites'))
+  .addOption(new Option('--skip <name...>', 'skip these suites'))
+  .option('--keep', 'keep the local cluster after the run')
+  .option('--no-install', 'do not install; test the cluster as it is')
+  .action(async (o: { suite?: string[]; skip?: string[]; keep?: boolean; install: boolean }) => {
+    const summary = await run(config(program.opts().config), { suites: o.suite, skip: o.skip, keep: o.keep, noInstall: !o.install });
+    process.exitCode = summary.state === 'passed' || summary.state === 'skipped' ? ExitCode.Passed : summary.state === 'failed' ? ExitCode.Failed : ExitCode.Broken;
+    // A failed check outranks a broken one: it is a definite finding about the product.
+    if (summary.suites.some((s) => s.counts.failed > 0)) process.exitCode = ExitCode.Failed;
+  });
+
+program
+  .command('down')
+  .description('remove the cluster and everything the harness created (uninstalls from "nodes" hosts)')
+  .option('--keep-install', 'for "nodes" hosts: leave gVisor installed')
+  .action(async (o: { keepInstall?: boolean }) => {
+    await down(config(program.opts().config), { uninstall: !o.keepInstall });
+  });
+
+try {
+  await program.parseAsync(process.argv);
+} catch (e) {
+  if (e instanceof CommanderError) {
+    process.exitCode = e.exitCode === 0 ? 0 : ExitCode.Usage;
+  } else if (e instanceof ConfigError) {
+    log('error', e.message);
+    process.exitCode = ExitCode.Usage;
+  } else if (e instanceof InfrastructureError) {
+    log('error', e.message);
+    process.exitCode = ExitCode.Broken;
+  } else {
+    log('error', `harness error: ${(e as Error).stack ?? String(e)}`);
+    process.exitCode = ExitCode.Broken;
+  }
+}

@@ -1,0 +1,34 @@
+import type { Config, NodeConfig } from '../harness/config.ts';
+import { LocalProvider } from './local/index.ts';
+
+// A cluster provider makes (or finds) the nodes a run tests, and removes what it made.
+// "nodes": hosts the user already has. "local": the embedded default on this machine.
+// (kind, VMs and existing Kubernetes clusters come as further providers.)
+
+export interface ClusterProvider {
+  readonly kind: string;
+  /** Creates or re-attaches to the cluster; returns its nodes. Idempotent. */
+  up(): Promise<NodeConfig[]>;
+  /** Removes everything the provider created (and only that). Safe to repeat after a crash. */
+  down(): Promise<void>;
+}
+
+class NodesProvider implements ClusterProvider {
+  readonly kind = 'nodes';
+  constructor(private readonly nodes: NodeConfig[]) {}
+  async up(): Promise<NodeConfig[]> {
+    return this.nodes;
+  }
+  async down(): Promise<void> {
+    // The harness did not create these hosts; `down` uninstalls gVisor from them instead.
+  }
+}
+
+export function providerFor(cfg: Config): ClusterProvider {
+  switch (cfg.cluster.provider) {
+    case 'nodes':
+      return new NodesProvider(cfg.cluster.nodes);
+    case 'local':
+      return new LocalProvider(cfg.cluster);
+  }
+}

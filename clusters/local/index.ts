@@ -1,0 +1,165 @@
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { buildContainerd, cacheRoot } from '../../harness/binaries.ts';
+import { type LocalCluster, type NodeConfig, nodeConfig } from '../../harness/config.ts';
+import { InfrastructureError } from '../../harness/errors.ts';
+import { buildTestImage } from '../../harness/image.ts';
+import { log, step } from '../../harness/log.ts';
+import { HostNode } from './host-node.ts';
+import { ensureNspawnRootfs, NspawnNode, stopRecordedNspawn } from './nspawn-node.ts';
+
+// The embedded default cluster: nodes made on this machine, no Docker, no VM. "host" nodes are
+// namespaces with containerd 2.x and the runsc shim (gVisor pools); "systemd" nodes are Debian
+// booted by systemd-nspawn, where a real systemd manages containerd (the LimitNOFILE drop-in).
+// Every node is recorded in <stateDir>/state.json the moment it exists, so `down` — also
+// from another shell after a crash — removes exactly what was made.
+
+interface NodeRecord {
+  name: string;
+  pool: string;
+  kind: 'host' | 'systemd';
+  stateDir: string;
+  sshPort: number;
+  knownHostsLine: string;
+  osFamily: string;
+  /** nspawn pid (systemd nodes). */
+  pid?: number;
+  machine?: string;
+  restartCommand?: string;
+}
+
+interface State {
+  cluster: string;
+  nodes: NodeRecord[];
+}
+
+/** ~/.local/state/gvisor-e2e/<name>: outside /var and /run, which host nodes remount privately. */
+export function defaultStateDir(name: string): string {
+  const root = process.env.GVISOR_E2E_STATE ?? join(process.env.XDG_STATE_HOME ?? join(homedir(), '.local', 'state'), 'gvisor-e2e');
+  return join(root, name);
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.once('error', rej);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => res(port));
+    });
+  });
+}
+
+export class LocalProvider {
+  readonly kind = 'local';
+  readonly stateDir: string;
+  constructor(private readonly spec: LocalCluster) {
+    this.stateDir = spec.stateDir ?? defaultStateDir(spec.name);
+  }
+
+  private get stateFile(): string {
+    return join(this.stateDir, 'state.json');
+  }
+  private readState(): State | undefined {
+    if (!existsSync(this.stateFile)) return undefined;
+    return JSON.parse(readFileSync(this.stateFile, 'utf8')) as State;
+  }
+  private writeState(s: State): void {
+    writeFileSync(this.stateFile, JSON.stringify(s, null, 2), { mode: 0o600 });
+  }
+  private get keyPath(): string {
+    return join(this.stateDir, 'ssh', 'id_ed25519');
+  }
+  private get knownHostsPath(): string {
+    return join(this.stateDir, 'ssh', 'known_hosts');
+  }
+
+  private toNodeConfig(r: NodeRecord): NodeConfig {
+    return nodeConfig({
+      name: r.name,
+      pool: r.pool,
+      access: { type: 'ssh', host: '127.0.0.1', port: r.sshPort, user: 'root', privateKeyPath: this.keyPath, knownHostsPath: this.knownHostsPath },
+      osFamily: r.osFamily as NodeConfig['osFamily'],
+      ...(r.restartCommand ? { containerd: { restartCommand: r.restartCommand } } : {}),
+    });
+  }
+
+  private alive(r: NodeRecord): boolean {
+    if (r.kind === 'host') return HostNode.attach(r.stateDir)?.alive() ?? false;
+    try {
+      return readFileSync(`/proc/${r.pid}/cmdline`, 'latin1').includes(r.machine ?? '\0');
+    } catch {
+      return false;
+    }
+  }
+
+  async up(): Promise<NodeConfig[]> {
+    const existing = this.readState();
+    const wanted = this.spec.pools.flatMap((p) => Array.from({ length: p.nodes }, (_, i) => ({ pool: p, name: `${p.name}-${i + 1}` })));
+    if (existing) {
+      const same = existing.nodes.length === wanted.length && wanted.every((w) => existing.nodes.some((n) => n.name === w.name && n.kind === w.pool.kind));
+      if (same && existing.nodes.every((n) => this.alive(n))) {
+        log('info', `cluster "${this.spec.name}" is up (${existing.nodes.length} nodes, state ${this.stateDir})`);
+        return existing.nodes.map((n) => this.toNodeConfig(n));
+      }
+      log('info', `cluster "${this.spec.name}" is stale or differs from the config: removing it first`);
+      await this.down();
+    }
+    mkdirSync(join(this.stateDir, 'ssh'), { recursive: true, mode: 0o700 });
+    execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', `gvisor-e2e-${this.spec.name}`, '-f', this.keyPath]);
+    const pub = readFileSync(`${this.keyPath}.pub`, 'utf8');
+    const state: State = { cluster: this.spec.name, nodes: [] };
+    this.writeState(state);
+    const image = await buildTestImage();
+    const needHost = wanted.some((w) => w.pool.kind === 'host');
+    const needSystemd = wanted.some((w) => w.pool.kind === 'systemd');
+    const containerd = needHost ? await buildContainerd() : undefined;
+    const rootfs = needSystemd
+      ? await step('prepare the Debian rootfs for systemd nodes', () => ensureNspawnRootfs({ cacheDir: join(cacheRoot(), 'rootfs'), onProgress: (m) => log('info', `  ${m}`) }))
+      : undefined;
+    try {
+      for (const w of wanted) {
+        const dir = join(this.stateDir, 'nodes', w.name);
+        const sshPort = await freePort();
+        if (w.pool.kind === 'host') {
+          const n = await step(`start node ${w.name} (pool ${w.pool.name}, host namespaces, containerd ${containerd!.dir.split('/').pop()})`, () =>
+            HostNode.start({ name: w.name, stateDir: dir, sshPort, authorizedKey: pub, sandboxImage: image.pause, containerdBinDir: containerd!.dir, configVersion: 3 }),
+          );
+          state.nodes.push({ name: w.name, pool: w.pool.name, kind: 'host', stateDir: dir, sshPort, knownHostsLine: n.knownHostsLine, osFamily: w.pool.osFamily, restartCommand: n.restartCommand });
+        } else {
+          const machine = `gve2e-${this.spec.name}-${w.name}`.slice(0, 64);
+          const n = await step(`start node ${w.name} (pool ${w.pool.name}, systemd-nspawn)`, () =>
+            NspawnNode.start({ name: machine, stateDir: dir, rootfsTarball: rootfs!, sshPort, authorizedKey: pub, onProgress: (m) => log('debug', m) }),
+          );
+          state.nodes.push({ name: w.name, pool: w.pool.name, kind: 'systemd', stateDir: dir, sshPort, knownHostsLine: n.knownHostsLine, osFamily: w.pool.osFamily, pid: n.pid, machine });
+        }
+        this.writeState(state);
+        writeFileSync(this.knownHostsPath, state.nodes.map((n) => n.knownHostsLine).join('\n') + '\n', { mode: 0o600 });
+      }
+    } catch (e) {
+      log('error', `bringing up cluster "${this.spec.name}" failed; removing what was made`);
+      await this.down().catch(() => undefined);
+      throw e instanceof InfrastructureError ? e : new InfrastructureError(`local cluster: ${(e as Error).message}`, { cause: e });
+    }
+    return state.nodes.map((n) => this.toNodeConfig(n));
+  }
+
+  async down(): Promise<void> {
+    const state = this.readState();
+    for (const n of state?.nodes ?? []) {
+      await step(`stop node ${n.name}`, async () => {
+        if (n.kind === 'host') {
+          const h = HostNode.attach(n.stateDir);
+          if (h) await h.stop();
+        } else if (n.pid && n.machine) {
+          await stopRecordedNspawn({ pid: n.pid, name: n.machine, stateDir: n.stateDir });
+        }
+        rmSync(n.stateDir, { recursive: true, force: true });
+      });
+    }
+    rmSync(this.stateDir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,151 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import Table from 'cli-table3';
+import type { Reporter, TestModule } from 'vitest/node';
+import { redact } from './redact.ts';
+
+// A run's results, per suite and per node, in the four states CI needs: passed, failed (the node
+// is wrong), broken (the harness or infrastructure could not tell), skipped. Written as
+// summary.json for machines and summary.md for people; the terminal prints the same table.
+
+export type State = 'passed' | 'failed' | 'broken' | 'skipped';
+
+export interface CheckResult {
+  suite: string;
+  node: string;
+  name: string;
+  state: State;
+  durationMs: number;
+  message?: string;
+  notes: string[];
+}
+
+export interface SuiteSummary {
+  name: string;
+  state: State;
+  durationMs: number;
+  counts: Record<State, number>;
+  nodes: Record<string, Record<State, number>>;
+  firstFailure?: string;
+}
+
+export interface RunSummary {
+  runId: string;
+  cluster: string;
+  state: State;
+  startedAt: string;
+  durationMs: number;
+  suites: SuiteSummary[];
+  checks: CheckResult[];
+}
+
+/** Errors that mean "the node answered wrong"; anything else means we could not ask. */
+const PRODUCT_ERRORS = new Set(['AssertionError', 'SandboxStartError', 'CriError']);
+
+export function classify(errors: readonly { name?: string; message?: string }[] | undefined): State {
+  if (!errors?.length) return 'failed';
+  return errors.every((e) => PRODUCT_ERRORS.has(e.name ?? '')) ? 'failed' : 'broken';
+}
+
+const zero = (): Record<State, number> => ({ passed: 0, failed: 0, broken: 0, skipped: 0 });
+
+/** Suite name from its file: suites/<name>/<name>.suite.ts. */
+export function suiteOf(moduleId: string): string {
+  return basename(dirname(moduleId));
+}
+
+function worst(states: State[]): State {
+  for (const s of ['broken', 'failed', 'passed'] as const) if (states.includes(s)) return s;
+  return 'skipped';
+}
+
+export function summarize(runId: string, cluster: string, startedAt: Date, modules: readonly TestModule[], suiteNames: string[]): RunSummary {
+  const checks: CheckResult[] = [];
+  const suites = new Map<string, SuiteSummary>();
+  for (const name of suiteNames) suites.set(name, { name, state: 'skipped', durationMs: 0, counts: zero(), nodes: {} });
+  for (const m of modules) {
+    const suite = suiteOf(m.moduleId);
+    const s = suites.get(suite) ?? { name: suite, state: 'skipped', durationMs: 0, counts: zero(), nodes: {} };
+    suites.set(suite, s);
+    s.durationMs += m.diagnostic().duration;
+    const moduleErrors = m.errors();
+    if (moduleErrors.length > 0) {
+      // The suite could not even start (a node unreachable while collecting, a bad plan).
+      checks.push({ suite, node: '-', name: '(suite setup)', state: 'broken', durationMs: 0, message: redact(moduleErrors.map((e) => e.message).join('; ')), notes: [] });
+    }
+    for (const t of m.children.allTests()) {
+      const r = t.result();
+      const node = t.parent.type === 'suite' ? t.parent.name : '-';
+      const state: State = r.state === 'passed' ? 'passed' : r.state === 'failed' ? classify(r.errors) : 'skipped';
+      const message = r.state === 'failed' ? redact((r.errors ?? []).map((e) => e.message).join('; ')) : r.state === 'skipped' && r.note ? r.note : undefined;
+      checks.push({ suite, node, name: t.name, state, durationMs: t.diagnostic()?.duration ?? 0, message, notes: t.annotations().map((a) => redact(a.message)) });
+    }
+  }
+  for (const c of checks) {
+    const s = suites.get(c.suite)!;
+    s.counts[c.state]++;
+    (s.nodes[c.node] ??= zero())[c.state]++;
+    if ((c.state === 'failed' || c.state === 'broken') && !s.firstFailure) s.firstFailure = `[${c.node}] ${c.name}: ${c.message ?? ''}`;
+  }
+  for (const s of suites.values()) s.state = worst(checks.filter((c) => c.suite === s.name).map((c) => c.state));
+  const list = [...suites.values()];
+  return {
+    runId,
+    cluster,
+    state: worst(list.map((s) => s.state)),
+    startedAt: startedAt.toISOString(),
+    durationMs: Date.now() - startedAt.getTime(),
+    suites: list,
+    checks,
+  };
+}
+
+/** Collects module results for summarize(); vitest calls it in the CLI process. */
+export class SummaryReporter implements Reporter {
+  modules: readonly TestModule[] = [];
+  onTestRunEnd(testModules: readonly TestModule[]): void {
+    this.modules = testModules;
+  }
+}
+
+const ICON: Record<State, string> = { passed: 'PASS', failed: 'FAIL', broken: 'BROKEN', skipped: 'SKIP' };
+
+export function table(summary: RunSummary): string {
+  const t = new Table({ head: ['suite', 'result', 'passed', 'failed', 'broken', 'skipped', 'time', 'first failure'], style: { head: [], border: [] }, colWidths: [24, 8, 8, 8, 8, 9, 8, 60], wordWrap: true });
+  for (const s of summary.suites) {
+    t.push([s.name, ICON[s.state], s.counts.passed, s.counts.failed, s.counts.broken, s.counts.skipped, `${(s.durationMs / 1000).toFixed(1)}s`, s.firstFailure ?? '']);
+  }
+  return t.toString();
+}
+
+export function markdown(summary: RunSummary): string {
+  const lines = [
+    `# gvisor-e2e run ${summary.runId}`,
+    '',
+    `Cluster \`${summary.cluster}\` — **${ICON[summary.state]}** in ${(summary.durationMs / 1000).toFixed(1)}s (started ${summary.startedAt}).`,
+    '',
+    '| suite | result | passed | failed | broken | skipped | time | first failure |',
+    '|---|---|---|---|---|---|---|---|',
+    ...summary.suites.map(
+      (s) => `| ${s.name} | ${ICON[s.state]} | ${s.counts.passed} | ${s.counts.failed} | ${s.counts.broken} | ${s.counts.skipped} | ${(s.durationMs / 1000).toFixed(1)}s | ${(s.firstFailure ?? '').replace(/\|/g, '\\|').replace(/\n/g, ' ')} |`,
+    ),
+    '',
+    '## Per node',
+    '',
+    '| suite | node | passed | failed | broken | skipped |',
+    '|---|---|---|---|---|---|',
+    ...summary.suites.flatMap((s) => Object.entries(s.nodes).map(([n, c]) => `| ${s.name} | ${n} | ${c.passed} | ${c.failed} | ${c.broken} | ${c.skipped} |`)),
+    '',
+    '## Checks',
+    '',
+    ...summary.checks.map((c) => `- ${ICON[c.state]} \`${c.suite}\` [${c.node}] ${c.name}${c.message ? ` — ${c.message.replace(/\n/g, ' ')}` : ''}`),
+    '',
+  ];
+  return lines.join('\n');
+}
+
+export function writeReports(runDir: string, summary: RunSummary): void {
+  mkdirSync(runDir, { recursive: true });
+  writeFileSync(join(runDir, 'summary.json'), redact(JSON.stringify(summary, null, 2)));
+  writeFileSync(join(runDir, 'summary.md'), redact(markdown(summary)));
+}

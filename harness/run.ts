@@ -1,0 +1,191 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync, lstatSync, mkdirSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startVitest } from 'vitest/node';
+import { providerFor } from '../clusters/index.ts';
+import { gvisorBinaries, type GVisorBinaries } from './binaries.ts';
+import { type Config, type NodeConfig, type SuiteName, durationMs, effectiveRunscFlags, selectSuites } from './config.ts';
+import { InfrastructureError } from './errors.ts';
+import { buildTestImage, importTestImage, type TestImage } from './image.ts';
+import { installNode, isGVisorNode, uninstallNode } from './installer.ts';
+import { log, step } from './log.ts';
+import { openNode, type NodeAccess } from './node.ts';
+import { SummaryReporter, summarize, table, writeReports, type RunSummary } from './report.ts';
+import { PLAN_ENV, type RunPlan } from './suite.ts';
+
+// The verbs of the CLI, as functions: up (cluster), install (gVisor + containerd customizations),
+// run (suites → reports), down. Each is usable alone; `run` does up + install + suites.
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+
+/** Runs fn over items with at most `limit` in flight. */
+export async function mapLimit<T, R>(items: T[], limit: number, fn: (t: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array(items.length);
+  let next = 0;
+  const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]!);
+    }
+  });
+  await Promise.all(workers);
+  return out;
+}
+
+export async function up(cfg: Config): Promise<NodeConfig[]> {
+  return step(`cluster up (${cfg.cluster.provider} "${cfg.cluster.name}")`, () => providerFor(cfg).up());
+}
+
+export async function down(cfg: Config, opts: { uninstall?: boolean } = {}): Promise<void> {
+  if (cfg.cluster.provider === 'nodes' && opts.uninstall !== false) {
+    // Hosts we did not create: undo what we installed on them, nothing else.
+    await mapLimit(cfg.cluster.nodes, 4, async (n) => {
+      const node = openNode(n);
+      try {
+        const undone = await step(`uninstall from ${n.name}`, () => uninstallNode(node, cfg));
+        log('info', `[${n.name}] restored/removed: ${undone.join(', ') || 'nothing'}`);
+      } finally {
+        await node.close();
+      }
+    });
+  }
+  await step(`cluster down (${cfg.cluster.provider} "${cfg.cluster.name}")`, () => providerFor(cfg).down());
+}
+
+export interface InstallOutcome {
+  bins?: GVisorBinaries;
+  image: TestImage;
+}
+
+export async function install(cfg: Config, nodes: NodeConfig[]): Promise<InstallOutcome> {
+  effectiveRunscFlags(cfg.gvisor.configFlags); // warns once about ignored flags
+  const needBins = nodes.some((n) => isGVisorNode(cfg, n));
+  const bins = needBins ? await gvisorBinaries(cfg.gvisor) : undefined;
+  const image = await step('build the busybox test image', () => buildTestImage());
+  await mapLimit(nodes, 4, async (n) => {
+    const node = openNode(n);
+    try {
+      await step(`install on ${n.name} (pool ${n.pool}${isGVisorNode(cfg, n) ? ', gVisor' : ''})`, async () => {
+        const r = await installNode(node, cfg, bins);
+        log('info', `[${n.name}] ${r.changed.length ? `changed: ${r.changed.join(', ')}` : 'already up to date'} (os ${r.facts.osFamily}${r.facts.systemd ? ', systemd' : ''})`);
+        await importTestImage(node, image, n.paths.containerdSocket, n.paths.tmpDir);
+      });
+    } finally {
+      await node.close();
+    }
+  });
+  return { bins, image };
+}
+
+export interface RunOptions {
+  suites?: string[];
+  skip?: string[];
+  /** Keep a local cluster after the run (default: remove what this run created). */
+  keep?: boolean;
+  /** Skip the install step (the cluster was installed before). */
+  noInstall?: boolean;
+}
+
+function newRunId(): string {
+  const d = new Date();
+  const p = (n: number) => String(n).padStart(2, '0');
+  return `${d.getUTCFullYear()}${p(d.getUTCMonth() + 1)}${p(d.getUTCDate())}-${p(d.getUTCHours())}${p(d.getUTCMinutes())}${p(d.getUTCSeconds())}-${randomBytes(2).toString('hex')}`;
+}
+
+/** Runs the selected suites with vitest against already-installed nodes; returns the summary. */
+export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteName[], outcome: InstallOutcome): Promise<RunSummary> {
+  const runId = newRunId();
+  const reportsRoot = resolve(cfg.reportsDir);
+  const runDir = join(reportsRoot, runId);
+  mkdirSync(runDir, { recursive: true });
+  const plan: RunPlan = {
+    runId,
+    runDir,
+    config: cfg,
+    nodes,
+    image: { image: outcome.image.image, pause: outcome.image.pause },
+    expectedVersion: outcome.bins?.expectedVersion ?? (cfg.gvisor.version === 'latest' ? '' : cfg.gvisor.version),
+  };
+  const planFile = join(tmpdir(), `gvisor-e2e-plan-${runId}.json`);
+  writeFileSync(planFile, JSON.stringify(plan), { mode: 0o600 });
+  process.env[PLAN_ENV] = planFile;
+  const reporter = new SummaryReporter();
+  const startedAt = new Date();
+  const testTimeout = 2 * durationMs(cfg.timeouts.container) + 60_000;
+  try {
+    const files = suites.map((s) => join(ROOT, 'suites', s, `${s}.suite.ts`)).filter((f) => existsSync(f));
+    log('info', `▶ run suites: ${suites.join(', ')} on ${nodes.map((n) => n.name).join(', ')} (run ${runId})`);
+    const vitest = await startVitest(
+      'test',
+      files,
+      {
+        root: ROOT,
+        config: false,
+        include: ['suites/**/*.suite.ts'],
+        watch: false,
+        reporters: [reporter, 'default', ['junit', { outputFile: join(runDir, 'junit.xml'), suiteName: `gvisor-e2e ${runId}` }]],
+        testTimeout,
+        hookTimeout: testTimeout,
+        pool: 'forks',
+        maxWorkers: 4,
+        fileParallelism: true,
+        passWithNoTests: true,
+      },
+      { logLevel: 'error' },
+    );
+    await vitest.close();
+  } finally {
+    rmSync(planFile, { force: true });
+  }
+  const summary = summarize(runId, cfg.cluster.name, startedAt, reporter.modules, suites);
+  writeReports(runDir, summary);
+  const latest = join(reportsRoot, 'latest');
+  try {
+    if (existsSync(latest) || isSymlink(latest)) unlinkSync(latest);
+    symlinkSync(runId, latest);
+  } catch {
+    /* a reports dir on a filesystem without symlinks */
+  }
+  process.stdout.write(`\n${table(summary)}\n`);
+  log('info', `reports: ${runDir}`);
+  return summary;
+}
+
+function isSymlink(p: string): boolean {
+  try {
+    return lstatSync(p).isSymbolicLink();
+  } catch {
+    return false;
+  }
+}
+
+/** up → install → suites → (down). The main job. */
+export async function run(cfg: Config, opts: RunOptions = {}): Promise<RunSummary> {
+  const suites = selectSuites(cfg, opts.suites, opts.skip);
+  const created = cfg.cluster.provider === 'local';
+  let cleaned = false;
+  const cleanup = async () => {
+    if (cleaned || !created || opts.keep) return;
+    cleaned = true;
+    await down(cfg).catch((e: Error) => log('error', `cleanup failed: ${e.message}; run \`gvisor-e2e down\``));
+  };
+  const onSignal = (sig: NodeJS.Signals) => {
+    log('warn', `${sig}: stopping and cleaning up`);
+    void cleanup().finally(() => process.exit(sig === 'SIGINT' ? 130 : 143));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    const nodes = await up(cfg);
+    const outcome = opts.noInstall ? { image: await buildTestImage() } : await step('install gVisor', () => install(cfg, nodes));
+    return await runSuites(cfg, nodes, suites, outcome);
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await cleanup();
+  }
+}
+
+export { InfrastructureError, type NodeAccess };
