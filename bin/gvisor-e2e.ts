@@ -6,7 +6,7 @@ import { doctor } from '../harness/doctor.ts';
 import { type Config, loadConfig } from '../harness/config.ts';
 import { ConfigError, ExitCode, InfrastructureError } from '../harness/errors.ts';
 import { log, setVerbose } from '../harness/log.ts';
-import { ROOT, down, install, run, up } from '../harness/run.ts';
+import { ROOT, down, install, run, up, warm } from '../harness/run.ts';
 
 // gvisor-e2e: provision a cluster, install gVisor like Gardener's runtime-gvisor extension and
 // image-builder do, run the conformance suites, write reports. Exit codes: 0 all passed,
@@ -32,6 +32,13 @@ program
   .description('check that this machine and the nodes have what the chosen cluster needs, and say how to get what is missing')
   .action(async () => {
     process.exitCode = (await doctor(config(program.opts().config))) ? ExitCode.Passed : ExitCode.Broken;
+  });
+
+program
+  .command('warm')
+  .description('build and cache what the embedded local cluster needs (runsc + shim, containerd, CRI proto, test image, Debian rootfs)')
+  .action(async () => {
+    await warm();
   });
 
 program

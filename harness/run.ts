@@ -5,7 +5,8 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startVitest } from 'vitest/node';
 import { providerFor } from '../clusters/index.ts';
-import { gvisorBinaries, type GVisorBinaries } from './binaries.ts';
+import { buildContainerd, buildGVisor, cacheRoot, criProtoPath, gvisorBinaries, type GVisorBinaries } from './binaries.ts';
+import { ensureNspawnRootfs } from '../clusters/local/nspawn-node.ts';
 import { type Config, type NodeConfig, type SuiteName, durationMs, effectiveRunscFlags, selectSuites } from './config.ts';
 import { InfrastructureError } from './errors.ts';
 import { buildTestImage, importTestImage, type TestImage } from './image.ts';
@@ -159,6 +160,15 @@ function isSymlink(p: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** Builds every cached artefact the local cluster uses, so CI's first run is not a cold build. */
+export async function warm(): Promise<void> {
+  await criProtoPath();
+  await buildGVisor();
+  await buildContainerd();
+  await step('build the busybox test image', () => buildTestImage());
+  await step('prepare the Debian rootfs for systemd nodes', () => ensureNspawnRootfs({ cacheDir: join(cacheRoot(), 'rootfs'), onProgress: (m) => log('info', `  ${m}`) }));
 }
 
 /** up → install → suites → (down). The main job. */

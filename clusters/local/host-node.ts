@@ -245,14 +245,8 @@ done
   }
 
   async stop(): Promise<void> {
-    // Let containerd tear down its pods first (shims, sandboxes, pod netns), then kill the rest.
-    try {
-      this.inNode(
-        `for p in $(ctr -n k8s.io --timeout 10s containers ls -q 2>/dev/null); do ctr -n k8s.io tasks kill -s KILL $p >/dev/null 2>&1; done; true`,
-      );
-    } catch {
-      /* containerd may already be gone */
-    }
+    // SIGKILL is enough: every process of the node shares its mount namespace or inherited its
+    // marker, and the namespaces (mounts, pod netns, overlay snapshots) go with the last of them.
     for (let round = 0; round < 3; round++) {
       const pids = this.nodePids();
       if (pids.length === 0) break;

@@ -12,7 +12,7 @@ const ctx = new SuiteContext();
 afterAll(() => ctx.close());
 const h = ctx.gvisor.handler;
 
-describe.each(ctx.gvisorNodes.map((n) => [n.name, n] as const))('gVisor node %s', (_name, n) => {
+describe.each(ctx.gvisorNodes.map((n) => [n.name, n] as const))('%s', (_name, n) => {
   const want = ctx.netRaw;
   it(want === 'true' ? 'raw sockets work in the sandbox (net-raw "true")' : 'raw sockets are refused in the sandbox (net-raw off)', async () => {
     const r = await ctx.oneShot(n, h, 'net-raw', NET_RAW_PROBE);

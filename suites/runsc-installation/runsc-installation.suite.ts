@@ -4,6 +4,7 @@ import { readNodeFile, sh } from '../../harness/node.ts';
 import { findRuntime, parseRunscToml, type TomlTable } from '../../harness/render.ts';
 import { SuiteContext, check } from '../../harness/suite.ts';
 
+// Each describe block is one node (its title is the node name, which the report uses).
 // runsc and its shim are where the config says, run, report the expected version, and
 // containerd really serves the handler — on the gVisor pool's nodes, and nowhere else.
 
@@ -24,7 +25,7 @@ async function containerdConfig(n: (typeof ctx.gvisorNodes)[number]): Promise<To
   }
 }
 
-describe.each(ctx.gvisorNodes.map((n) => [n.name, n] as const))('gVisor node %s', (_name, n) => {
+describe.each(ctx.gvisorNodes.map((n) => [n.name, n] as const))('%s', (_name, n) => {
   it(`runsc is installed at ${runsc} and executable`, async () => {
     const r = await ctx.node(n).exec(`if [ ! -e ${sh(runsc)} ]; then echo missing; elif [ ! -x ${sh(runsc)} ] || [ -d ${sh(runsc)} ]; then echo not-executable; else echo ok; fi`);
     check(r.stdout.trim() !== 'missing', `runsc is missing on ${n.name}: expected an executable at ${runsc}`);
@@ -84,16 +85,16 @@ describe.each(ctx.gvisorNodes.map((n) => [n.name, n] as const))('gVisor node %s'
   });
 });
 
-describe.each(ctx.otherNodes.map((n) => [n.name, n] as const))('node %s outside the gVisor pools', (_name, n) => {
-  it(`has no runsc at ${runsc}`, async () => {
+describe.each(ctx.otherNodes.map((n) => [n.name, n] as const))('%s', (_name, n) => {
+  it(`(outside the gVisor pools) has no runsc at ${runsc}`, async () => {
     const r = await ctx.node(n).exec(`[ -e ${sh(runsc)} ]`);
     check(r.code !== 0, `${n.name} (pool "${n.pool}") has ${runsc}, but gVisor must only be on pools ${g.pools.join(', ')}`);
   });
-  it(`does not declare handler "${g.handler}" in config.toml`, async () => {
+  it(`(outside the gVisor pools) does not declare handler "${g.handler}" in config.toml`, async () => {
     const cfg = await containerdConfig(n);
     check(!findRuntime(cfg, g.handler), `${n.paths.containerdConfig} on ${n.name} (pool "${n.pool}") declares runtime "${g.handler}", but it is outside the gVisor pools`);
   });
-  it(`containerd's CRI does not serve handler "${g.handler}"`, async () => {
+  it(`(outside the gVisor pools) containerd's CRI does not serve handler "${g.handler}"`, async () => {
     const handlers = await (await ctx.cri(n)).runtimeHandlers();
     check(!handlers[g.handler], `containerd on ${n.name} (pool "${n.pool}") serves handler "${g.handler}", but it is outside the gVisor pools`);
   });

@@ -9,7 +9,7 @@ const ctx = new SuiteContext();
 afterAll(() => ctx.close());
 const h = ctx.gvisor.handler;
 
-describe.each(ctx.gvisorNodes.map((n) => [n.name, n] as const))('gVisor node %s', (_name, n) => {
+describe.each(ctx.gvisorNodes.map((n) => [n.name, n] as const))('%s', (_name, n) => {
   it(`dmesg in a "${h}" container shows the gVisor boot log ending in "Ready!"`, async () => {
     const r = await ctx.oneShot(n, h, 'dmesg-gvisor', ['dmesg']);
     const log = gvisorBootLog(r.output);

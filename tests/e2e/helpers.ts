@@ -1,0 +1,49 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { stringify } from 'yaml';
+import type { RunSummary } from '../../harness/report.ts';
+
+export const ROOT = resolve(import.meta.dirname, '../..');
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the real CLI as a user would, in a child process. */
+export function cli(args: string[], env: NodeJS.ProcessEnv = {}): CliResult {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', join(ROOT, 'bin/gvisor-e2e.ts'), ...args], {
+    cwd: ROOT,
+    encoding: 'utf8',
+    env: { ...process.env, ...env },
+    timeout: 600_000,
+  });
+  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** A scratch dir for configs and reports, outside the paths test nodes remount (/var, /run). */
+export function scratch(prefix: string): string {
+  return mkdtempSync(join(tmpdir(), `gvisor-e2e-${prefix}-`));
+}
+
+export function stateRoot(): string {
+  return join(homedir(), '.local', 'state', 'gvisor-e2e-tests');
+}
+
+export function writeConfig(dir: string, name: string, cfg: object): string {
+  const path = join(dir, name);
+  writeFileSync(path, stringify(cfg));
+  return path;
+}
+
+export function latestSummary(reportsDir: string): RunSummary {
+  return JSON.parse(readFileSync(join(reportsDir, 'latest', 'summary.json'), 'utf8')) as RunSummary;
+}
+
+/** The message of the first non-passing check matching suite/node/name. */
+export function failures(s: RunSummary, suite: string): { node: string; name: string; state: string; message: string }[] {
+  return s.checks.filter((c) => c.suite === suite && (c.state === 'failed' || c.state === 'broken')).map((c) => ({ node: c.node, name: c.name, state: c.state, message: c.message ?? '' }));
+}
