@@ -42,15 +42,19 @@ export class CriClient {
     private readonly cleanup: () => void,
     readonly socket: string,
     private readonly timeoutMs: number,
+    private readonly lastTunnelError: () => string | undefined = () => undefined,
   ) {}
 
   static async connect(node: NodeAccess, socket: string, timeoutMs = 60_000): Promise<CriClient> {
     const Ctor = await runtimeServiceCtor();
     let target: string;
     let cleanup = () => {};
+    let tunnelError: string | undefined;
     if (node.config.access.type === 'local') {
       target = `unix://${socket}`;
     } else {
+      // Connect to the node first, so an SSH problem surfaces as itself, not as "CRI unavailable".
+      await node.exec('true');
       // A private local socket (0700 dir) whose every connection is forwarded to the node's socket.
       const dir = mkdtempSync(join(tmpdir(), 'gvisor-e2e-cri-'));
       const local = join(dir, 'cri.sock');
@@ -65,7 +69,10 @@ export class CriClient {
             conn.on('error', end).on('close', end);
             remote.on('error', end).on('close', end);
           },
-          () => conn.destroy(),
+          (e: Error) => {
+            tunnelError = e.message;
+            conn.destroy();
+          },
         );
       });
       await new Promise<void>((res, rej) => server.listen(local, res).once('error', rej));
@@ -78,7 +85,7 @@ export class CriClient {
     const client = new Ctor(target, grpc.credentials.createInsecure(), {
       'grpc.max_receive_message_length': 16 * 1024 * 1024,
     }) as unknown as RuntimeService;
-    const cri = new CriClient(node, client, cleanup, socket, timeoutMs);
+    const cri = new CriClient(node, client, cleanup, socket, timeoutMs, () => tunnelError);
     return cri;
   }
 
@@ -92,7 +99,10 @@ export class CriClient {
       fn.call(this.client, req, { deadline: new Date(Date.now() + timeoutMs) }, (err, out) => {
         if (!err) return res(out as T);
         if (err.code === grpc.status.DEADLINE_EXCEEDED) rej(new TimeoutError(`CRI ${method} on ${this.node.name} (${this.socket})`, timeoutMs));
-        else if (err.code === grpc.status.UNAVAILABLE) rej(new InfrastructureError(`CRI ${method} on ${this.node.name}: containerd at ${this.socket} is unavailable: ${err.details}`));
+        else if (err.code === grpc.status.UNAVAILABLE) {
+          const why = this.lastTunnelError() ?? err.details;
+          rej(new InfrastructureError(`CRI ${method} on ${this.node.name}: containerd at ${this.socket} is unavailable: ${why}`));
+        }
         else rej(new CriError(method, this.node.name, err));
       });
     });

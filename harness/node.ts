@@ -244,7 +244,12 @@ export class SshNode extends BaseNode {
         this.client = undefined;
         this.connecting = undefined;
       });
-      c.connect(cfg);
+      try {
+        c.connect(cfg);
+      } catch (e) {
+        this.connecting = undefined;
+        rej(new InfrastructureError(`[${this.name}] cannot use SSH private key ${a.privateKeyPath}: ${(e as Error).message}`));
+      }
     });
     return this.connecting;
   }

@@ -1,4 +1,6 @@
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { redact } from './redact.ts';
 import { type Config, type NodeConfig, durationMs, effectiveRunscFlags } from './config.ts';
 import { CriClient } from './cri.ts';
 import { InfrastructureError } from './errors.ts';
@@ -42,7 +44,10 @@ export class SuiteContext {
   private cris = new Map<string, Promise<CriClient>>();
   readonly plan: RunPlan;
 
-  constructor(plan = loadPlan()) {
+  constructor(
+    readonly suite: string,
+    plan = loadPlan(),
+  ) {
     this.plan = plan;
   }
 
@@ -96,7 +101,13 @@ export class SuiteContext {
     });
   }
 
+  /** Closes connections and keeps every command run on the nodes (redacted) as evidence. */
   async close(): Promise<void> {
+    const transcript = [...this.access.values()].flatMap((a) => a.transcript);
+    if (transcript.length > 0) {
+      mkdirSync(join(this.plan.runDir, 'transcripts'), { recursive: true });
+      writeFileSync(join(this.plan.runDir, 'transcripts', `${this.suite}.json`), redact(JSON.stringify(transcript, null, 2)));
+    }
     for (const c of this.cris.values()) (await c.catch(() => undefined))?.close();
     for (const a of this.access.values()) await a.close();
     this.cris.clear();

@@ -10,7 +10,7 @@ import { LIMIT_NOFILE } from '../../harness/versions.ts';
 // Azure Linux / CBL-Mariner, elsewhere only when containerd_enable_limit_no_file is set. Check the
 // file is exactly where the rule says, that systemd applies it, and that pods inherit it.
 
-const ctx = new SuiteContext();
+const ctx = new SuiteContext('limit-nofile');
 afterAll(() => ctx.close());
 const enable = ctx.config.containerd.enableLimitNoFile;
 

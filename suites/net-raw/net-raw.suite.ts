@@ -8,7 +8,7 @@ import { SuiteContext, check } from '../../harness/suite.ts';
 // its raw ICMP socket; with net-raw "true" it can. The probe is the container's own main process:
 // processes started by `runsc exec` keep raw sockets whatever the flag says.
 
-const ctx = new SuiteContext();
+const ctx = new SuiteContext('net-raw');
 afterAll(() => ctx.close());
 const h = ctx.gvisor.handler;
 

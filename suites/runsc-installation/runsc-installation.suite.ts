@@ -8,7 +8,7 @@ import { SuiteContext, check } from '../../harness/suite.ts';
 // runsc and its shim are where the config says, run, report the expected version, and
 // containerd really serves the handler — on the gVisor pool's nodes, and nowhere else.
 
-const ctx = new SuiteContext();
+const ctx = new SuiteContext('runsc-installation');
 afterAll(() => ctx.close());
 const g = ctx.gvisor;
 const runsc = `${g.binaryPath}/runsc`;

@@ -5,7 +5,7 @@ import { SuiteContext, check } from '../../harness/suite.ts';
 // gVisor's Sentry prints its own boot log to the sandbox's dmesg ("Starting gVisor..." …
 // "Ready!"). A runc container sees the host kernel's log, or is refused; never that log.
 
-const ctx = new SuiteContext();
+const ctx = new SuiteContext('sandbox-dmesg');
 afterAll(() => ctx.close());
 const h = ctx.gvisor.handler;
 

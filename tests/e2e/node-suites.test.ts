@@ -1,4 +1,5 @@
-import { existsSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalProvider } from '../../clusters/local/index.ts';
@@ -60,8 +61,18 @@ afterAll(async () => {
   await gv?.close();
   await sd?.close();
   await down(cfg);
-  // Nothing the cluster made is left: no state, no node processes.
+  // Nothing the cluster made is left: no state, no node processes, no nspawn machine.
   expect(existsSync(join(stateRoot(), name))).toBe(false);
+  const leftovers = readdirSync('/proc').filter((p) => {
+    try {
+      const env = readFileSync(`/proc/${p}/environ`, 'latin1');
+      const cmd = readFileSync(`/proc/${p}/cmdline`, 'latin1');
+      return /GVISOR_E2E_TESTBED_NODE=gvisor-1\0/.test(env) || cmd.includes(`gve2e-${name}-`);
+    } catch {
+      return false;
+    }
+  });
+  expect(leftovers).toEqual([]);
 });
 
 describe('on a correctly configured cluster', () => {
@@ -201,6 +212,31 @@ describe('each suite fails on a broken node, naming the cause', () => {
     } finally {
       await sh(sd, 'rm -rf /var/bin/containerruntimes');
     }
+  });
+});
+
+describe('node access is verified', () => {
+  it('an SSH host key not in known_hosts is an error that shows the presented fingerprint (exit 2)', () => {
+    const n = nodes.find((x) => x.pool === 'gvisor')!;
+    const a = n.access as Extract<NodeConfig['access'], { type: 'ssh' }>;
+    const otherKey = join(dir, 'other_host_key');
+    execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', otherKey]);
+    const known = join(dir, 'wrong_known_hosts');
+    writeFileSync(known, `[127.0.0.1]:${a.port} ${readFileSync(`${otherKey}.pub`, 'utf8').split(' ').slice(0, 2).join(' ')}\n`);
+    const wrongReports = join(dir, 'reports-hostkey');
+    const p = writeConfig(dir, 'hostkey.yaml', {
+      apiVersion: 'gvisor-e2e.dev/v1alpha1',
+      kind: 'Config',
+      cluster: { provider: 'nodes', nodes: [{ name: n.name, pool: 'gvisor', access: { ...a, knownHostsPath: known } }] },
+      gvisor: { pools: ['gvisor'] },
+      reportsDir: wrongReports,
+    });
+    const r = cli(['--config', p, 'run', '--no-install', '--suite', 'runsc-installation']);
+    expect(r.code).toBe(2);
+    const s = latestSummary(wrongReports);
+    expect(s.suites[0]!.firstFailure).toMatch(
+      new RegExp(`SSH host key of 127\\.0\\.0\\.1:${a.port} is not trusted: it presented SHA256:[A-Za-z0-9+/]{43}, which is not in ${known}`),
+    );
   });
 });
 

@@ -273,4 +273,20 @@ describe('osFamilyFromOsRelease', () => {
     expect(osFamilyFromOsRelease('NAME="Fedora Linux"\nID=fedora\n')).toBe('rhel');
     expect(osFamilyFromOsRelease('NAME="VMware Photon OS"\nID=photon\n')).toBe('photon');
   });
+
+  it('ID alone decides, and NAME alone decides for the drop-in families', () => {
+    expect(osFamilyFromOsRelease('ID=mariner\n')).toBe('mariner');
+    expect(osFamilyFromOsRelease('ID=azurelinux\n')).toBe('azurelinux');
+    expect(osFamilyFromOsRelease('ID=flatcar\n')).toBe('flatcar');
+    expect(osFamilyFromOsRelease('NAME="Common Base Linux Mariner"\nID=cbl\n')).toBe('mariner');
+    expect(osFamilyFromOsRelease('NAME="Microsoft Azure Linux"\nID=aml\n')).toBe('azurelinux');
+    expect(osFamilyFromOsRelease('NAME="Flatcar Container Linux by Kinvolk"\nID=fcl\n')).toBe('flatcar');
+  });
+
+  // BUG (minor): harness/render.ts osFamilyFromOsRelease only strips double quotes. os-release(5)
+  // also allows single-quoted values, which are kept with their quotes ("'rocky'", "'rhel"), so
+  // ID='rocky' ID_LIKE='rhel centos fedora' maps to "other" instead of "rhel".
+  it.fails('accepts single-quoted values (os-release(5) allows them)', () => {
+    expect(osFamilyFromOsRelease("NAME='Rocky Linux'\nID='rocky'\nID_LIKE='rhel centos fedora'\n")).toBe('rhel');
+  });
 });

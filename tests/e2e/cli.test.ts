@@ -1,0 +1,93 @@
+import { execFileSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { cli, latestSummary, scratch, writeConfig } from './helpers.ts';
+
+// The CLI's contract with CI: bad input is a usage error (64) that names the file and the field;
+// an unreachable node is "broken" (2), never "failed" or "passed".
+
+const dir = scratch('cli');
+
+describe('bad input', () => {
+  it('an unknown key: exit 64, naming the file and the field path', () => {
+    const p = writeConfig(dir, 'typo.yaml', {
+      apiVersion: 'gvisor-e2e.dev/v1alpha1',
+      kind: 'Config',
+      cluster: { provider: 'nodes', nodes: [{ name: 'n1', pool: 'gvisor', acess: { type: 'local' } }] },
+      gvisor: { pools: ['gvisor'] },
+    });
+    const r = cli(['--config', p, 'run']);
+    expect(r.code).toBe(64);
+    expect(r.stderr).toContain(`${p}: `);
+    expect(r.stderr).toContain('cluster.nodes[0]: unknown key(s) "acess"');
+    expect(r.stderr).toContain('cluster.nodes[0].access');
+  });
+
+  it('broken YAML: exit 64 with the line', () => {
+    const p = join(dir, 'broken.yaml');
+    writeFileSync(p, 'apiVersion: gvisor-e2e.dev/v1alpha1\nkind: Config\ncluster: [unclosed\n');
+    const r = cli(['--config', p, 'doctor']);
+    expect(r.code).toBe(64);
+    expect(r.stderr).toMatch(new RegExp(`${p}: line \\d+, column \\d+`));
+  });
+
+  it('a missing file: exit 64 naming it', () => {
+    const r = cli(['--config', join(dir, 'nope.yaml'), 'run']);
+    expect(r.code).toBe(64);
+    expect(r.stderr).toContain(`${join(dir, 'nope.yaml')}: (root): cannot read the file: ENOENT`);
+  });
+
+  it('an unknown suite: exit 64 listing the valid ones', () => {
+    const r = cli(['--config', join(import.meta.dirname, '../../fixtures/local.yaml'), 'run', '--suite', 'dmseg']);
+    expect(r.code).toBe(64);
+    expect(r.stderr).toContain('unknown suite "dmseg"; expected one of runsc-installation, sandbox-dmesg, net-raw, limit-nofile');
+  });
+
+  it('an unknown command: non-zero', () => {
+    expect(cli(['frobnicate']).code).toBe(64);
+  });
+});
+
+describe('infrastructure broken', () => {
+  it('an unusable SSH key is named in a "broken" result', () => {
+    const key = join(dir, 'bad-key');
+    writeFileSync(key, 'not a key');
+    const known = join(dir, 'known_hosts_empty');
+    writeFileSync(known, '');
+    const reports = join(dir, 'reports-badkey');
+    const p = writeConfig(dir, 'badkey.yaml', {
+      apiVersion: 'gvisor-e2e.dev/v1alpha1',
+      kind: 'Config',
+      cluster: { provider: 'nodes', nodes: [{ name: 'k-1', pool: 'gvisor', access: { type: 'ssh', host: '127.0.0.1', port: 1, privateKeyPath: key, knownHostsPath: known } }] },
+      gvisor: { pools: ['gvisor'] },
+      reportsDir: reports,
+    });
+    const r = cli(['--config', p, 'run', '--no-install', '--suite', 'net-raw']);
+    expect(r.code).toBe(2);
+    expect(latestSummary(reports).suites[0]!.firstFailure).toContain(`[k-1] cannot use SSH private key ${key}: Cannot parse privateKey`);
+  });
+
+  it('an unreachable node makes the run "broken" with exit 2, not "failed"', () => {
+    const key = join(dir, 'id');
+    execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', key]);
+    const known = join(dir, 'known_hosts');
+    writeFileSync(known, '');
+    const reports = join(dir, 'reports');
+    const p = writeConfig(dir, 'unreachable.yaml', {
+      apiVersion: 'gvisor-e2e.dev/v1alpha1',
+      kind: 'Config',
+      // Port 1 on loopback: nothing listens there.
+      cluster: { provider: 'nodes', nodes: [{ name: 'gone-1', pool: 'gvisor', access: { type: 'ssh', host: '127.0.0.1', port: 1, privateKeyPath: key, knownHostsPath: known } }] },
+      gvisor: { pools: ['gvisor'] },
+      reportsDir: reports,
+    });
+    const r = cli(['--config', p, 'run', '--no-install', '--suite', 'runsc-installation']);
+    expect(r.code).toBe(2);
+    const s = latestSummary(reports);
+    expect(s.state).toBe('broken');
+    expect(s.suites[0]!.state).toBe('broken');
+    expect(s.suites[0]!.firstFailure).toMatch(/gone-1.*SSH connection to root@127\.0\.0\.1:1 failed: connect ECONNREFUSED/);
+    expect(readFileSync(join(reports, 'latest', 'summary.md'), 'utf8')).toContain('| runsc-installation | BROKEN |');
+  });
+});
