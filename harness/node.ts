@@ -162,12 +162,21 @@ function hostPattern(host: string, port: number): string {
 export function knownHostKeys(knownHosts: string, host: string, port: number): Buffer[] {
   const want = hostPattern(host, port);
   const keys: Buffer[] = [];
+  const revoked: Buffer[] = [];
   for (const raw of knownHosts.split('\n')) {
     const line = raw.trim();
-    if (!line || line.startsWith('#') || line.startsWith('@revoked')) continue;
-    const parts = line.replace(/^@cert-authority\s+/, '').split(/\s+/);
+    if (!line || line.startsWith('#')) continue;
+    // A CA key vouches for host certificates only; it is never the host's own key.
+    if (line.startsWith('@cert-authority')) continue;
+    const isRevoked = line.startsWith('@revoked');
+    const parts = line.replace(/^@revoked\s+/, '').split(/\s+/);
     if (parts.length < 3) continue;
     const [hosts, , b64] = parts as [string, string, string];
+    if (isRevoked) {
+      // sshd(8): a revoked key must never be accepted, whatever else lists it.
+      revoked.push(Buffer.from(b64, 'base64'));
+      continue;
+    }
     const match = hosts.split(',').some((h) => {
       if (h.startsWith('|1|')) {
         const [, , salt, hash] = h.split('|');
@@ -178,7 +187,7 @@ export function knownHostKeys(knownHosts: string, host: string, port: number): B
     });
     if (match) keys.push(Buffer.from(b64, 'base64'));
   }
-  return keys;
+  return keys.filter((k) => !revoked.some((r) => r.equals(k)));
 }
 
 export class SshNode extends BaseNode {

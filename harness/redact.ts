@@ -6,7 +6,8 @@ const PATTERNS: [RegExp, string][] = [
   [/-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z0-9 ]*PRIVATE KEY-----/g, '[REDACTED PRIVATE KEY]'],
   // Bearer tokens and kubeconfig token / password / client key fields.
   [/(Bearer\s+)[A-Za-z0-9._~+/=-]+/gi, '$1[REDACTED]'],
-  [/((?:token|password|passwd|secret|client-key-data|client-certificate-data|certificate-authority-data)["']?\s*[:=]\s*["']?)[^\s"',}]+/gi, '$1[REDACTED]'],
+  // The value may sit behind plain or JSON-escaped (\") quotes.
+  [/((?:token|password|passwd|secret|client-key-data|client-certificate-data|certificate-authority-data)\\?["']?\s*[:=]\s*(?:\\?["'])?)[^\s"',}\\]+/gi, '$1[REDACTED]'],
   // JWTs (service-account tokens) wherever they appear.
   [/eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}/g, '[REDACTED JWT]'],
 ];

@@ -156,7 +156,7 @@ export function limitNofileExpected(osFamily: string, enableLimitNoFile: boolean
 export function osFamilyFromOsRelease(text: string): string {
   const fields = new Map<string, string>();
   for (const line of text.split('\n')) {
-    const m = /^([A-Z_]+)=("?)(.*)\2\s*$/.exec(line.trim());
+    const m = /^([A-Z_]+)=(["']?)(.*)\2\s*$/.exec(line.trim());
     if (m) fields.set(m[1]!, m[3]!);
   }
   const ids = [fields.get('ID') ?? '', ...(fields.get('ID_LIKE') ?? '').split(/\s+/)].map((s) => s.toLowerCase());

@@ -77,7 +77,7 @@ export function summarize(runId: string, cluster: string, startedAt: Date, modul
       const r = t.result();
       const node = t.parent.type === 'suite' ? t.parent.name : '-';
       const state: State = r.state === 'passed' ? 'passed' : r.state === 'failed' ? classify(r.errors) : 'skipped';
-      const message = r.state === 'failed' ? redact((r.errors ?? []).map((e) => e.message).join('; ')) : r.state === 'skipped' && r.note ? r.note : undefined;
+      const message = r.state === 'failed' ? redact((r.errors ?? []).map((e) => e.message).join('; ')) : r.state === 'skipped' && r.note ? redact(r.note) : undefined;
       checks.push({ suite, node, name: t.name, state, durationMs: t.diagnostic()?.duration ?? 0, message, notes: t.annotations().map((a) => redact(a.message)) });
     }
   }

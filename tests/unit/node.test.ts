@@ -135,18 +135,18 @@ describe('sh', () => {
 });
 
 describe('knownHostKeys: markers (OpenSSH semantics)', () => {
-  // BUG: harness/node.ts knownHostKeys skips `@revoked` lines instead of honouring them: a key
+  // Regression (was a bug): harness/node.ts knownHostKeys skips `@revoked` lines instead of honouring them: a key
   // that known_hosts revokes is still returned (and so trusted) when another line lists it.
   // sshd(8): a @revoked key "must not ever be accepted".
-  it.fails('a key revoked by an @revoked line is not trusted even if listed for the host', () => {
+  it('a key revoked by an @revoked line is not trusted even if listed for the host', () => {
     const kh = `@revoked * ${a.type} ${a.b64}\nh ${a.type} ${a.b64}\nh ${b.type} ${b.b64}\n`;
     expect(blobs(knownHostKeys(kh, 'h', 22))).toEqual([b.b64]);
   });
 
-  // BUG: harness/node.ts knownHostKeys strips `@cert-authority` and returns the CA key as if it
+  // Regression (was a bug): harness/node.ts knownHostKeys strips `@cert-authority` and returns the CA key as if it
   // were the host's own key. OpenSSH trusts such a key only to verify host certificates, so a
   // server presenting the bare CA key is not the host.
-  it.fails('an @cert-authority key is not a host key', () => {
+  it('an @cert-authority key is not a host key', () => {
     const kh = `@cert-authority h ${a.type} ${a.b64}\n`;
     expect(knownHostKeys(kh, 'h', 22)).toEqual([]);
   });

@@ -283,10 +283,10 @@ describe('osFamilyFromOsRelease', () => {
     expect(osFamilyFromOsRelease('NAME="Flatcar Container Linux by Kinvolk"\nID=fcl\n')).toBe('flatcar');
   });
 
-  // BUG (minor): harness/render.ts osFamilyFromOsRelease only strips double quotes. os-release(5)
+  // Regression (was a bug): harness/render.ts osFamilyFromOsRelease only strips double quotes. os-release(5)
   // also allows single-quoted values, which are kept with their quotes ("'rocky'", "'rhel"), so
   // ID='rocky' ID_LIKE='rhel centos fedora' maps to "other" instead of "rhel".
-  it.fails('accepts single-quoted values (os-release(5) allows them)', () => {
+  it('accepts single-quoted values (os-release(5) allows them)', () => {
     expect(osFamilyFromOsRelease("NAME='Rocky Linux'\nID='rocky'\nID_LIKE='rhel centos fedora'\n")).toBe('rhel');
   });
 });
