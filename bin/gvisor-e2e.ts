@@ -6,6 +6,7 @@ import { doctor } from '../harness/doctor.ts';
 import { type Config, loadConfig } from '../harness/config.ts';
 import { ConfigError, ExitCode, InfrastructureError } from '../harness/errors.ts';
 import { log, setVerbose } from '../harness/log.ts';
+import { registerKnownSecrets } from '../harness/redact.ts';
 import { ROOT, down, install, run, up, warm } from '../harness/run.ts';
 
 // gvisor-e2e: provision a cluster, install gVisor like Gardener's runtime-gvisor extension and
@@ -16,7 +17,9 @@ const DEFAULT_CONFIG = join(ROOT, 'fixtures', 'local.yaml');
 
 function config(path: string | undefined): Config {
   const file = path ?? (existsSync('gvisor-e2e.yaml') ? 'gvisor-e2e.yaml' : DEFAULT_CONFIG);
-  return loadConfig(file);
+  const cfg = loadConfig(file);
+  registerKnownSecrets(cfg.cluster.provider === 'nodes' ? cfg.cluster.nodes.flatMap((n) => (n.access.type === 'ssh' ? [n.access.privateKeyPath] : [])) : []);
+  return cfg;
 }
 
 const program = new Command()

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 // Secrets must never reach a report or a log. Redaction is applied at the two choke points
 // every text passes: the node transcript and the report writer.
 
@@ -24,4 +25,38 @@ export function redact(text: string): string {
   for (const lit of literals) out = out.split(lit).join('[REDACTED]');
   for (const [re, rep] of PATTERNS) out = out.replace(re, rep);
   return out;
+}
+
+const SECRET_ENV = /(TOKEN|SECRET|PASSWORD|PASSWD|PRIVATE_KEY|API_KEY|CREDENTIAL)/i;
+
+/** Registers secrets this process can see: secret-looking environment variables, KUBECONFIG credentials, SSH keys. */
+export function registerKnownSecrets(privateKeyPaths: string[] = []): void {
+  for (const [k, v] of Object.entries(process.env)) {
+    if (v && SECRET_ENV.test(k)) {
+      registerSecret(v);
+      registerKeyLines(v);
+    }
+  }
+  for (const file of (process.env.KUBECONFIG ?? '').split(':').filter(Boolean)) {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const m of text.matchAll(/^\s*(?:token|password|client-key-data|client-certificate-data):\s*["']?([^\s"']+)/gm)) registerSecret(m[1]);
+  }
+  for (const p of privateKeyPaths) {
+    try {
+      registerKeyLines(readFileSync(p, 'utf8'));
+    } catch {
+      /* unreadable keys are reported where they are used */
+    }
+  }
+}
+
+/** Every base64 line of a PEM/OpenSSH key, so even a partial leak is masked. */
+function registerKeyLines(text: string): void {
+  if (!/-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----/.test(text)) return;
+  for (const line of text.split('\n')) if (/^[A-Za-z0-9+/=]{16,}$/.test(line.trim())) registerSecret(line.trim());
 }

@@ -144,8 +144,44 @@ export function markdown(summary: RunSummary): string {
   return lines.join('\n');
 }
 
+const xml = (s: string) => s.replace(/[<>&"']/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;', "'": '&apos;' })[c]!).replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f]/g, '');
+
+/**
+ * JUnit XML as CI servers read it: one <testsuite> per suite, classname "gvisor-e2e.<suite>.<node>";
+ * failed checks are <failure>, broken ones <error> (infrastructure), skipped ones <skipped>.
+ */
+export function junit(summary: RunSummary, only?: string): string {
+  const suites = summary.suites.filter((s) => !only || s.name === only);
+  const cases = (suite: string) => summary.checks.filter((c) => c.suite === suite);
+  const count = (st: State, suite?: string) => summary.checks.filter((c) => (!suite || c.suite === suite) && (!only || c.suite === only) && c.state === st).length;
+  const total = suites.reduce((n, s) => n + cases(s.name).length, 0);
+  const out = [
+    '<?xml version="1.0" encoding="UTF-8"?>',
+    `<testsuites name="gvisor-e2e ${xml(summary.runId)}" tests="${total}" failures="${count('failed')}" errors="${count('broken')}" skipped="${count('skipped')}" time="${(summary.durationMs / 1000).toFixed(3)}">`,
+  ];
+  for (const s of suites) {
+    const cs = cases(s.name);
+    out.push(
+      `  <testsuite name="${xml(s.name)}" tests="${cs.length}" failures="${count('failed', s.name)}" errors="${count('broken', s.name)}" skipped="${count('skipped', s.name)}" time="${(s.durationMs / 1000).toFixed(3)}" timestamp="${summary.startedAt}">`,
+    );
+    for (const c of cs) {
+      const head = `    <testcase classname="gvisor-e2e.${xml(c.suite)}.${xml(c.node)}" name="${xml(c.name)}" time="${(c.durationMs / 1000).toFixed(3)}"`;
+      const msg = xml(c.message ?? '');
+      if (c.state === 'passed') out.push(`${head}/>`);
+      else if (c.state === 'skipped') out.push(`${head}><skipped message="${msg}"/></testcase>`);
+      else if (c.state === 'failed') out.push(`${head}><failure type="failed" message="${msg}">${msg}</failure></testcase>`);
+      else out.push(`${head}><error type="broken" message="${msg}">${msg}</error></testcase>`);
+    }
+    out.push('  </testsuite>');
+  }
+  out.push('</testsuites>', '');
+  return out.join('\n');
+}
+
 export function writeReports(runDir: string, summary: RunSummary): void {
-  mkdirSync(runDir, { recursive: true });
+  mkdirSync(join(runDir, 'junit'), { recursive: true });
   writeFileSync(join(runDir, 'summary.json'), redact(JSON.stringify(summary, null, 2)));
   writeFileSync(join(runDir, 'summary.md'), redact(markdown(summary)));
+  writeFileSync(join(runDir, 'junit.xml'), redact(junit(summary)));
+  for (const s of summary.suites) writeFileSync(join(runDir, 'junit', `${s.name}.xml`), redact(junit(summary, s.name)));
 }

@@ -15,11 +15,13 @@ import { log, step } from './log.ts';
 import { openNode, type NodeAccess } from './node.ts';
 import { SummaryReporter, summarize, table, writeReports, type RunSummary } from './report.ts';
 import { PLAN_ENV, type RunPlan } from './suite.ts';
+import { ROOT_DIR } from './paths.ts';
+import { writeHtmlReports } from './allure.ts';
 
 // The verbs of the CLI, as functions: up (cluster), install (gVisor + containerd customizations),
 // run (suites → reports), down. Each is usable alone; `run` does up + install + suites.
 
-export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+export const ROOT = ROOT_DIR;
 
 /** Runs fn over items with at most `limit` in flight. */
 export async function mapLimit<T, R>(items: T[], limit: number, fn: (t: T) => Promise<R>): Promise<R[]> {
@@ -126,7 +128,8 @@ export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteN
         config: false,
         include: ['suites/**/*.suite.ts'],
         watch: false,
-        reporters: [reporter, 'default', ['junit', { outputFile: join(runDir, 'junit.xml'), suiteName: `gvisor-e2e ${runId}` }]],
+        reporters: [reporter, 'default', ['allure-vitest/reporter', { resultsDir: join(runDir, 'allure-results') }]],
+        setupFiles: ['allure-vitest/setup'],
         testTimeout,
         hookTimeout: testTimeout,
         pool: 'forks',
@@ -142,6 +145,7 @@ export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteN
   }
   const summary = summarize(runId, cfg.cluster.name, startedAt, reporter.modules, suites);
   writeReports(runDir, summary);
+  const html = await step('write HTML reports (Allure)', () => writeHtmlReports(runDir, runId, summary.suites.map((s) => s.name)));
   const latest = join(reportsRoot, 'latest');
   try {
     if (existsSync(latest) || isSymlink(latest)) unlinkSync(latest);
@@ -150,7 +154,7 @@ export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteN
     /* a reports dir on a filesystem without symlinks */
   }
   process.stdout.write(`\n${table(summary)}\n`);
-  log('info', `reports: ${runDir}`);
+  log('info', `reports: ${runDir} (summary.md, summary.json, junit/, ${html.length ? 'html/index.html' : 'no HTML'})`);
   return summary;
 }
 

@@ -1,6 +1,8 @@
+import * as allure from 'allure-js-commons';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { it, type TestContext } from 'vitest';
 import { join } from 'node:path';
-import { redact } from './redact.ts';
+import { redact, registerKnownSecrets } from './redact.ts';
 import { type Config, type NodeConfig, durationMs, effectiveRunscFlags } from './config.ts';
 import { CriClient } from './cri.ts';
 import { InfrastructureError } from './errors.ts';
@@ -49,6 +51,8 @@ export class SuiteContext {
     plan = loadPlan(),
   ) {
     this.plan = plan;
+    // Workers have their own redaction state: teach it the same secrets the CLI knows.
+    registerKnownSecrets(plan.nodes.flatMap((n) => (n.access.type === 'ssh' ? [n.access.privateKeyPath] : [])));
   }
 
   get config(): Config {
@@ -86,6 +90,51 @@ export class SuiteContext {
       this.cris.set(n.name, c);
     }
     return c;
+  }
+
+  /**
+   * Declares one check on one node: an `it` whose Allure result carries the suite, node, pool and
+   * gVisor settings, the commands it ran (redacted), and on failure the node's actual files.
+   */
+  test(n: NodeConfig, title: string, fn: (t: TestContext) => Promise<void>): void {
+    it(title, async (t) => {
+      const node = this.node(n);
+      const mark = node.transcript.length;
+      await allure.epic('gVisor node conformance');
+      await allure.feature(this.suite);
+      await allure.suite(this.suite);
+      await allure.subSuite(n.name);
+      await allure.parameter('cluster', this.config.cluster.name);
+      await allure.parameter('node', n.name);
+      await allure.parameter('pool', n.pool);
+      await allure.parameter('gVisor version', this.plan.expectedVersion || this.gvisor.version);
+      await allure.parameter('handler', this.gvisor.handler);
+      await allure.parameter('net-raw', this.netRaw);
+      try {
+        await fn(t);
+      } catch (e) {
+        await this.attachNodeFiles(n).catch(() => undefined);
+        throw e;
+      } finally {
+        const cmds = node.transcript.slice(mark);
+        if (cmds.length > 0) await this.attach('commands run on the node', JSON.stringify(cmds, null, 2), 'application/json');
+      }
+    });
+  }
+
+  /** Evidence for the report (redacted). */
+  async attach(name: string, content: string, type = 'text/plain'): Promise<void> {
+    await allure.attachment(name, redact(content), type);
+  }
+
+  /** The node's actual containerd and gVisor files, attached when a check fails. */
+  private async attachNodeFiles(n: NodeConfig): Promise<void> {
+    const node = this.node(n);
+    const files = [n.paths.containerdConfig, n.paths.runscConfig, `${n.paths.systemdUnitDir}/containerd.service.d/limit-nofile.conf`];
+    for (const f of files) {
+      const r = await node.exec(`cat ${JSON.stringify(f)}`);
+      await this.attach(`${n.name}:${f}`, r.code === 0 ? r.stdout : `(absent: ${r.stderr.trim()})`);
+    }
   }
 
   /** Runs `command` as the main process of a fresh pod under `handler` on node `n`. */

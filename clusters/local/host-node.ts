@@ -30,6 +30,9 @@ export interface HostNodeOptions {
 
 export const CONTAINERD_NOFILE = 8192;
 
+/** Environment marker every process of a node inherits; its value (the state dir) is unique per node. */
+export const NODE_MARKER = 'GVISOR_E2E_TESTBED_NODE';
+
 function sh(cmd: string, opts: { input?: string } = {}): string {
   return execFileSync('/bin/sh', ['-c', cmd], { encoding: 'utf8', input: opts.input, stdio: ['pipe', 'pipe', 'pipe'] });
 }
@@ -125,7 +128,7 @@ export class HostNode {
         'AllowStreamLocalForwarding yes',
         'MaxSessions 64',
         'MaxStartups 64:30:128',
-        `SetEnv GVISOR_E2E_TESTBED_NODE=${o.name}`,
+        `SetEnv ${NODE_MARKER}=${S}`,
         '',
       ].join('\n'),
     );
@@ -145,7 +148,7 @@ if [ -f "$S/containerd.pid" ]; then
 fi
 # The runsc shim and runsc are looked up on PATH, as with Gardener's containerd unit.
 export PATH=/var/bin/containerruntimes:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export GVISOR_E2E_TESTBED_NODE=${o.name}
+export ${NODE_MARKER}=${S}
 ulimit -n ${nofile}
 nsenter --net="$S/netns" setsid containerd --config /etc/containerd/config.toml >>"$S/containerd.log" 2>&1 </dev/null &
 echo $! > "$S/containerd.pid"
@@ -174,7 +177,7 @@ done
     const child = spawn(
       'unshare',
       ['--user', '--mount', '--propagation', 'private', 'sh', '-c', `read go && ${mounts} && exec /usr/sbin/sshd -D -e -f ${S}/ssh/sshd_config`],
-      { detached: true, stdio: ['pipe', 'ignore', 'pipe'], env: { ...process.env, GVISOR_E2E_TESTBED_NODE: o.name } },
+      { detached: true, stdio: ['pipe', 'ignore', 'pipe'], env: { ...process.env, [NODE_MARKER]: S } },
     );
     let stderr = '';
     child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
@@ -236,7 +239,7 @@ done
           continue;
         }
         const env = readFileSync(`/proc/${ent}/environ`, 'latin1');
-        if (env.split('\0').includes(`GVISOR_E2E_TESTBED_NODE=${this.name}`)) pids.push(Number(ent));
+        if (env.split('\0').includes(`${NODE_MARKER}=${this.stateDir}`)) pids.push(Number(ent));
       } catch {
         /* process gone or not ours to read */
       }

@@ -1,4 +1,4 @@
-import { afterAll, describe, it } from 'vitest';
+import { afterAll, describe } from 'vitest';
 import { nodeFacts, type NodeFacts } from '../../harness/installer.ts';
 import { readNodeFile } from '../../harness/node.ts';
 import { parseNofile, parseSystemdLimit } from '../../harness/probes.ts';
@@ -20,7 +20,7 @@ describe.each(ctx.nodes.map((n) => [n.name, n] as const))('%s', (_name, n) => {
   const facts = () => (factsP ??= nodeFacts(ctx.node(n)));
   const expected = async () => limitNofileExpected((await facts()).osFamily, enable);
 
-  it(`the LimitNOFILE drop-in ${dropIn} is present exactly where image-builder's rule puts it`, async () => {
+  ctx.test(n, `the LimitNOFILE drop-in ${dropIn} is present exactly where image-builder's rule puts it`, async () => {
     const f = await facts();
     const want = await expected();
     const text = await readNodeFile(ctx.node(n), dropIn);
@@ -35,7 +35,7 @@ describe.each(ctx.nodes.map((n) => [n.name, n] as const))('%s', (_name, n) => {
     check(value === LIMIT_NOFILE, `${dropIn} on ${n.name} sets LimitNOFILE=${value ?? '(nothing)'}, expected ${LIMIT_NOFILE}`);
   });
 
-  it(`systemd applies LimitNOFILE=${LIMIT_NOFILE} to containerd`, async (t) => {
+  ctx.test(n, `systemd applies LimitNOFILE=${LIMIT_NOFILE} to containerd`, async (t) => {
     const f = await facts();
     if (!f.systemd) return t.skip(`systemd does not manage containerd on ${n.name}`);
     if (!(await expected())) return t.skip(`no drop-in is due on ${n.name} (os family "${f.osFamily}")`);
@@ -45,7 +45,7 @@ describe.each(ctx.nodes.map((n) => [n.name, n] as const))('%s', (_name, n) => {
     check(value === LIMIT_NOFILE, `systemd on ${n.name} runs containerd with LimitNOFILE=${shown}, expected ${LIMIT_NOFILE} from ${dropIn} (was \`systemctl daemon-reload\` run?)`);
   });
 
-  it("containerd's own open-file limit agrees with systemd's", async (t) => {
+  ctx.test(n, "containerd's own open-file limit agrees with systemd's", async (t) => {
     const f = await facts();
     if (!f.systemd) return t.skip(`systemd does not manage containerd on ${n.name}`);
     const node = ctx.node(n);
@@ -60,12 +60,13 @@ describe.each(ctx.nodes.map((n) => [n.name, n] as const))('%s', (_name, n) => {
   });
 
   if (ctx.gvisorNodes.includes(n)) {
-    it(`a "${ctx.gvisor.handler}" pod sees containerd's open-file limit`, async () => {
+    ctx.test(n, `a "${ctx.gvisor.handler}" pod sees containerd's open-file limit`, async () => {
       const node = ctx.node(n);
       const pid = (await node.exec('pidof containerd || pgrep -x containerd')).stdout.trim().split(/\s+/)[0];
       const proc = parseNofile((await node.exec(`cat /proc/${pid}/limits`)).stdout);
       check(proc, `cannot find containerd's open-file limit on ${n.name}`);
       const r = await ctx.oneShot(n, ctx.gvisor.handler, 'nofile', ['sh', '-c', 'ulimit -n']);
+      await ctx.attach('ulimit -n in the pod', r.output);
       const inPod = r.output.trim() === 'unlimited' ? Infinity : Number(r.output.trim());
       check(inPod === proc.soft, `a "${ctx.gvisor.handler}" pod on ${n.name} sees an open-file limit of ${r.output.trim()}, but containerd runs with ${proc.soft}`);
     });

@@ -1,4 +1,4 @@
-import { afterAll, describe, it } from 'vitest';
+import { afterAll, describe } from 'vitest';
 import { readNodeFile } from '../../harness/node.ts';
 import { parseRunscToml } from '../../harness/render.ts';
 import { NET_RAW_PROBE, parseNetRawProbe } from '../../harness/probes.ts';
@@ -14,8 +14,9 @@ const h = ctx.gvisor.handler;
 
 describe.each(ctx.gvisorNodes.map((n) => [n.name, n] as const))('%s', (_name, n) => {
   const want = ctx.netRaw;
-  it(want === 'true' ? 'raw sockets work in the sandbox (net-raw "true")' : 'raw sockets are refused in the sandbox (net-raw off)', async () => {
+  ctx.test(n, want === 'true' ? 'raw sockets work in the sandbox (net-raw "true")' : 'raw sockets are refused in the sandbox (net-raw off)', async () => {
     const r = await ctx.oneShot(n, h, 'net-raw', NET_RAW_PROBE);
+    await ctx.attach(`net-raw probe output (runtime ${r.runtimeType || 'unknown'})`, r.output);
     const p = parseNetRawProbe(r.output);
     check(p.gvisor, `the "${h}" pod on ${n.name} is not running under gVisor (runtime ${r.runtimeType || 'unknown'}), so net-raw cannot be judged: ${r.output.trim().slice(0, 200)}`);
     check(p.pingExit !== undefined, `the net-raw probe on ${n.name} did not finish: ${r.output.trim().slice(0, 300)}`);

@@ -1,5 +1,5 @@
 import { parse as parseToml } from 'smol-toml';
-import { afterAll, describe, it } from 'vitest';
+import { afterAll, describe } from 'vitest';
 import { readNodeFile, sh } from '../../harness/node.ts';
 import { findRuntime, parseRunscToml, type TomlTable } from '../../harness/render.ts';
 import { SuiteContext, check } from '../../harness/suite.ts';
@@ -26,13 +26,13 @@ async function containerdConfig(n: (typeof ctx.gvisorNodes)[number]): Promise<To
 }
 
 describe.each(ctx.gvisorNodes.map((n) => [n.name, n] as const))('%s', (_name, n) => {
-  it(`runsc is installed at ${runsc} and executable`, async () => {
+  ctx.test(n, `runsc is installed at ${runsc} and executable`, async () => {
     const r = await ctx.node(n).exec(`if [ ! -e ${sh(runsc)} ]; then echo missing; elif [ ! -x ${sh(runsc)} ] || [ -d ${sh(runsc)} ]; then echo not-executable; else echo ok; fi`);
     check(r.stdout.trim() !== 'missing', `runsc is missing on ${n.name}: expected an executable at ${runsc}`);
     check(r.stdout.trim() === 'ok', `runsc at ${runsc} on ${n.name} is not an executable file`);
   });
 
-  it(`runsc runs and reports version ${ctx.plan.expectedVersion || '(any)'}`, async () => {
+  ctx.test(n, `runsc runs and reports version ${ctx.plan.expectedVersion || '(any)'}`, async () => {
     const r = await ctx.node(n).exec(`${sh(runsc)} --version`);
     check(r.code === 0, `\`${runsc} --version\` on ${n.name} exited ${r.code}: ${(r.stderr || r.stdout).trim().slice(0, 300) || '(no output)'}`);
     const first = r.stdout.split('\n')[0] ?? '';
@@ -42,20 +42,20 @@ describe.each(ctx.gvisorNodes.map((n) => [n.name, n] as const))('%s', (_name, n)
     }
   });
 
-  it('runsc has every file it needs (static binary, or all shared libraries resolve)', async () => {
+  ctx.test(n, 'runsc has every file it needs (static binary, or all shared libraries resolve)', async () => {
     const r = await ctx.node(n).exec(`ldd ${sh(runsc)} 2>&1 || true`);
     const missing = r.stdout.split('\n').filter((l) => /not found/.test(l));
     check(missing.length === 0, `runsc on ${n.name} needs files that are not installed: ${missing.join('; ')}`);
   });
 
   if (g.shim === 'runsc') {
-    it(`containerd-shim-runsc-v1 is installed at ${shim} and runs`, async () => {
+    ctx.test(n, `containerd-shim-runsc-v1 is installed at ${shim} and runs`, async () => {
       const r = await ctx.node(n).exec(`[ -x ${sh(shim)} ] && [ -f ${sh(shim)} ] && ${sh(shim)} -v`);
       check(r.code === 0, `containerd-shim-runsc-v1 is missing or broken on ${n.name}: expected an executable at ${shim} that answers -v (exit ${r.code}: ${(r.stderr || r.stdout).trim().slice(0, 200)})`);
     });
   }
 
-  it(`config.toml declares runtime handler "${g.handler}" (${expectedType})`, async () => {
+  ctx.test(n, `config.toml declares runtime handler "${g.handler}" (${expectedType})`, async () => {
     const cfg = await containerdConfig(n);
     const rt = findRuntime(cfg, g.handler);
     check(rt, `${n.paths.containerdConfig} on ${n.name} has no runtime "${g.handler}": expected a containerd.runtimes.${g.handler} table`);
@@ -69,7 +69,7 @@ describe.each(ctx.gvisorNodes.map((n) => [n.name, n] as const))('%s', (_name, n)
   });
 
   if (g.shim === 'runsc') {
-    it(`runsc.toml sets net-raw = "${ctx.netRaw}"`, async () => {
+    ctx.test(n, `runsc.toml sets net-raw = "${ctx.netRaw}"`, async () => {
       const text = await readNodeFile(ctx.node(n), n.paths.runscConfig);
       check(text !== undefined, `${n.paths.runscConfig} does not exist on ${n.name}`);
       const flags = parseRunscToml(text);
@@ -77,7 +77,7 @@ describe.each(ctx.gvisorNodes.map((n) => [n.name, n] as const))('%s', (_name, n)
     });
   }
 
-  it(`containerd's CRI serves handler "${g.handler}"`, async () => {
+  ctx.test(n, `containerd's CRI serves handler "${g.handler}"`, async () => {
     const handlers = await (await ctx.cri(n)).runtimeHandlers();
     const rt = handlers[g.handler];
     check(rt, `containerd on ${n.name} does not serve runtime handler "${g.handler}" (it serves: ${Object.keys(handlers).join(', ') || 'none'})`);
@@ -86,15 +86,15 @@ describe.each(ctx.gvisorNodes.map((n) => [n.name, n] as const))('%s', (_name, n)
 });
 
 describe.each(ctx.otherNodes.map((n) => [n.name, n] as const))('%s', (_name, n) => {
-  it(`(outside the gVisor pools) has no runsc at ${runsc}`, async () => {
+  ctx.test(n, `(outside the gVisor pools) has no runsc at ${runsc}`, async () => {
     const r = await ctx.node(n).exec(`[ -e ${sh(runsc)} ]`);
     check(r.code !== 0, `${n.name} (pool "${n.pool}") has ${runsc}, but gVisor must only be on pools ${g.pools.join(', ')}`);
   });
-  it(`(outside the gVisor pools) does not declare handler "${g.handler}" in config.toml`, async () => {
+  ctx.test(n, `(outside the gVisor pools) does not declare handler "${g.handler}" in config.toml`, async () => {
     const cfg = await containerdConfig(n);
     check(!findRuntime(cfg, g.handler), `${n.paths.containerdConfig} on ${n.name} (pool "${n.pool}") declares runtime "${g.handler}", but it is outside the gVisor pools`);
   });
-  it(`(outside the gVisor pools) containerd's CRI does not serve handler "${g.handler}"`, async () => {
+  ctx.test(n, `(outside the gVisor pools) containerd's CRI does not serve handler "${g.handler}"`, async () => {
     const handlers = await (await ctx.cri(n)).runtimeHandlers();
     check(!handlers[g.handler], `containerd on ${n.name} (pool "${n.pool}") serves handler "${g.handler}", but it is outside the gVisor pools`);
   });

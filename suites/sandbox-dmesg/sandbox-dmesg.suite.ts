@@ -1,4 +1,4 @@
-import { afterAll, describe, it } from 'vitest';
+import { afterAll, describe } from 'vitest';
 import { gvisorBootLog } from '../../harness/probes.ts';
 import { SuiteContext, check } from '../../harness/suite.ts';
 
@@ -10,8 +10,9 @@ afterAll(() => ctx.close());
 const h = ctx.gvisor.handler;
 
 describe.each(ctx.gvisorNodes.map((n) => [n.name, n] as const))('%s', (_name, n) => {
-  it(`dmesg in a "${h}" container shows the gVisor boot log ending in "Ready!"`, async () => {
+  ctx.test(n, `dmesg in a "${h}" container shows the gVisor boot log ending in "Ready!"`, async () => {
     const r = await ctx.oneShot(n, h, 'dmesg-gvisor', ['dmesg']);
+    await ctx.attach(`dmesg in a "${h}" pod (runtime ${r.runtimeType || 'unknown'})`, r.output);
     const log = gvisorBootLog(r.output);
     const excerpt = log.lines.slice(-4).join(' | ') || '(no output)';
     check(log.starts, `dmesg in a "${h}" pod on ${n.name} (runtime ${r.runtimeType || 'unknown'}) does not show "Starting gVisor...": got ${excerpt}`);
@@ -21,8 +22,9 @@ describe.each(ctx.gvisorNodes.map((n) => [n.name, n] as const))('%s', (_name, n)
     check(r.exitCode === 0, `dmesg in the "${h}" pod on ${n.name} exited ${r.exitCode}`);
   });
 
-  it('dmesg in a runc container does not show the gVisor boot log', async () => {
+  ctx.test(n, 'dmesg in a runc container does not show the gVisor boot log', async () => {
     const r = await ctx.oneShot(n, 'runc', 'dmesg-runc', ['dmesg']);
+    await ctx.attach(`dmesg in a runc pod (runtime ${r.runtimeType || 'unknown'})`, r.output);
     const log = gvisorBootLog(r.output);
     check(!log.starts, `a runc pod on ${n.name} printed the gVisor boot log: the "runc" handler is running gVisor (runtime ${r.runtimeType})`);
   });

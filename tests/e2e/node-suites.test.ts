@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LocalProvider } from '../../clusters/local/index.ts';
+import { NODE_MARKER } from '../../clusters/local/host-node.ts';
 import { type Config, type NodeConfig, parseConfig } from '../../harness/config.ts';
 import { openNode, type NodeAccess } from '../../harness/node.ts';
 import { restartContainerd } from '../../harness/installer.ts';
@@ -67,7 +67,7 @@ afterAll(async () => {
     try {
       const env = readFileSync(`/proc/${p}/environ`, 'latin1');
       const cmd = readFileSync(`/proc/${p}/cmdline`, 'latin1');
-      return /GVISOR_E2E_TESTBED_NODE=gvisor-1\0/.test(env) || cmd.includes(`gve2e-${name}-`);
+      return env.includes(`${NODE_MARKER}=${join(stateRoot(), name)}/`) || cmd.includes(`gve2e-${name}-`);
     } catch {
       return false;
     }
