@@ -24,7 +24,7 @@ async function generate(resultsDir: string, outDir: string, name: string): Promi
   const work = join(outDir, '..', `.allurerc-${Date.now()}-${Math.random().toString(16).slice(2)}`);
   mkdirSync(work, { recursive: true });
   const rc = join(work, 'allurerc.json');
-  writeFileSync(rc, JSON.stringify({ name, output: outDir, plugins: { awesome: { options: { singleFile: true, reportName: name } } } }));
+  writeFileSync(rc, JSON.stringify({ name, output: outDir, plugins: { awesome: { options: { singleFile: true, reportName: name, groupBy: ['feature', 'subSuite'] } } } }));
   try {
     await run(join(ROOT_DIR, 'node_modules', '.bin', 'allure'), ['generate', resultsDir, '--config', rc, '--output', outDir, '--name', name], {
       cwd: work,
