@@ -22,6 +22,12 @@ function config(path: string | undefined): Config {
   return cfg;
 }
 
+function retriesArg(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0 || n > 10) throw new ConfigError('command line', [{ path: '--retries', message: `expected a whole number from 0 to 10, got "${v}"` }]);
+  return n;
+}
+
 const program = new Command()
   .name('gvisor-e2e')
   .description('End-to-end tests for Kubernetes nodes running gVisor (runsc) under containerd')
@@ -67,8 +73,9 @@ program
   .addOption(new Option('--skip <name...>', 'skip these suites'))
   .option('--keep', 'keep the local cluster after the run')
   .option('--no-install', 'do not install; test the cluster as it is')
-  .action(async (o: { suite?: string[]; skip?: string[]; keep?: boolean; install: boolean }) => {
-    const summary = await run(config(program.opts().config), { suites: o.suite, skip: o.skip, keep: o.keep, noInstall: !o.install });
+  .addOption(new Option('--retries <n>', 'retry a failing check up to n times (each attempt is kept in the report)').argParser(retriesArg).default(0))
+  .action(async (o: { suite?: string[]; skip?: string[]; keep?: boolean; install: boolean; retries: number }) => {
+    const summary = await run(config(program.opts().config), { suites: o.suite, skip: o.skip, keep: o.keep, noInstall: !o.install, retries: o.retries });
     process.exitCode = summary.state === 'passed' || summary.state === 'skipped' ? ExitCode.Passed : summary.state === 'failed' ? ExitCode.Failed : ExitCode.Broken;
     // A failed check outranks a broken one: it is a definite finding about the product.
     if (summary.suites.some((s) => s.counts.failed > 0)) process.exitCode = ExitCode.Failed;

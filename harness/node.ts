@@ -193,6 +193,7 @@ export function knownHostKeys(knownHosts: string, host: string, port: number): B
 export class SshNode extends BaseNode {
   private client?: Client;
   private connecting?: Promise<Client>;
+  private unreachable?: Error;
   /** The host key the server presented, for error messages. */
   private seenFingerprint?: string;
 
@@ -200,7 +201,32 @@ export class SshNode extends BaseNode {
     return this.config.access as Extract<NodeConfig['access'], { type: 'ssh' }>;
   }
 
-  private connectClient(timeoutMs: number): Promise<Client> {
+  /**
+   * Connects once and reuses the connection. Transient network errors (refused while sshd
+   * restarts, reset) are retried with backoff; a host key or auth problem is final at once.
+   */
+  private async connectClient(timeoutMs: number): Promise<Client> {
+    // Once a node has been declared unreachable, every later check fails at once with that reason.
+    if (this.unreachable) throw this.unreachable;
+    const delays = [250, 500, 1000, 2000];
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.connectOnce(timeoutMs);
+      } catch (e) {
+        const code = ((e as InfrastructureError).cause as NodeJS.ErrnoException | undefined)?.code;
+        const transient = code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'EPIPE' || code === 'EHOSTUNREACH';
+        if (!transient || attempt >= delays.length) {
+          if (attempt > 0) (e as Error).message += ` (after ${attempt + 1} attempts)`;
+          this.unreachable = e as Error;
+          throw e;
+        }
+        log('debug', `[${this.name}] SSH ${code}; retrying in ${delays[attempt]}ms`);
+        await new Promise((r) => setTimeout(r, delays[attempt]));
+      }
+    }
+  }
+
+  private connectOnce(timeoutMs: number): Promise<Client> {
     if (this.client) return Promise.resolve(this.client);
     if (this.connecting) return this.connecting;
     const a = this.access;

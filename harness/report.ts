@@ -18,6 +18,8 @@ export interface CheckResult {
   durationMs: number;
   message?: string;
   notes: string[];
+  /** Attempts made (more than 1 with --retries). */
+  attempts: number;
 }
 
 export interface SuiteSummary {
@@ -71,14 +73,15 @@ export function summarize(runId: string, cluster: string, startedAt: Date, modul
     const moduleErrors = m.errors();
     if (moduleErrors.length > 0) {
       // The suite could not even start (a node unreachable while collecting, a bad plan).
-      checks.push({ suite, node: '-', name: '(suite setup)', state: 'broken', durationMs: 0, message: redact(moduleErrors.map((e) => e.message).join('; ')), notes: [] });
+      checks.push({ suite, node: '-', name: '(suite setup)', state: 'broken', durationMs: 0, message: redact(moduleErrors.map((e) => e.message).join('; ')), notes: [], attempts: 1 });
     }
     for (const t of m.children.allTests()) {
       const r = t.result();
       const node = t.parent.type === 'suite' ? t.parent.name : '-';
       const state: State = r.state === 'passed' ? 'passed' : r.state === 'failed' ? classify(r.errors) : 'skipped';
       const message = r.state === 'failed' ? redact((r.errors ?? []).map((e) => e.message).join('; ')) : r.state === 'skipped' && r.note ? redact(r.note) : undefined;
-      checks.push({ suite, node, name: t.name, state, durationMs: t.diagnostic()?.duration ?? 0, message, notes: t.annotations().map((a) => redact(a.message)) });
+      const d = t.diagnostic();
+      checks.push({ suite, node, name: t.name, state, durationMs: d?.duration ?? 0, message, notes: t.annotations().map((a) => redact(a.message)), attempts: (d?.retryCount ?? 0) + 1 });
     }
   }
   for (const c of checks) {

@@ -89,6 +89,8 @@ export interface RunOptions {
   keep?: boolean;
   /** Skip the install step (the cluster was installed before). */
   noInstall?: boolean;
+  /** Retry a failing check up to N times (flaky infrastructure); every attempt stays in the Allure report. */
+  retries?: number;
 }
 
 function newRunId(): string {
@@ -98,7 +100,7 @@ function newRunId(): string {
 }
 
 /** Runs the selected suites with vitest against already-installed nodes; returns the summary. */
-export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteName[], outcome: InstallOutcome): Promise<RunSummary> {
+export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteName[], outcome: InstallOutcome, retries = 0): Promise<RunSummary> {
   const runId = newRunId();
   const reportsRoot = resolve(cfg.reportsDir);
   const runDir = join(reportsRoot, runId);
@@ -136,6 +138,7 @@ export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteN
         maxWorkers: 4,
         fileParallelism: true,
         passWithNoTests: true,
+        retry: retries,
       },
       { logLevel: 'error' },
     );
@@ -194,7 +197,7 @@ export async function run(cfg: Config, opts: RunOptions = {}): Promise<RunSummar
   try {
     const nodes = await up(cfg);
     const outcome = opts.noInstall ? { image: await buildTestImage() } : await step('install gVisor', () => install(cfg, nodes));
-    return await runSuites(cfg, nodes, suites, outcome);
+    return await runSuites(cfg, nodes, suites, outcome, opts.retries);
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);

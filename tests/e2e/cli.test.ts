@@ -44,6 +44,12 @@ describe('bad input', () => {
     expect(r.stderr).toContain('unknown suite "dmseg"; expected one of runsc-installation, sandbox-dmesg, net-raw, limit-nofile');
   });
 
+  it('a bad --retries value: exit 64 naming the flag', () => {
+    const r = cli(['--config', join(import.meta.dirname, '../../fixtures/local.yaml'), 'run', '--retries', 'many']);
+    expect(r.code).toBe(64);
+    expect(r.stderr).toContain('command line: --retries: expected a whole number from 0 to 10, got "many"');
+  });
+
   it('an unknown command: non-zero', () => {
     expect(cli(['frobnicate']).code).toBe(64);
   });
@@ -87,7 +93,8 @@ describe('infrastructure broken', () => {
     const s = latestSummary(reports);
     expect(s.state).toBe('broken');
     expect(s.suites[0]!.state).toBe('broken');
-    expect(s.suites[0]!.firstFailure).toMatch(/gone-1.*SSH connection to root@127\.0\.0\.1:1 failed: connect ECONNREFUSED/);
+    // Refused connections are retried with backoff before the node is declared unreachable.
+    expect(s.suites[0]!.firstFailure).toMatch(/gone-1.*SSH connection to root@127\.0\.0\.1:1 failed: connect ECONNREFUSED 127\.0\.0\.1:1 \(after 5 attempts\)/);
     expect(readFileSync(join(reports, 'latest', 'summary.md'), 'utf8')).toContain('| runsc-installation | BROKEN |');
   });
 });
