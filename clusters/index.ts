@@ -11,6 +11,8 @@ export interface ClusterProvider {
   up(): Promise<NodeConfig[]>;
   /** Removes everything the provider created (and only that). Safe to repeat after a crash. */
   down(): Promise<void>;
+  /** Admin kubeconfig when the cluster runs Kubernetes (after up). */
+  kubeconfig(): string | undefined;
 }
 
 class NodesProvider implements ClusterProvider {
@@ -21,6 +23,9 @@ class NodesProvider implements ClusterProvider {
   }
   async down(): Promise<void> {
     // The harness did not create these hosts; `down` uninstalls gVisor from them instead.
+  }
+  kubeconfig(): string | undefined {
+    return undefined;
   }
 }
 

@@ -125,6 +125,8 @@ export const configSchema = z
           name: z.string().regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'a DNS-1123 label').default('gvisor-e2e'),
           /** Where node state lives (must not be on a tmpfs that hides it from `down` in another shell). */
           stateDir: z.string().optional(),
+          /** Make the nodes a real Kubernetes cluster: control plane processes plus a kubelet on every host node. */
+          kubernetes: z.boolean().default(false),
           pools: z
             .array(
               z
@@ -279,7 +281,9 @@ export function selectSuites(cfg: Config, only?: string[], skip: string[] = []):
       throw new ConfigError('command line', [{ path: '--suite/--skip', message: `unknown suite "${s}"; expected one of ${SUITE_NAMES.join(', ')}` }]);
     }
   }
-  const base = only?.length ? (only as SuiteName[]) : (cfg.suites.include ?? SUITE_NAMES.filter((s) => s !== 'runtimeclass-scheduling'));
+  // The scheduling suite needs a Kubernetes API; by default it runs where the cluster has one.
+  const kube = cfg.cluster.provider === 'local' && cfg.cluster.kubernetes;
+  const base = only?.length ? (only as SuiteName[]) : (cfg.suites.include ?? SUITE_NAMES.filter((s) => kube || s !== 'runtimeclass-scheduling'));
   const skipped = new Set([...cfg.suites.skip, ...skip]);
   return SUITE_NAMES.filter((s) => base.includes(s) && !skipped.has(s));
 }

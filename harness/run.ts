@@ -11,6 +11,7 @@ import { type Config, type NodeConfig, type SuiteName, durationMs, effectiveRuns
 import { InfrastructureError } from './errors.ts';
 import { buildTestImage, importTestImage, type TestImage } from './image.ts';
 import { installNode, isGVisorNode, uninstallNode } from './installer.ts';
+import { installKubernetesObjects } from './kube.ts';
 import { log, step } from './log.ts';
 import { openNode, type NodeAccess } from './node.ts';
 import { SummaryReporter, summarize, table, writeReports, type RunSummary } from './report.ts';
@@ -67,6 +68,7 @@ export async function install(cfg: Config, nodes: NodeConfig[]): Promise<Install
   const needBins = nodes.some((n) => isGVisorNode(cfg, n));
   const bins = needBins ? await gvisorBinaries(cfg.gvisor) : undefined;
   const image = await step('build the busybox test image', () => buildTestImage());
+  const kubeconfig = providerFor(cfg).kubeconfig();
   await mapLimit(nodes, 4, async (n) => {
     const node = openNode(n);
     try {
@@ -79,6 +81,7 @@ export async function install(cfg: Config, nodes: NodeConfig[]): Promise<Install
       await node.close();
     }
   });
+  if (kubeconfig) await step(`RuntimeClass "${cfg.gvisor.runtimeClassName}" and node labels`, () => installKubernetesObjects(kubeconfig, cfg, nodes));
   return { bins, image };
 }
 
@@ -112,6 +115,7 @@ export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteN
     nodes,
     image: { image: outcome.image.image, pause: outcome.image.pause },
     expectedVersion: outcome.bins?.expectedVersion ?? (cfg.gvisor.version === 'latest' ? '' : cfg.gvisor.version),
+    kubeconfig: providerFor(cfg).kubeconfig(),
   };
   const planFile = join(tmpdir(), `gvisor-e2e-plan-${runId}.json`);
   writeFileSync(planFile, JSON.stringify(plan), { mode: 0o600 });

@@ -24,6 +24,8 @@ export interface RunPlan {
   image: { image: string; pause: string };
   /** What `runsc --version` must contain ('' = any). */
   expectedVersion: string;
+  /** Admin kubeconfig when the cluster runs Kubernetes. */
+  kubeconfig?: string;
 }
 
 export function loadPlan(): RunPlan {

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -142,6 +142,7 @@ async function buildIntoCache(dir: string, complete: () => boolean, build: (out:
   mkdirSync(parent, { recursive: true });
   const out = mkdtempSync(join(parent, '.tmp-'));
   try {
+    chmodSync(out, 0o755); // mkdtemp makes it 0700; the entry is read by other users and copied to nodes
     await build(out);
     rmSync(dir, { recursive: true, force: true });
     try {

@@ -23,6 +23,8 @@ export interface HostNodeOptions {
   containerdBinDir?: string;
   /** containerd config schema: 2 for containerd 1.6/1.7, 3 for 2.x. */
   configVersion?: 2 | 3;
+  /** The pods' CNI subnet on this node (unique per node when nodes form a Kubernetes cluster). */
+  podSubnet?: string;
   /** The open-file limit containerd is started with (what pods then inherit). */
   nofile?: number;
   timeoutMs?: number;
@@ -64,7 +66,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 `;
 }
 
-const CNI_CONFLIST = JSON.stringify(
+const cniConflist = (subnet: string) => JSON.stringify(
   {
     cniVersion: '1.0.0',
     name: 'gvisor-e2e',
@@ -74,7 +76,7 @@ const CNI_CONFLIST = JSON.stringify(
         bridge: 'gve2e0',
         isGateway: true,
         ipMasq: false,
-        ipam: { type: 'host-local', ranges: [[{ subnet: '10.244.0.0/24' }]], routes: [{ dst: '0.0.0.0/0' }], dataDir: '/var/lib/cni/networks' },
+        ipam: { type: 'host-local', ranges: [[{ subnet }]], routes: [{ dst: '0.0.0.0/0' }], dataDir: '/var/lib/cni/networks' },
       },
     ],
   },
@@ -109,7 +111,7 @@ export class HostNode {
     chmodSync(join(S, 'var/tmp'), 0o1777);
     if (o.containerdBinDir) for (const b of ['containerd', 'ctr']) copyFileSync(join(o.containerdBinDir, b), join(S, 'usr-local-bin', b));
     writeFileSync(join(S, 'etc-containerd/config.toml'), baseContainerdConfig(o.sandboxImage, o.configVersion ?? 2));
-    writeFileSync(join(S, 'etc-containerd/net.d/10-gvisor-e2e.conflist'), CNI_CONFLIST);
+    writeFileSync(join(S, 'etc-containerd/net.d/10-gvisor-e2e.conflist'), cniConflist(o.podSubnet ?? '10.244.0.0/24'));
     sh(`ssh-keygen -q -t ed25519 -N '' -C ${o.name} -f ${join(S, 'ssh/host_ed25519')}`);
     writeFileSync(join(S, 'ssh/authorized_keys'), `${o.authorizedKey.trim()}\n`, { mode: 0o600 });
     writeFileSync(
@@ -225,7 +227,34 @@ done
 
   /** Runs a command inside the node's namespaces from the host (fixture set-up and fault injection only). */
   inNode(cmd: string): string {
-    return sh(`nsenter -t ${this.sshdPid} -U -m -- sh -c ${JSON.stringify(cmd)}`);
+    return execFileSync('nsenter', ['-t', String(this.sshdPid), '-U', '-m', '--', 'sh', '-c', cmd], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  }
+
+  /**
+   * Gives the node's network namespace an eth0 on a host bridge (the cluster network: kubelet ↔
+   * API server), with `ip`/24 and a default route via `gateway`.
+   */
+  attachNetwork(bridge: string, hostIfName: string, ip: string, gateway: string): void {
+    const tmp = `${hostIfName}p`;
+    sh(`ip link add ${hostIfName} type veth peer name ${tmp} && ip link set ${hostIfName} master ${bridge} up`);
+    // Host credentials (to move the link), node mount namespace (to see the pinned netns file).
+    sh(`nsenter -t ${this.sshdPid} -m -- ip link set ${tmp} netns ${join(this.stateDir, 'netns')}`);
+    this.inNode(`nsenter --net=${join(this.stateDir, 'netns')} sh -c 'ip link set ${tmp} name eth0 && ip addr add ${ip}/24 dev eth0 && ip link set eth0 up && ip route add default via ${gateway}'`);
+  }
+
+  /** Starts a long-running process inside the node's namespaces (network included), logging to <stateDir>/<name>.log. */
+  startDaemon(name: string, command: string): void {
+    const S = this.stateDir;
+    this.inNode(`export ${NODE_MARKER}=${S}; nsenter --net=${S}/netns setsid ${command} >>${S}/${name}.log 2>&1 </dev/null & echo $! > ${S}/${name}.pid`);
+  }
+
+  /** The last lines of one of the node's daemon logs (for error messages). */
+  logTail(name: string, lines = 5): string {
+    try {
+      return readFileSync(join(this.stateDir, `${name}.log`), 'utf8').trim().split('\n').slice(-lines).join(' | ');
+    } catch {
+      return '(no log)';
+    }
   }
 
   /** Every process that belongs to this node: its mount namespace, or the marker its processes inherit. */

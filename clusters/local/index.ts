@@ -1,6 +1,5 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { buildContainerd, cacheRoot } from '../../harness/binaries.ts';
@@ -8,8 +7,12 @@ import { type LocalCluster, type NodeConfig, nodeConfig } from '../../harness/co
 import { InfrastructureError } from '../../harness/errors.ts';
 import { buildTestImage } from '../../harness/image.ts';
 import { log, step } from '../../harness/log.ts';
+import { buildKubernetes } from '../kube/build.ts';
+import { ControlPlane } from '../kube/controlplane.ts';
+import { startKubelet } from '../kube/kubelet.ts';
 import { HostNode } from './host-node.ts';
 import { ensureNspawnRootfs, NspawnNode, stopRecordedNspawn } from './nspawn-node.ts';
+import { freePort } from '../../harness/net.ts';
 
 // The embedded default cluster: nodes made on this machine, no Docker, no VM. "host" nodes are
 // namespaces with containerd 2.x and the runsc shim (gVisor pools); "systemd" nodes are Debian
@@ -34,6 +37,8 @@ interface NodeRecord {
 interface State {
   cluster: string;
   nodes: NodeRecord[];
+  /** Admin kubeconfig, when the cluster runs Kubernetes. */
+  kubeconfig?: string;
 }
 
 /** ~/.local/state/gvisor-e2e/<name>: outside /var and /run, which host nodes remount privately. */
@@ -42,16 +47,6 @@ export function defaultStateDir(name: string): string {
   return join(root, name);
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.once('error', rej);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => res(port));
-    });
-  });
-}
 
 export class LocalProvider {
   readonly kind = 'local';
@@ -87,6 +82,10 @@ export class LocalProvider {
     });
   }
 
+  kubeconfig(): string | undefined {
+    return this.readState()?.kubeconfig;
+  }
+
   private alive(r: NodeRecord): boolean {
     if (r.kind === 'host') return HostNode.attach(r.stateDir)?.alive() ?? false;
     try {
@@ -101,7 +100,7 @@ export class LocalProvider {
     const wanted = this.spec.pools.flatMap((p) => Array.from({ length: p.nodes }, (_, i) => ({ pool: p, name: `${p.name}-${i + 1}` })));
     if (existing) {
       const same = existing.nodes.length === wanted.length && wanted.every((w) => existing.nodes.some((n) => n.name === w.name && n.kind === w.pool.kind));
-      if (same && existing.nodes.every((n) => this.alive(n))) {
+      if (same && Boolean(existing.kubeconfig) === this.spec.kubernetes && existing.nodes.every((n) => this.alive(n))) {
         log('info', `cluster "${this.spec.name}" is up (${existing.nodes.length} nodes, state ${this.stateDir})`);
         return existing.nodes.map((n) => this.toNodeConfig(n));
       }
@@ -117,6 +116,13 @@ export class LocalProvider {
     const needHost = wanted.some((w) => w.pool.kind === 'host');
     const needSystemd = wanted.some((w) => w.pool.kind === 'systemd');
     const containerd = needHost ? await buildContainerd() : undefined;
+    const kube = this.spec.kubernetes ? await buildKubernetes() : undefined;
+    const cp = kube ? await step('start the Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)', () => ControlPlane.start(this.stateDir, kube)) : undefined;
+    if (cp) {
+      state.kubeconfig = cp.adminKubeconfig;
+      this.writeState(state);
+    }
+    let hostIndex = 0;
     const rootfs = needSystemd
       ? await step('prepare the Debian rootfs for systemd nodes', () => ensureNspawnRootfs({ cacheDir: join(cacheRoot(), 'rootfs'), onProgress: (m) => log('info', `  ${m}`) }))
       : undefined;
@@ -125,9 +131,15 @@ export class LocalProvider {
         const dir = join(this.stateDir, 'nodes', w.name);
         const sshPort = await freePort();
         if (w.pool.kind === 'host') {
+          const i = hostIndex++;
           const n = await step(`start node ${w.name} (pool ${w.pool.name}, host namespaces, containerd ${containerd!.dir.split('/').pop()})`, () =>
-            HostNode.start({ name: w.name, stateDir: dir, sshPort, authorizedKey: pub, sandboxImage: image.pause, containerdBinDir: containerd!.dir, configVersion: 3 }),
+            HostNode.start({ name: w.name, stateDir: dir, sshPort, authorizedKey: pub, sandboxImage: image.pause, containerdBinDir: containerd!.dir, configVersion: 3, podSubnet: `10.244.${i}.0/24` }),
           );
+          if (cp && kube) {
+            const ip = `${cp.net.prefix}.${10 + i}`;
+            n.attachNetwork(cp.net.bridge, `${cp.net.bridge.slice(0, 11)}n${i}`, ip, cp.gateway);
+            await step(`start kubelet on ${w.name} (${ip})`, () => startKubelet(n, cp, { name: w.name, ip, pool: w.pool.name, kubeletBin: kube.kubelet }));
+          }
           state.nodes.push({ name: w.name, pool: w.pool.name, kind: 'host', stateDir: dir, sshPort, knownHostsLine: n.knownHostsLine, osFamily: w.pool.osFamily, restartCommand: n.restartCommand });
         } else {
           const machine = `gve2e-${this.spec.name}-${w.name}`.slice(0, 64);
@@ -160,6 +172,7 @@ export class LocalProvider {
         rmSync(n.stateDir, { recursive: true, force: true });
       });
     }
+    if (existsSync(join(this.stateDir, 'control-plane'))) await step('stop the Kubernetes control plane', async () => ControlPlane.stop(this.stateDir));
     rmSync(this.stateDir, { recursive: true, force: true });
   }
 }

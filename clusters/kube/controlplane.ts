@@ -1,0 +1,221 @@
+import { execFileSync, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { request } from 'node:https';
+import { join } from 'node:path';
+import { TimeoutError, InfrastructureError } from '../../harness/errors.ts';
+import { log } from '../../harness/log.ts';
+import type { KubeBinaries } from './build.ts';
+import { Pki, writeKubeconfig } from './pki.ts';
+import { freePort } from '../../harness/net.ts';
+
+// A Kubernetes control plane as plain processes on this machine, like Kubernetes' own
+// hack/local-up-cluster.sh: etcd, kube-apiserver, kube-controller-manager, kube-scheduler. The API
+// server listens on a host bridge that the nodes' network namespaces join, so kubelets reach it and
+// it reaches them (logs, exec). Every process carries a marker so `down` finds them after a crash.
+
+export const CLUSTER_MARKER = 'GVISOR_E2E_CLUSTER';
+
+export interface ClusterNetwork {
+  bridge: string;
+  /** First three octets, e.g. "10.217.42": gateway .1, nodes .10 and up. */
+  prefix: string;
+}
+
+/** A /24 and bridge name derived from the cluster's state dir, so concurrent clusters do not collide. */
+export function clusterNetwork(stateDir: string): ClusterNetwork {
+  const h = createHash('sha256').update(stateDir).digest();
+  return { bridge: `gve2e${h.toString('hex').slice(0, 6)}`, prefix: `10.217.${20 + (h[0]! % 200)}` };
+}
+
+
+function sh(cmd: string): string {
+  return execFileSync('/bin/sh', ['-c', cmd], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+export class ControlPlane {
+  private constructor(
+    readonly stateDir: string,
+    readonly server: string,
+    readonly adminKubeconfig: string,
+    readonly pki: Pki,
+    readonly net: ClusterNetwork,
+  ) {}
+
+  get gateway(): string {
+    return `${this.net.prefix}.1`;
+  }
+
+  static async start(stateDir: string, bins: KubeBinaries, timeoutMs = 120_000): Promise<ControlPlane> {
+    const dir = join(stateDir, 'control-plane');
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const net = clusterNetwork(stateDir);
+    const gw = `${net.prefix}.1`;
+    if (!sh(`ip -o link show ${net.bridge} 2>/dev/null || true`).trim()) {
+      sh(`ip link add ${net.bridge} type bridge && ip addr add ${gw}/24 dev ${net.bridge} && ip link set ${net.bridge} up`);
+    }
+    const pki = new Pki(join(dir, 'pki'));
+    const apiPort = await freePort();
+    const server = `https://${gw}:${apiPort}`;
+    const apiCert = pki.issue('apiserver', { cn: 'kube-apiserver', dns: ['kubernetes', 'kubernetes.default', 'kubernetes.default.svc', 'localhost'], ips: [gw, '127.0.0.1', '10.96.0.1'], server: true });
+    const kubeletClient = pki.issue('apiserver-kubelet-client', { cn: 'kube-apiserver-kubelet-client', org: 'system:masters', client: true });
+    const admin = pki.issue('admin', { cn: 'gvisor-e2e-admin', org: 'system:masters', client: true });
+    const cm = pki.issue('controller-manager', { cn: 'system:kube-controller-manager', client: true });
+    const sched = pki.issue('scheduler', { cn: 'system:kube-scheduler', client: true });
+    const sa = pki.serviceAccountKey();
+    const adminKubeconfig = join(dir, 'admin.kubeconfig');
+    writeKubeconfig(adminKubeconfig, server, pki.ca.crt, admin);
+    writeKubeconfig(join(dir, 'controller-manager.kubeconfig'), server, pki.ca.crt, cm);
+    writeKubeconfig(join(dir, 'scheduler.kubeconfig'), server, pki.ca.crt, sched);
+
+    const etcdClient = await freePort();
+    const etcdPeer = await freePort();
+    const cp = new ControlPlane(stateDir, server, adminKubeconfig, pki, net);
+    cp.daemon('etcd', bins.etcd, [
+      `--data-dir=${join(dir, 'etcd')}`,
+      `--listen-client-urls=http://127.0.0.1:${etcdClient}`,
+      `--advertise-client-urls=http://127.0.0.1:${etcdClient}`,
+      `--listen-peer-urls=http://127.0.0.1:${etcdPeer}`,
+      `--initial-advertise-peer-urls=http://127.0.0.1:${etcdPeer}`,
+      `--initial-cluster=default=http://127.0.0.1:${etcdPeer}`,
+      '--log-level=warn',
+    ]);
+    cp.daemon('kube-apiserver', bins.kubeApiserver, [
+      `--etcd-servers=http://127.0.0.1:${etcdClient}`,
+      `--bind-address=${gw}`,
+      `--advertise-address=${gw}`,
+      `--secure-port=${apiPort}`,
+      '--service-cluster-ip-range=10.96.0.0/16',
+      `--client-ca-file=${pki.ca.crt}`,
+      `--tls-cert-file=${apiCert.crt}`,
+      `--tls-private-key-file=${apiCert.key}`,
+      `--kubelet-client-certificate=${kubeletClient.crt}`,
+      `--kubelet-client-key=${kubeletClient.key}`,
+      '--service-account-issuer=https://kubernetes.default.svc',
+      `--service-account-key-file=${sa.pub}`,
+      `--service-account-signing-key-file=${sa.key}`,
+      '--authorization-mode=Node,RBAC',
+      '--enable-admission-plugins=NodeRestriction',
+      '--allow-privileged=true',
+      '--endpoint-reconciler-type=none',
+      '--v=1',
+    ]);
+    await cp.waitReady(timeoutMs);
+    cp.daemon('kube-controller-manager', bins.kubeControllerManager, [
+      `--kubeconfig=${join(dir, 'controller-manager.kubeconfig')}`,
+      `--authentication-kubeconfig=${join(dir, 'controller-manager.kubeconfig')}`,
+      `--authorization-kubeconfig=${join(dir, 'controller-manager.kubeconfig')}`,
+      `--service-account-private-key-file=${sa.key}`,
+      `--root-ca-file=${pki.ca.crt}`,
+      '--leader-elect=false',
+      '--bind-address=127.0.0.1',
+      '--secure-port=0',
+      '--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller',
+      '--v=1',
+    ]);
+    cp.daemon('kube-scheduler', bins.kubeScheduler, [
+      `--kubeconfig=${join(dir, 'scheduler.kubeconfig')}`,
+      `--authentication-kubeconfig=${join(dir, 'scheduler.kubeconfig')}`,
+      `--authorization-kubeconfig=${join(dir, 'scheduler.kubeconfig')}`,
+      '--leader-elect=false',
+      '--bind-address=127.0.0.1',
+      '--secure-port=0',
+      '--v=1',
+    ]);
+    return cp;
+  }
+
+  /** Re-attaches to a control plane started by another process. */
+  static attach(stateDir: string): ControlPlane | undefined {
+    const dir = join(stateDir, 'control-plane');
+    const kc = join(dir, 'admin.kubeconfig');
+    if (!existsSync(kc)) return undefined;
+    const server = /server: (\S+)/.exec(readFileSync(kc, 'utf8'))?.[1] ?? '';
+    return new ControlPlane(stateDir, server, kc, new Pki(join(dir, 'pki')), clusterNetwork(stateDir));
+  }
+
+  private daemon(name: string, bin: string, args: string[]): void {
+    const dir = join(this.stateDir, 'control-plane');
+    const out = openSync(join(dir, `${name}.log`), 'a');
+    const child = spawn(bin, args, { detached: true, stdio: ['ignore', out, out], env: { ...process.env, [CLUSTER_MARKER]: this.stateDir } });
+    child.unref();
+    log('debug', `started ${name} (pid ${child.pid})`);
+  }
+
+  /** A kubeconfig for a kubelet: client cert CN=system:node:<name>, O=system:nodes (the Node authorizer's shape). */
+  kubeletKubeconfig(node: string, path: string): void {
+    const c = this.pki.issue(`kubelet-${node}`, { cn: `system:node:${node}`, org: 'system:nodes', client: true });
+    writeKubeconfig(path, this.server, this.pki.ca.crt, c);
+  }
+
+  /** GET on the API server with the admin certificate; resolves to [status, body]. */
+  get(path: string): Promise<[number, string]> {
+    const admin = { crt: join(this.pki.dir, 'admin.crt'), key: join(this.pki.dir, 'admin.key') };
+    return new Promise((res, rej) => {
+      const req = request(`${this.server}${path}`, { ca: readFileSync(this.pki.ca.crt), cert: readFileSync(admin.crt), key: readFileSync(admin.key), timeout: 5000 }, (r) => {
+        let body = '';
+        r.on('data', (d) => (body += d));
+        r.on('end', () => res([r.statusCode ?? 0, body]));
+      });
+      req.on('error', rej);
+      req.on('timeout', () => req.destroy(new Error('timeout')));
+      req.end();
+    });
+  }
+
+  async waitReady(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    let last = '';
+    for (;;) {
+      try {
+        const [code, body] = await this.get('/readyz');
+        if (code === 200) return;
+        last = `HTTP ${code}: ${body.slice(0, 300)}`;
+      } catch (e) {
+        last = (e as Error).message;
+      }
+      if (Date.now() > deadline) {
+        const tail = this.logTail('kube-apiserver');
+        throw new TimeoutError(`kube-apiserver at ${this.server} to be ready (last: ${last}; log: ${tail})`, timeoutMs);
+      }
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+
+  logTail(name: string, lines = 5): string {
+    try {
+      return readFileSync(join(this.stateDir, 'control-plane', `${name}.log`), 'utf8').trim().split('\n').slice(-lines).join(' | ');
+    } catch {
+      return '(no log)';
+    }
+  }
+
+  /** Kills every process carrying this cluster's marker and removes the bridge. */
+  static stop(stateDir: string): void {
+    for (let round = 0; round < 3; round++) {
+      let found = 0;
+      for (const ent of readdirSync('/proc')) {
+        if (!/^\d+$/.test(ent) || Number(ent) === process.pid) continue;
+        try {
+          if (readFileSync(`/proc/${ent}/environ`, 'latin1').split('\0').includes(`${CLUSTER_MARKER}=${stateDir}`)) {
+            process.kill(Number(ent), 'SIGKILL');
+            found++;
+          }
+        } catch {
+          /* gone */
+        }
+      }
+      if (!found) break;
+      execFileSync('sleep', ['0.2']);
+    }
+    const net = clusterNetwork(stateDir);
+    try {
+      sh(`ip link del ${net.bridge} 2>/dev/null || true`);
+    } catch {
+      /* already gone */
+    }
+    rmSync(join(stateDir, 'control-plane'), { recursive: true, force: true });
+  }
+}
+
+export { InfrastructureError };

@@ -1,0 +1,129 @@
+import * as k8s from '@kubernetes/client-node';
+import { afterAll, beforeAll, describe, it } from 'vitest';
+import { TimeoutError } from '../../harness/errors.ts';
+import { GVISOR_NODE_LABEL, kubeConfig } from '../../harness/kube.ts';
+import { gvisorBootLog, NET_RAW_PROBE, parseNetRawProbe } from '../../harness/probes.ts';
+import { MANAGED_LABEL, RUN_LABEL } from '../../harness/sandbox.ts';
+import { SuiteContext, check } from '../../harness/suite.ts';
+
+// Through Kubernetes: a pod asking for the gVisor RuntimeClass lands only on the gVisor pool and
+// runs under runsc; one without it runs under runc; one pinned elsewhere is not scheduled, and the
+// scheduler's event says why. Everything runs in a namespace of its own, deleted afterwards.
+
+const ctx = new SuiteContext('runtimeclass-scheduling');
+afterAll(() => ctx.close());
+const rc = ctx.gvisor.runtimeClassName;
+const podTimeout = 120_000;
+
+describe('cluster', () => {
+  if (!ctx.plan.kubeconfig) {
+    it.skip('needs a Kubernetes cluster (provider "local" with kubernetes: true)', () => undefined);
+    return;
+  }
+  const kc = kubeConfig(ctx.plan.kubeconfig);
+  const core = kc.makeApiClient(k8s.CoreV1Api);
+  const ns = `gvisor-e2e-${ctx.plan.runId}`.toLowerCase().slice(0, 63);
+  const gvisorNodes = ctx.gvisorNodes.map((n) => n.name);
+
+  beforeAll(async () => {
+    await core.createNamespace({ body: { metadata: { name: ns, labels: { [RUN_LABEL]: ctx.plan.runId, [MANAGED_LABEL]: 'true' } } } });
+    // Pods need the namespace's default ServiceAccount, which the controller-manager creates.
+    await until(`ServiceAccount default in namespace ${ns}`, 60_000, async () => {
+      try {
+        await core.readNamespacedServiceAccount({ name: 'default', namespace: ns });
+        return true;
+      } catch {
+        return false;
+      }
+    });
+  });
+  afterAll(async () => {
+    await core.deleteNamespace({ name: ns }).catch(() => undefined);
+  });
+
+  function pod(name: string, command: string[], extra: Partial<k8s.V1PodSpec> = {}): k8s.V1Pod {
+    return {
+      metadata: { name, namespace: ns, labels: { [RUN_LABEL]: ctx.plan.runId } },
+      spec: {
+        restartPolicy: 'Never',
+        automountServiceAccountToken: false,
+        terminationGracePeriodSeconds: 1,
+        containers: [{ name: 'main', image: ctx.plan.image.image, imagePullPolicy: 'Never', command, securityContext: { allowPrivilegeEscalation: false } }],
+        ...extra,
+      },
+    };
+  }
+
+  async function runToCompletion(p: k8s.V1Pod): Promise<{ pod: k8s.V1Pod; logs: string }> {
+    await core.createNamespacedPod({ namespace: ns, body: p });
+    let last: k8s.V1Pod | undefined;
+    await until(`pod ${ns}/${p.metadata!.name} to finish`, podTimeout, async () => {
+      last = await core.readNamespacedPod({ name: p.metadata!.name!, namespace: ns });
+      return last.status?.phase === 'Succeeded' || last.status?.phase === 'Failed';
+    }).catch(async (e: Error) => {
+      throw new TimeoutError(`${e.message.replace(/^timed out after [\d.]+s waiting for /, '')}; events: ${await events(p.metadata!.name!)}`, podTimeout);
+    });
+    const logs = await core.readNamespacedPodLog({ name: p.metadata!.name!, namespace: ns, container: 'main' });
+    await ctx.attach(`logs of pod ${p.metadata!.name} (node ${last?.spec?.nodeName})`, logs);
+    return { pod: last!, logs };
+  }
+
+  async function events(name: string): Promise<string> {
+    const list = await core.listNamespacedEvent({ namespace: ns, fieldSelector: `involvedObject.name=${name}` });
+    return list.items.map((e) => `${e.reason}: ${e.message}`).join(' | ') || '(none)';
+  }
+
+  let gvisorPod: { pod: k8s.V1Pod; logs: string } | undefined;
+
+  it(`a pod with runtimeClassName "${rc}" runs on a gVisor-pool node, under gVisor`, async () => {
+    gvisorPod = await runToCompletion(pod('rc-gvisor', ['dmesg'], { runtimeClassName: rc }));
+    const node = gvisorPod.pod.spec?.nodeName;
+    check(node && gvisorNodes.includes(node), `the "${rc}" pod ran on ${node}, expected one of the gVisor pool's nodes (${gvisorNodes.join(', ')})`);
+    check(gvisorBootLog(gvisorPod.logs).starts, `the "${rc}" pod on ${node} did not print the gVisor boot log: ${gvisorPod.logs.trim().slice(0, 200)}`);
+  });
+
+  it(`the RuntimeClass's node selector is merged into the pod`, async () => {
+    check(gvisorPod, 'the gVisor pod did not run');
+    const sel = gvisorPod.pod.spec?.nodeSelector ?? {};
+    check(sel[GVISOR_NODE_LABEL] === 'true', `the "${rc}" pod's nodeSelector is ${JSON.stringify(sel)}, expected it to include ${GVISOR_NODE_LABEL}: "true" from the RuntimeClass`);
+  });
+
+  it('a pod without a runtime class runs under runc', async () => {
+    const r = await runToCompletion(pod('rc-none', ['dmesg']));
+    check(!gvisorBootLog(r.logs).starts, `a pod without a runtime class on ${r.pod.spec?.nodeName} printed the gVisor boot log: the default runtime is gVisor`);
+  });
+
+  it('a gVisor pod pinned to a node outside the pool is not scheduled, and the event says why', async () => {
+    // A registered node without the gVisor label (nodes outside the API, like systemd nodes, do not count).
+    const other = (await core.listNode()).items.find((x) => x.metadata?.labels?.[GVISOR_NODE_LABEL] !== 'true')?.metadata?.name;
+    check(other, 'the cluster has no node outside the gVisor pools to pin to');
+    const name = 'rc-pinned';
+    await core.createNamespacedPod({ namespace: ns, body: pod(name, ['true'], { runtimeClassName: rc, nodeSelector: { 'kubernetes.io/hostname': other } }) });
+    let why = '';
+    await until(`a FailedScheduling event for pod ${ns}/${name}`, 60_000, async () => {
+      const list = await core.listNamespacedEvent({ namespace: ns, fieldSelector: `involvedObject.name=${name}` });
+      why = list.items.find((e) => e.reason === 'FailedScheduling')?.message ?? '';
+      return Boolean(why);
+    });
+    await ctx.attach('scheduler event', why);
+    const p = await core.readNamespacedPod({ name, namespace: ns });
+    check(!p.spec?.nodeName, `the pinned gVisor pod was scheduled onto ${p.spec?.nodeName}, outside the gVisor pool`);
+    check(/node affinity\/selector/.test(why), `the scheduler refused the pinned pod, but not for its node selector: ${why}`);
+  });
+
+  it(ctx.netRaw === 'true' ? 'net-raw at pod level: raw sockets work' : 'net-raw at pod level: raw sockets are refused', async () => {
+    const r = await runToCompletion(pod('rc-netraw', NET_RAW_PROBE, { runtimeClassName: rc }));
+    const p = parseNetRawProbe(r.logs);
+    check(p.gvisor, `the net-raw pod on ${r.pod.spec?.nodeName} is not running under gVisor`);
+    if (ctx.netRaw === 'true') check(p.pingExit === 0, `net-raw is "true" but ping failed in the pod on ${r.pod.spec?.nodeName}: ${r.logs.trim().slice(0, 200)}`);
+    else check(p.pingExit !== 0 && p.refused, `net-raw is off but ping opened a raw socket in the pod on ${r.pod.spec?.nodeName}: ${r.logs.trim().slice(0, 200)}`);
+  });
+});
+
+async function until(what: string, timeoutMs: number, ok: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await ok())) {
+    if (Date.now() > deadline) throw new TimeoutError(what, timeoutMs);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
