@@ -15,8 +15,12 @@ import { ROOT, down, install, run, up, warm } from '../harness/run.ts';
 
 const DEFAULT_CONFIG = join(ROOT, 'fixtures', 'local.yaml');
 
+function configFile(path: string | undefined): string {
+  return path ?? (existsSync('gvisor-e2e.yaml') ? 'gvisor-e2e.yaml' : DEFAULT_CONFIG);
+}
+
 function config(path: string | undefined): Config {
-  const file = path ?? (existsSync('gvisor-e2e.yaml') ? 'gvisor-e2e.yaml' : DEFAULT_CONFIG);
+  const file = configFile(path);
   const cfg = loadConfig(file);
   registerKnownSecrets(cfg.cluster.provider === 'nodes' ? cfg.cluster.nodes.flatMap((n) => (n.access.type === 'ssh' ? [n.access.privateKeyPath] : [])) : []);
   return cfg;
@@ -75,7 +79,7 @@ program
   .option('--no-install', 'do not install; test the cluster as it is')
   .addOption(new Option('--retries <n>', 'retry a failing check up to n times (each attempt is kept in the report)').argParser(retriesArg).default(0))
   .action(async (o: { suite?: string[]; skip?: string[]; keep?: boolean; install: boolean; retries: number }) => {
-    const summary = await run(config(program.opts().config), { suites: o.suite, skip: o.skip, keep: o.keep, noInstall: !o.install, retries: o.retries });
+    const summary = await run(config(program.opts().config), { suites: o.suite, skip: o.skip, keep: o.keep, noInstall: !o.install, retries: o.retries, configPath: configFile(program.opts().config) });
     process.exitCode = summary.state === 'passed' || summary.state === 'skipped' ? ExitCode.Passed : summary.state === 'failed' ? ExitCode.Failed : ExitCode.Broken;
     // A failed check outranks a broken one: it is a definite finding about the product.
     if (summary.suites.some((s) => s.counts.failed > 0)) process.exitCode = ExitCode.Failed;

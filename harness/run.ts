@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, lstatSync, mkdirSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -92,6 +93,8 @@ export interface RunOptions {
   keep?: boolean;
   /** Skip the install step (the cluster was installed before). */
   noInstall?: boolean;
+  /** The config file, so that a signal can run `down` in a child process. */
+  configPath?: string;
   /** Retry a failing check up to N times (flaky infrastructure); every attempt stays in the Allure report. */
   retries?: number;
 }
@@ -194,7 +197,16 @@ export async function run(cfg: Config, opts: RunOptions = {}): Promise<RunSummar
   };
   const onSignal = (sig: NodeJS.Signals) => {
     log('warn', `${sig}: stopping and cleaning up`);
-    void cleanup().finally(() => process.exit(sig === 'SIGINT' ? 130 : 143));
+    const code = sig === 'SIGINT' ? 130 : 143;
+    if (created && !opts.keep && !cleaned && opts.configPath) {
+      // Synchronously, in a child: the test runner's own signal handler would end this process
+      // before an asynchronous cleanup finished.
+      cleaned = true;
+      const r = spawnSync(process.execPath, ['--import', 'tsx', join(ROOT_DIR, 'bin', 'gvisor-e2e.ts'), '--config', opts.configPath, 'down'], { stdio: ['ignore', 'inherit', 'inherit'] });
+      if (r.status !== 0) log('error', `cleanup failed; run \`gvisor-e2e down\``);
+      process.exit(code);
+    }
+    void cleanup().finally(() => process.exit(code));
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);

@@ -1,0 +1,82 @@
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { NODE_MARKER } from '../../clusters/local/host-node.ts';
+import { ROOT, cli, scratch, stateRoot, writeConfig } from './helpers.ts';
+
+// Whatever stops a run — SIGINT or SIGTERM while it works, or a crash that `down` must finish —
+// nothing the harness made is left: no node process, no state directory.
+
+function config(name: string): string {
+  return writeConfig(scratch(`cleanup-${name}`), 'c.yaml', {
+    apiVersion: 'gvisor-e2e.dev/v1alpha1',
+    kind: 'Config',
+    cluster: { provider: 'local', name, stateDir: join(stateRoot(), name), pools: [{ name: 'gvisor', kind: 'host' }] },
+    gvisor: { pools: ['gvisor'] },
+    reportsDir: join(scratch(`cleanup-${name}-reports`)),
+  });
+}
+
+function leftovers(name: string): number[] {
+  const marker = `${NODE_MARKER}=${join(stateRoot(), name)}/`;
+  return readdirSync('/proc')
+    .filter((p) => /^\d+$/.test(p))
+    .filter((p) => {
+      try {
+        return readFileSync(`/proc/${p}/environ`, 'latin1').includes(marker);
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}
+
+async function interruptWhen(name: string, signal: NodeJS.Signals, ready: (stderr: string) => boolean): Promise<{ code: number | null; stderr: string }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'bin/gvisor-e2e.ts'), '--config', config(name), 'run'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  let sent = false;
+  child.stderr.on('data', (d: Buffer) => {
+    stderr += d.toString();
+    if (!sent && ready(stderr)) {
+      sent = true;
+      child.kill(signal);
+    }
+  });
+  child.stdout.resume();
+  const code = await new Promise<number | null>((res) => child.on('exit', (c) => res(c)));
+  return { code, stderr };
+}
+
+describe('cleanup', () => {
+  it('SIGINT while installing: exit 130, the cluster is removed', async () => {
+    const name = `ci${process.pid}`;
+    const r = await interruptWhen(name, 'SIGINT', (s) => s.includes('▶ install on gvisor-1'));
+    expect(r.code, r.stderr.slice(-1500)).toBe(130);
+    expect(r.stderr).toContain('SIGINT: stopping and cleaning up');
+    expect(existsSync(join(stateRoot(), name))).toBe(false);
+    expect(leftovers(name)).toEqual([]);
+  });
+
+  it('SIGTERM while suites run: exit 143, the cluster is removed', async () => {
+    const name = `ct${process.pid}`;
+    const r = await interruptWhen(name, 'SIGTERM', (s) => s.includes('▶ run suites'));
+    expect(r.code, r.stderr.slice(-1500)).toBe(143);
+    expect(existsSync(join(stateRoot(), name))).toBe(false);
+    expect(leftovers(name)).toEqual([]);
+  });
+
+  it('after a crash (SIGKILL), `down` from another process removes everything', async () => {
+    const name = `ck${process.pid}`;
+    const r = await interruptWhen(name, 'SIGKILL', (s) => s.includes('▶ install on gvisor-1'));
+    expect(r.code).toBe(null);
+    expect(existsSync(join(stateRoot(), name, 'state.json'))).toBe(true);
+    expect(leftovers(name).length).toBeGreaterThan(0); // the crash left the node running
+    const d = cli(['--config', config(name), 'down']);
+    expect(d.code, d.stderr).toBe(0);
+    expect(existsSync(join(stateRoot(), name))).toBe(false);
+    expect(leftovers(name)).toEqual([]);
+    // A second `down` finds nothing to do and still succeeds.
+    expect(cli(['--config', config(name), 'down']).code).toBe(0);
+  });
+});
