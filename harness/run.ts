@@ -15,6 +15,8 @@ import { installNode, isGVisorNode, uninstallNode } from './installer.ts';
 import { installKubernetesObjects } from './kube.ts';
 import { log, step } from './log.ts';
 import { openNode, type NodeAccess } from './node.ts';
+import { CriClient } from './cri.ts';
+import { removeLeftoverPods } from './sandbox.ts';
 import { SummaryReporter, summarize, table, writeReports, type RunSummary } from './report.ts';
 import { PLAN_ENV, type RunPlan } from './suite.ts';
 import { ROOT_DIR } from './paths.ts';
@@ -49,6 +51,13 @@ export async function down(cfg: Config, opts: { uninstall?: boolean } = {}): Pro
     await mapLimit(cfg.cluster.nodes, 4, async (n) => {
       const node = openNode(n);
       try {
+        // Pods a crashed run left behind first (found by the harness's own label), then the install.
+        const cri = await CriClient.connect(node, n.paths.containerdSocket).catch(() => undefined);
+        if (cri) {
+          const removed = await removeLeftoverPods(cri).catch(() => 0);
+          if (removed) log('info', `[${n.name}] removed ${removed} leftover pod sandbox(es)`);
+          cri.close();
+        }
         const undone = await step(`uninstall from ${n.name}`, () => uninstallNode(node, cfg));
         log('info', `[${n.name}] restored/removed: ${undone.join(', ') || 'nothing'}`);
       } finally {

@@ -215,6 +215,23 @@ describe('each suite fails on a broken node, naming the cause', () => {
   });
 });
 
+describe('faults', () => {
+  it('containerd down on a node: the checks that need it are "broken" (exit 2), not "failed"', async () => {
+    const pidFile = join(stateRoot(), name, 'nodes', 'gvisor-1', 'containerd.pid');
+    process.kill(Number(readFileSync(pidFile, 'utf8').trim()), 'SIGKILL');
+    try {
+      const r = runSuites(['sandbox-dmesg']);
+      expect(r.code, r.stderr.slice(-1500)).toBe(2);
+      const f = failures(r.summary, 'sandbox-dmesg');
+      expect(f.length).toBeGreaterThan(0);
+      expect(f.every((x) => x.state === 'broken')).toBe(true);
+      expect(f[0]!.message).toContain('containerd at /run/containerd/containerd.sock is unavailable');
+    } finally {
+      await restartContainerd(gv, cfg);
+    }
+  });
+});
+
 describe('node access is verified', () => {
   it('an SSH host key not in known_hosts is an error that shows the presented fingerprint (exit 2)', () => {
     const n = nodes.find((x) => x.pool === 'gvisor')!;
