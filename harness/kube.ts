@@ -1,8 +1,9 @@
 import * as k8s from '@kubernetes/client-node';
 import type { Config, NodeConfig } from './config.ts';
-import { InfrastructureError } from './errors.ts';
+import { InfrastructureError, TimeoutError } from './errors.ts';
 import { isGVisorNode } from './installer.ts';
 import { registerSecret } from './redact.ts';
+import { SandboxStartError } from './sandbox.ts';
 
 // The Kubernetes side of installing gVisor, as gardener-extension-runtime-gvisor leaves it:
 // RuntimeClass `gvisor` (handler `runsc`) whose scheduling.nodeSelector is the label Gardener puts
@@ -28,9 +29,27 @@ export function runtimeClass(cfg: Config): k8s.V1RuntimeClass {
   };
 }
 
-function apiError(what: string, e: unknown): InfrastructureError {
+/** An API error as one line: what we did, the HTTP code and the Status message (not the whole response). */
+export function apiError(what: string, e: unknown): InfrastructureError {
   const err = e as { code?: number; body?: unknown; message?: string };
-  return new InfrastructureError(`${what}: ${err.code ? `HTTP ${err.code} ` : ''}${typeof err.body === 'string' ? err.body.slice(0, 300) : (err.message ?? String(e))}`);
+  let msg = err.message ?? String(e);
+  if (typeof err.body === 'string') {
+    try {
+      msg = (JSON.parse(err.body) as { message?: string }).message ?? err.body;
+    } catch {
+      msg = err.body;
+    }
+  }
+  return new InfrastructureError(`${what}: ${err.code ? `HTTP ${err.code}: ` : ''}${msg.slice(0, 400)}`);
+}
+
+/** Runs an API call, turning its failure into a one-line InfrastructureError that names the call. */
+export async function api<T>(what: string, call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (e) {
+    throw apiError(what, e);
+  }
 }
 
 /** Labels the gVisor pool's nodes and creates (or updates) the RuntimeClass. Idempotent. */
@@ -39,7 +58,9 @@ export async function installKubernetesObjects(kubeconfig: string, cfg: Config, 
   const core = kc.makeApiClient(k8s.CoreV1Api);
   const nodeApi = kc.makeApiClient(k8s.NodeV1Api);
   const merge = k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch);
-  for (const n of nodes) {
+  // Only nodes that joined the cluster (a local cluster's systemd nodes are node-level only).
+  const registered = new Set((await core.listNode()).items.map((n) => n.metadata?.name));
+  for (const n of nodes.filter((x) => registered.has(x.name))) {
     const value = isGVisorNode(cfg, n) ? 'true' : null; // null removes the label from other pools
     try {
       await core.patchNode({ name: n.name, body: { metadata: { labels: { [GVISOR_NODE_LABEL]: value } } } }, merge);
@@ -55,4 +76,61 @@ export async function installKubernetesObjects(kubeconfig: string, cfg: Config, 
     const current = await nodeApi.readRuntimeClass({ name: rc.metadata!.name! });
     await nodeApi.replaceRuntimeClass({ name: rc.metadata!.name!, body: { ...rc, metadata: { ...rc.metadata, resourceVersion: current.metadata?.resourceVersion } } });
   }
+}
+
+/** Polls until ok() holds; the timeout names what it waited for. */
+export async function until(what: string, timeoutMs: number, ok: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await ok())) {
+    if (Date.now() > deadline) throw new TimeoutError(what, timeoutMs);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+export interface PodRun {
+  pod: k8s.V1Pod;
+  logs: string;
+  exitCode: number;
+}
+
+/** Events of one object, as "Reason: message | …" (what a failed wait reports). */
+export async function eventsOf(core: k8s.CoreV1Api, ns: string, name: string): Promise<string> {
+  const list = await core.listNamespacedEvent({ namespace: ns, fieldSelector: `involvedObject.name=${name}` }).catch(() => ({ items: [] as k8s.CoreV1Event[] }));
+  return list.items.map((e) => `${e.reason}: ${e.message}`).join(' | ') || '(none)';
+}
+
+/** Creates a pod, waits for it to finish, returns it with its logs and exit code. */
+export async function runPodToCompletion(core: k8s.CoreV1Api, p: k8s.V1Pod, timeoutMs: number): Promise<PodRun> {
+  const ns = p.metadata!.namespace!;
+  const name = p.metadata!.name!;
+  await api(`creating pod ${ns}/${name}`, () => core.createNamespacedPod({ namespace: ns, body: p }));
+  let last: k8s.V1Pod | undefined;
+  const t0 = Date.now();
+  try {
+    await until(`pod ${ns}/${name} to finish`, timeoutMs, async () => {
+      last = await api(`reading pod ${ns}/${name}`, () => core.readNamespacedPod({ name, namespace: ns }));
+      if (last.status?.phase === 'Pending' && last.spec?.nodeName && Date.now() - t0 > 3000) {
+        // The runtime refused the sandbox (unknown handler, runsc missing…): the node's answer, at once.
+        const list = await core.listNamespacedEvent({ namespace: ns, fieldSelector: `involvedObject.name=${name}` }).catch(() => ({ items: [] as k8s.CoreV1Event[] }));
+        const refused = list.items.find((e) => e.reason === 'FailedCreatePodSandBox');
+        if (refused) throw new SandboxStartError(p.spec?.runtimeClassName ?? 'runc', last.spec.nodeName, refused.message ?? '');
+      }
+      const sched = last.status?.conditions?.find((c) => c.type === 'PodScheduled');
+      if (!last.spec?.nodeName && sched?.status === 'False' && sched.reason === 'Unschedulable' && Date.now() - t0 > 5000) {
+        throw new UnschedulableError(`pod ${ns}/${name} cannot be scheduled: ${sched.message ?? ''}`);
+      }
+      return last.status?.phase === 'Succeeded' || last.status?.phase === 'Failed';
+    });
+  } catch (e) {
+    if (!(e instanceof TimeoutError)) throw e;
+    throw new TimeoutError(`pod ${ns}/${name} to finish (events: ${await eventsOf(core, ns, name)})`, timeoutMs);
+  }
+  const logs = await api(`reading logs of pod ${ns}/${name}`, () => core.readNamespacedPodLog({ name, namespace: ns, container: 'main' }));
+  const exitCode = last?.status?.containerStatuses?.[0]?.state?.terminated?.exitCode ?? -1;
+  return { pod: last!, logs, exitCode };
+}
+
+/** The scheduler refuses a pod: the cluster's answer (labels, RuntimeClass), not an infrastructure fault. */
+export class UnschedulableError extends Error {
+  override readonly name = 'UnschedulableError';
 }

@@ -42,7 +42,7 @@ export interface RunSummary {
 }
 
 /** Errors that mean "the node answered wrong"; anything else means we could not ask. */
-const PRODUCT_ERRORS = new Set(['AssertionError', 'SandboxStartError', 'CriError']);
+const PRODUCT_ERRORS = new Set(['AssertionError', 'SandboxStartError', 'CriError', 'UnschedulableError']);
 
 export function classify(errors: readonly { name?: string; message?: string }[] | undefined): State {
   if (!errors?.length) return 'failed';

@@ -8,6 +8,7 @@ import { startVitest } from 'vitest/node';
 import { providerFor } from '../clusters/index.ts';
 import { buildContainerd, buildGVisor, cacheRoot, criProtoPath, gvisorBinaries, type GVisorBinaries } from './binaries.ts';
 import { ensureNspawnRootfs } from '../clusters/local/nspawn-node.ts';
+import { buildKubernetes } from '../clusters/kube/build.ts';
 import { type Config, type NodeConfig, type SuiteName, durationMs, effectiveRunscFlags, selectSuites } from './config.ts';
 import { InfrastructureError } from './errors.ts';
 import { buildTestImage, importTestImage, type TestImage } from './image.ts';
@@ -190,6 +191,7 @@ export async function warm(): Promise<void> {
   await criProtoPath();
   await buildGVisor();
   await buildContainerd();
+  await buildKubernetes();
   await step('build the busybox test image', () => buildTestImage());
   await step('prepare the Debian rootfs for systemd nodes', () => ensureNspawnRootfs({ cacheDir: join(cacheRoot(), 'rootfs'), onProgress: (m) => log('info', `  ${m}`) }));
 }

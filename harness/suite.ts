@@ -8,7 +8,10 @@ import { CriClient } from './cri.ts';
 import { InfrastructureError } from './errors.ts';
 import { isGVisorNode } from './installer.ts';
 import { openNode, type NodeAccess } from './node.ts';
-import { runOneShot, type OneShotResult } from './sandbox.ts';
+import { MANAGED_LABEL, RUN_LABEL, SandboxStartError, runOneShot, type OneShotResult } from './sandbox.ts';
+import { api, kubeConfig, runPodToCompletion, until } from './kube.ts';
+import * as k8s from '@kubernetes/client-node';
+import { randomBytes } from 'node:crypto';
 
 // What a suite file sees: the run plan the CLI wrote, node access opened once per suite file,
 // and small helpers that turn "what we expected / what we found / where" into one message.
@@ -139,8 +142,62 @@ export class SuiteContext {
     }
   }
 
+  private kubeP?: Promise<{ core: k8s.CoreV1Api; nodeApi: k8s.NodeV1Api; registered: Set<string> }>;
+  private nsP?: Promise<string>;
+
+  /** The API, when node `n` is a kubelet's node: then its pods must come through the API (a kubelet kills pods it does not know). */
+  private async kubeFor(n: NodeConfig) {
+    if (!this.plan.kubeconfig) return undefined;
+    this.kubeP ??= (async () => {
+      const kc = kubeConfig(this.plan.kubeconfig!);
+      const core = kc.makeApiClient(k8s.CoreV1Api);
+      const registered = new Set((await api('listing nodes', () => core.listNode())).items.map((x) => x.metadata?.name ?? ''));
+      return { core, nodeApi: kc.makeApiClient(k8s.NodeV1Api), registered };
+    })();
+    const k = await this.kubeP;
+    return k.registered.has(n.name) ? k : undefined;
+  }
+
+  /** This suite's namespace (created once, labelled, deleted by close()). */
+  private namespace(core: k8s.CoreV1Api): Promise<string> {
+    this.nsP ??= (async () => {
+      const ns = `gvisor-e2e-${this.plan.runId}-${this.suite}`.toLowerCase().slice(0, 63).replace(/-+$/, '');
+      await api(`creating namespace ${ns}`, () => core.createNamespace({ body: { metadata: { name: ns, labels: { [RUN_LABEL]: this.plan.runId, [MANAGED_LABEL]: 'true' } } } }));
+      await until(`ServiceAccount default in namespace ${ns}`, 60_000, () => core.readNamespacedServiceAccount({ name: 'default', namespace: ns }).then(() => true, () => false));
+      return ns;
+    })();
+    return this.nsP;
+  }
+
   /** Runs `command` as the main process of a fresh pod under `handler` on node `n`. */
   async oneShot(n: NodeConfig, handler: string, name: string, command: string[]): Promise<OneShotResult> {
+    const k = await this.kubeFor(n);
+    if (k) {
+      let runtimeClassName: string | undefined;
+      if (handler !== 'runc') {
+        const classes = await api('listing RuntimeClasses', () => k.nodeApi.listRuntimeClass());
+        runtimeClassName = classes.items.find((c) => c.handler === handler)?.metadata?.name;
+        if (!runtimeClassName) throw new SandboxStartError(handler, n.name, `no RuntimeClass in the cluster has handler "${handler}"`);
+      }
+      const ns = await this.namespace(k.core);
+      const podName = `${name}-${randomBytes(3).toString('hex')}`;
+      const r = await runPodToCompletion(
+        k.core,
+        {
+          metadata: { name: podName, namespace: ns, labels: { [RUN_LABEL]: this.plan.runId } },
+          spec: {
+            nodeName: n.name,
+            runtimeClassName,
+            restartPolicy: 'Never',
+            automountServiceAccountToken: false,
+            terminationGracePeriodSeconds: 1,
+            containers: [{ name: 'main', image: this.plan.image.image, imagePullPolicy: 'Never', command, securityContext: { allowPrivilegeEscalation: false } }],
+          },
+        },
+        durationMs(this.config.timeouts.container) * 2,
+      );
+      return { podId: r.pod.metadata?.uid ?? '', exitCode: r.exitCode, output: r.logs, runtimeType: '', runtimeHandler: handler, reason: r.pod.status?.reason ?? '' };
+    }
     return runOneShot(this.node(n), await this.cri(n), {
       handler,
       image: this.plan.image.image,
@@ -154,6 +211,10 @@ export class SuiteContext {
 
   /** Closes connections and keeps every command run on the nodes (redacted) as evidence. */
   async close(): Promise<void> {
+    if (this.nsP && this.kubeP) {
+      const ns = await this.nsP.catch(() => undefined);
+      if (ns) await (await this.kubeP).core.deleteNamespace({ name: ns }).catch(() => undefined);
+    }
     const transcript = [...this.access.values()].flatMap((a) => a.transcript);
     if (transcript.length > 0) {
       mkdirSync(join(this.plan.runDir, 'transcripts'), { recursive: true });

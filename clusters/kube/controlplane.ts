@@ -91,6 +91,8 @@ export class ControlPlane {
       `--tls-private-key-file=${apiCert.key}`,
       `--kubelet-client-certificate=${kubeletClient.crt}`,
       `--kubelet-client-key=${kubeletClient.key}`,
+      // Node names do not resolve here; reach kubelets by the IP they registered.
+      '--kubelet-preferred-address-types=InternalIP,Hostname',
       '--service-account-issuer=https://kubernetes.default.svc',
       `--service-account-key-file=${sa.pub}`,
       `--service-account-signing-key-file=${sa.key}`,
@@ -107,6 +109,8 @@ export class ControlPlane {
       `--authorization-kubeconfig=${join(dir, 'controller-manager.kubeconfig')}`,
       `--service-account-private-key-file=${sa.key}`,
       `--root-ca-file=${pki.ca.crt}`,
+      // Each controller acts as its own ServiceAccount, with the roles RBAC bootstraps for it.
+      '--use-service-account-credentials=true',
       '--leader-elect=false',
       '--bind-address=127.0.0.1',
       '--secure-port=0',

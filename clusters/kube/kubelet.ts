@@ -1,7 +1,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
-import { TimeoutError } from '../../harness/errors.ts';
+import { InfrastructureError, TimeoutError } from '../../harness/errors.ts';
 import type { HostNode } from '../local/host-node.ts';
 import type { ControlPlane } from './controlplane.ts';
 
@@ -25,6 +25,8 @@ export function kubeletConfig(caFile: string): object {
     authentication: { anonymous: { enabled: false }, webhook: { enabled: true }, x509: { clientCAFile: caFile } },
     authorization: { mode: 'Webhook' },
     cgroupDriver: 'cgroupfs',
+    // This machine has cgroup v1 (hybrid); kubelet 1.35 refuses it unless told otherwise.
+    failCgroupV1: false,
     cgroupsPerQOS: false,
     enforceNodeAllocatable: [],
     containerRuntimeEndpoint: 'unix:///run/containerd/containerd.sock',
@@ -47,7 +49,7 @@ export function kubeletConfig(caFile: string): object {
   };
 }
 
-export async function startKubelet(node: HostNode, cp: ControlPlane, o: KubeletOptions, timeoutMs = 120_000): Promise<void> {
+export async function startKubelet(node: HostNode, cp: ControlPlane, o: KubeletOptions, timeoutMs = 90_000): Promise<void> {
   const dir = join(node.stateDir, 'kubelet');
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   writeFileSync(join(dir, 'config.yaml'), stringify(kubeletConfig(cp.pki.ca.crt)));
@@ -69,6 +71,7 @@ export async function startKubelet(node: HostNode, cp: ControlPlane, o: KubeletO
     } catch (e) {
       last = (e as Error).message;
     }
+    if (!node.daemonAlive('kubelet')) throw new InfrastructureError(`kubelet on ${o.name} exited: ${node.logTail('kubelet', 3)}`);
     if (Date.now() > deadline) throw new TimeoutError(`node ${o.name} to register and become Ready (last: ${last}; kubelet log: ${node.logTail('kubelet')})`, timeoutMs);
     await new Promise((r) => setTimeout(r, 500));
   }

@@ -248,6 +248,15 @@ done
     this.inNode(`export ${NODE_MARKER}=${S}; nsenter --net=${S}/netns setsid ${command} >>${S}/${name}.log 2>&1 </dev/null & echo $! > ${S}/${name}.pid`);
   }
 
+  /** Whether a daemon started by startDaemon() is still running. */
+  daemonAlive(name: string): boolean {
+    try {
+      return existsSync(`/proc/${readFileSync(join(this.stateDir, `${name}.pid`), 'utf8').trim()}`);
+    } catch {
+      return false;
+    }
+  }
+
   /** The last lines of one of the node's daemon logs (for error messages). */
   logTail(name: string, lines = 5): string {
     try {

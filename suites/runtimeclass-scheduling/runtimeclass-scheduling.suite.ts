@@ -1,7 +1,6 @@
 import * as k8s from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, it } from 'vitest';
-import { TimeoutError } from '../../harness/errors.ts';
-import { GVISOR_NODE_LABEL, kubeConfig } from '../../harness/kube.ts';
+import { api, GVISOR_NODE_LABEL, kubeConfig, runPodToCompletion, until } from '../../harness/kube.ts';
 import { gvisorBootLog, NET_RAW_PROBE, parseNetRawProbe } from '../../harness/probes.ts';
 import { MANAGED_LABEL, RUN_LABEL } from '../../harness/sandbox.ts';
 import { SuiteContext, check } from '../../harness/suite.ts';
@@ -26,7 +25,7 @@ describe('cluster', () => {
   const gvisorNodes = ctx.gvisorNodes.map((n) => n.name);
 
   beforeAll(async () => {
-    await core.createNamespace({ body: { metadata: { name: ns, labels: { [RUN_LABEL]: ctx.plan.runId, [MANAGED_LABEL]: 'true' } } } });
+    await api(`creating namespace ${ns}`, () => core.createNamespace({ body: { metadata: { name: ns, labels: { [RUN_LABEL]: ctx.plan.runId, [MANAGED_LABEL]: 'true' } } } }));
     // Pods need the namespace's default ServiceAccount, which the controller-manager creates.
     await until(`ServiceAccount default in namespace ${ns}`, 60_000, async () => {
       try {
@@ -55,22 +54,9 @@ describe('cluster', () => {
   }
 
   async function runToCompletion(p: k8s.V1Pod): Promise<{ pod: k8s.V1Pod; logs: string }> {
-    await core.createNamespacedPod({ namespace: ns, body: p });
-    let last: k8s.V1Pod | undefined;
-    await until(`pod ${ns}/${p.metadata!.name} to finish`, podTimeout, async () => {
-      last = await core.readNamespacedPod({ name: p.metadata!.name!, namespace: ns });
-      return last.status?.phase === 'Succeeded' || last.status?.phase === 'Failed';
-    }).catch(async (e: Error) => {
-      throw new TimeoutError(`${e.message.replace(/^timed out after [\d.]+s waiting for /, '')}; events: ${await events(p.metadata!.name!)}`, podTimeout);
-    });
-    const logs = await core.readNamespacedPodLog({ name: p.metadata!.name!, namespace: ns, container: 'main' });
-    await ctx.attach(`logs of pod ${p.metadata!.name} (node ${last?.spec?.nodeName})`, logs);
-    return { pod: last!, logs };
-  }
-
-  async function events(name: string): Promise<string> {
-    const list = await core.listNamespacedEvent({ namespace: ns, fieldSelector: `involvedObject.name=${name}` });
-    return list.items.map((e) => `${e.reason}: ${e.message}`).join(' | ') || '(none)';
+    const r = await runPodToCompletion(core, p, podTimeout);
+    await ctx.attach(`logs of pod ${p.metadata!.name} (node ${r.pod.spec?.nodeName})`, r.logs);
+    return r;
   }
 
   let gvisorPod: { pod: k8s.V1Pod; logs: string } | undefined;
@@ -98,16 +84,18 @@ describe('cluster', () => {
     const other = (await core.listNode()).items.find((x) => x.metadata?.labels?.[GVISOR_NODE_LABEL] !== 'true')?.metadata?.name;
     check(other, 'the cluster has no node outside the gVisor pools to pin to');
     const name = 'rc-pinned';
-    await core.createNamespacedPod({ namespace: ns, body: pod(name, ['true'], { runtimeClassName: rc, nodeSelector: { 'kubernetes.io/hostname': other } }) });
+    await api(`creating pod ${ns}/${name}`, () => core.createNamespacedPod({ namespace: ns, body: pod(name, ['true'], { runtimeClassName: rc, nodeSelector: { 'kubernetes.io/hostname': other } }) }));
     let why = '';
-    await until(`a FailedScheduling event for pod ${ns}/${name}`, 60_000, async () => {
+    let scheduledOn: string | undefined;
+    // Either the scheduler refuses it (the expected answer) or it lands somewhere (wrong): stop at the first.
+    await until(`a FailedScheduling event for pod ${ns}/${name}, or its scheduling`, 60_000, async () => {
       const list = await core.listNamespacedEvent({ namespace: ns, fieldSelector: `involvedObject.name=${name}` });
       why = list.items.find((e) => e.reason === 'FailedScheduling')?.message ?? '';
-      return Boolean(why);
+      scheduledOn = (await core.readNamespacedPod({ name, namespace: ns })).spec?.nodeName;
+      return Boolean(why || scheduledOn);
     });
+    check(!scheduledOn, `the pinned gVisor pod was scheduled onto ${scheduledOn}, outside the gVisor pool`);
     await ctx.attach('scheduler event', why);
-    const p = await core.readNamespacedPod({ name, namespace: ns });
-    check(!p.spec?.nodeName, `the pinned gVisor pod was scheduled onto ${p.spec?.nodeName}, outside the gVisor pool`);
     check(/node affinity\/selector/.test(why), `the scheduler refused the pinned pod, but not for its node selector: ${why}`);
   });
 
@@ -119,11 +107,3 @@ describe('cluster', () => {
     else check(p.pingExit !== 0 && p.refused, `net-raw is off but ping opened a raw socket in the pod on ${r.pod.spec?.nodeName}: ${r.logs.trim().slice(0, 200)}`);
   });
 });
-
-async function until(what: string, timeoutMs: number, ok: () => Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await ok())) {
-    if (Date.now() > deadline) throw new TimeoutError(what, timeoutMs);
-    await new Promise((r) => setTimeout(r, 500));
-  }
-}

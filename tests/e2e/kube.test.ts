@@ -1,0 +1,122 @@
+import * as k8s from '@kubernetes/client-node';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CLUSTER_MARKER, clusterNetwork } from '../../clusters/kube/controlplane.ts';
+import { LocalProvider } from '../../clusters/local/index.ts';
+import { type Config, type LocalCluster, type NodeConfig, parseConfig } from '../../harness/config.ts';
+import { GVISOR_NODE_LABEL, kubeConfig } from '../../harness/kube.ts';
+import { down, install, up } from '../../harness/run.ts';
+import { cli, failures, latestSummary, scratch, stateRoot, writeConfig } from './helpers.ts';
+import { execFileSync } from 'node:child_process';
+
+// The embedded Kubernetes cluster: etcd + kube-apiserver + controller-manager + scheduler as
+// processes, a kubelet in each host node. gVisor is installed like the extension does it
+// (RuntimeClass "gvisor", handler runsc, node label on the gVisor pool); all five suites pass,
+// and the scheduling suite fails — naming the cause — when the RuntimeClass or the label is wrong.
+
+const dir = scratch('kube');
+const reports = join(dir, 'reports');
+const name = `k${process.pid}`;
+const raw = {
+  apiVersion: 'gvisor-e2e.dev/v1alpha1',
+  kind: 'Config',
+  cluster: {
+    provider: 'local',
+    name,
+    stateDir: join(stateRoot(), name),
+    kubernetes: true,
+    pools: [
+      { name: 'gvisor', kind: 'host' },
+      { name: 'plain', kind: 'host' },
+    ],
+  },
+  gvisor: { pools: ['gvisor'] },
+  reportsDir: reports,
+};
+const cfgPath = writeConfig(dir, 'config.yaml', raw);
+const cfg: Config = parseConfig(JSON.stringify(raw), 'kube test config');
+let nodes: NodeConfig[] = [];
+let core: k8s.CoreV1Api;
+let nodeApi: k8s.NodeV1Api;
+
+function runSuites(suites: string[]) {
+  const r = cli(['--config', cfgPath, 'run', '--keep', '--no-install', '--suite', ...suites]);
+  return { ...r, summary: latestSummary(reports) };
+}
+
+beforeAll(async () => {
+  nodes = await up(cfg);
+  await install(cfg, nodes);
+  const kc = kubeConfig(new LocalProvider(cfg.cluster as LocalCluster).kubeconfig()!);
+  core = kc.makeApiClient(k8s.CoreV1Api);
+  nodeApi = kc.makeApiClient(k8s.NodeV1Api);
+});
+
+afterAll(async () => {
+  await down(cfg);
+  const S = join(stateRoot(), name);
+  expect(existsSync(S)).toBe(false);
+  const marked = readdirSync('/proc').filter((p) => {
+    try {
+      return readFileSync(`/proc/${p}/environ`, 'latin1').includes(`${CLUSTER_MARKER}=${S}\0`);
+    } catch {
+      return false;
+    }
+  });
+  expect(marked).toEqual([]);
+  expect(execFileSync('ip', ['-o', 'link', 'show'], { encoding: 'utf8' })).not.toContain(clusterNetwork(S).bridge);
+});
+
+describe('a real Kubernetes cluster with gVisor installed like the extension does', () => {
+  it('has the RuntimeClass and node labels the extension creates', async () => {
+    const rc = await nodeApi.readRuntimeClass({ name: 'gvisor' });
+    expect(rc.handler).toBe('runsc');
+    expect(rc.scheduling?.nodeSelector).toEqual({ [GVISOR_NODE_LABEL]: 'true' });
+    const labels = Object.fromEntries((await core.listNode()).items.map((n) => [n.metadata!.name, n.metadata!.labels?.[GVISOR_NODE_LABEL]]));
+    expect(labels).toEqual({ 'gvisor-1': 'true', 'plain-1': undefined });
+  });
+
+  it('all five suites pass, exit 0, and the suite namespaces are gone afterwards', async () => {
+    const r = runSuites(['runsc-installation', 'sandbox-dmesg', 'net-raw', 'limit-nofile', 'runtimeclass-scheduling']);
+    expect(r.code, r.stderr.slice(-3000)).toBe(0);
+    expect(r.summary.suites.map((s) => [s.name, s.state])).toEqual([
+      ['runsc-installation', 'passed'],
+      ['sandbox-dmesg', 'passed'],
+      ['net-raw', 'passed'],
+      ['limit-nofile', 'passed'],
+      ['runtimeclass-scheduling', 'passed'],
+    ]);
+    const sched = r.summary.checks.filter((c) => c.suite === 'runtimeclass-scheduling').map((c) => c.name);
+    expect(sched).toContain('a gVisor pod pinned to a node outside the pool is not scheduled, and the event says why');
+    // Namespaces are deleted (asynchronously: Terminating or gone, never Active).
+    const left = (await core.listNamespace({ labelSelector: `gvisor-e2e.dev/run-id=${r.summary.runId}` })).items;
+    expect(left.every((n) => n.status?.phase === 'Terminating')).toBe(true);
+  });
+
+  it('a RuntimeClass without the node selector: the scheduling suite fails, naming it', async () => {
+    const rc = await nodeApi.readRuntimeClass({ name: 'gvisor' });
+    await nodeApi.replaceRuntimeClass({ name: 'gvisor', body: { ...rc, scheduling: undefined } });
+    try {
+      const r = runSuites(['runtimeclass-scheduling']);
+      expect(r.code).toBe(1);
+      const msgs = failures(r.summary, 'runtimeclass-scheduling').map((f) => f.message);
+      expect(msgs).toContain(`the "gvisor" pod's nodeSelector is {}, expected it to include ${GVISOR_NODE_LABEL}: "true" from the RuntimeClass`);
+    } finally {
+      await install(cfg, nodes);
+    }
+  });
+
+  it('the gVisor pool without its node label: gVisor pods cannot be scheduled, and the report says why', async () => {
+    await core.patchNode({ name: 'gvisor-1', body: { metadata: { labels: { [GVISOR_NODE_LABEL]: null } } } }, k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch));
+    try {
+      const r = runSuites(['runtimeclass-scheduling']);
+      expect(r.code).toBe(1);
+      const first = failures(r.summary, 'runtimeclass-scheduling')[0]!;
+      expect(first.state).toBe('failed');
+      expect(first.message).toMatch(/cannot be scheduled: 0\/2 nodes are available: 2 node\(s\) didn't match Pod's node affinity\/selector/);
+    } finally {
+      await install(cfg, nodes);
+    }
+  });
+});
