@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { cli, latestSummary, scratch, writeConfig } from './helpers.ts';
+import { cli, latestSummary, scratch, sshNodeConfig, writeConfig } from './helpers.ts';
 
 // The CLI's contract with CI: bad input is a usage error (64) that names the file and the field;
 // an unreachable node is "broken" (2), never "failed" or "passed".
@@ -62,13 +62,7 @@ describe('infrastructure broken', () => {
     const known = join(dir, 'known_hosts_empty');
     writeFileSync(known, '');
     const reports = join(dir, 'reports-badkey');
-    const p = writeConfig(dir, 'badkey.yaml', {
-      apiVersion: 'gvisor-e2e.dev/v1alpha1',
-      kind: 'Config',
-      cluster: { provider: 'nodes', nodes: [{ name: 'k-1', pool: 'gvisor', access: { type: 'ssh', host: '127.0.0.1', port: 1, privateKeyPath: key, knownHostsPath: known } }] },
-      gvisor: { pools: ['gvisor'] },
-      reportsDir: reports,
-    });
+    const p = writeConfig(dir, 'badkey.yaml', sshNodeConfig('k-1', { host: '127.0.0.1', port: 1, privateKeyPath: key, knownHostsPath: known }, reports));
     const r = cli(['--config', p, 'run', '--no-install', '--suite', 'net-raw']);
     expect(r.code).toBe(2);
     expect(latestSummary(reports).suites[0]!.firstFailure).toContain(`[k-1] cannot use SSH private key ${key}: Cannot parse privateKey`);
@@ -80,14 +74,8 @@ describe('infrastructure broken', () => {
     const known = join(dir, 'known_hosts');
     writeFileSync(known, '');
     const reports = join(dir, 'reports');
-    const p = writeConfig(dir, 'unreachable.yaml', {
-      apiVersion: 'gvisor-e2e.dev/v1alpha1',
-      kind: 'Config',
-      // Port 1 on loopback: nothing listens there.
-      cluster: { provider: 'nodes', nodes: [{ name: 'gone-1', pool: 'gvisor', access: { type: 'ssh', host: '127.0.0.1', port: 1, privateKeyPath: key, knownHostsPath: known } }] },
-      gvisor: { pools: ['gvisor'] },
-      reportsDir: reports,
-    });
+    // Port 1 on loopback: nothing listens there.
+    const p = writeConfig(dir, 'unreachable.yaml', sshNodeConfig('gone-1', { host: '127.0.0.1', port: 1, privateKeyPath: key, knownHostsPath: known }, reports));
     const r = cli(['--config', p, 'run', '--no-install', '--suite', 'runsc-installation']);
     expect(r.code).toBe(2);
     const s = latestSummary(reports);

@@ -47,3 +47,25 @@ export function latestSummary(reportsDir: string): RunSummary {
 export function failures(s: RunSummary, suite: string): { node: string; name: string; state: string; message: string }[] {
   return s.checks.filter((c) => c.suite === suite && (c.state === 'failed' || c.state === 'broken')).map((c) => ({ node: c.node, name: c.name, state: c.state, message: c.message ?? '' }));
 }
+
+/** A local-provider config for a test cluster of its own (state under stateRoot(), reports in `reports`). */
+export function localCluster<R extends object>(name: string, reports: string, cluster: { pools: object[]; kubernetes?: boolean }, rest: R) {
+  return {
+    apiVersion: 'gvisor-e2e.dev/v1alpha1',
+    kind: 'Config',
+    cluster: { provider: 'local', name, stateDir: join(stateRoot(), name), ...cluster },
+    reportsDir: reports,
+    ...rest,
+  };
+}
+
+/** A `nodes`-provider config with one SSH node (for access and bad-input tests). */
+export function sshNodeConfig(nodeName: string, access: object, reports: string) {
+  return {
+    apiVersion: 'gvisor-e2e.dev/v1alpha1',
+    kind: 'Config',
+    cluster: { provider: 'nodes', nodes: [{ name: nodeName, pool: 'gvisor', access: { type: 'ssh', ...access } }] },
+    gvisor: { pools: ['gvisor'] },
+    reportsDir: reports,
+  };
+}

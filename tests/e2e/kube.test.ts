@@ -7,7 +7,7 @@ import { LocalProvider } from '../../clusters/local/index.ts';
 import { type Config, type LocalCluster, type NodeConfig, parseConfig } from '../../harness/config.ts';
 import { GVISOR_NODE_LABEL, kubeConfig } from '../../harness/kube.ts';
 import { down, install, up } from '../../harness/run.ts';
-import { cli, failures, latestSummary, scratch, stateRoot, writeConfig } from './helpers.ts';
+import { cli, failures, latestSummary, localCluster, scratch, stateRoot, writeConfig } from './helpers.ts';
 import { execFileSync } from 'node:child_process';
 
 // The embedded Kubernetes cluster: etcd + kube-apiserver + controller-manager + scheduler as
@@ -18,22 +18,7 @@ import { execFileSync } from 'node:child_process';
 const dir = scratch('kube');
 const reports = join(dir, 'reports');
 const name = `k${process.pid}`;
-const raw = {
-  apiVersion: 'gvisor-e2e.dev/v1alpha1',
-  kind: 'Config',
-  cluster: {
-    provider: 'local',
-    name,
-    stateDir: join(stateRoot(), name),
-    kubernetes: true,
-    pools: [
-      { name: 'gvisor', kind: 'host' },
-      { name: 'plain', kind: 'host' },
-    ],
-  },
-  gvisor: { pools: ['gvisor'] },
-  reportsDir: reports,
-};
+const raw = localCluster(name, reports, { kubernetes: true, pools: [{ name: 'gvisor', kind: 'host' }, { name: 'plain', kind: 'host' }] }, { gvisor: { pools: ['gvisor'] } });
 const cfgPath = writeConfig(dir, 'config.yaml', raw);
 const cfg: Config = parseConfig(JSON.stringify(raw), 'kube test config');
 let nodes: NodeConfig[] = [];

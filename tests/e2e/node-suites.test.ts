@@ -7,7 +7,7 @@ import { type Config, type NodeConfig, parseConfig } from '../../harness/config.
 import { openNode, type NodeAccess } from '../../harness/node.ts';
 import { restartContainerd } from '../../harness/installer.ts';
 import { down, install, up } from '../../harness/run.ts';
-import { cli, failures, latestSummary, scratch, stateRoot, writeConfig } from './helpers.ts';
+import { cli, failures, latestSummary, localCluster, scratch, sshNodeConfig, stateRoot, writeConfig } from './helpers.ts';
 
 // The four node-level suites against a real local cluster: a namespaced node running
 // containerd 2.x + runsc + containerd-shim-runsc-v1 (pool "gvisor") and a Debian node booted by
@@ -17,22 +17,12 @@ import { cli, failures, latestSummary, scratch, stateRoot, writeConfig } from '.
 const dir = scratch('node-suites');
 const reports = join(dir, 'reports');
 const name = `t${process.pid}`;
-const raw = {
-  apiVersion: 'gvisor-e2e.dev/v1alpha1',
-  kind: 'Config',
-  cluster: {
-    provider: 'local',
-    name,
-    stateDir: join(stateRoot(), name),
-    pools: [
-      { name: 'gvisor', nodes: 1, kind: 'host' },
-      { name: 'systemd', nodes: 1, kind: 'systemd' },
-    ],
-  },
-  gvisor: { pools: ['gvisor'], configFlags: { 'net-raw': 'false', debug: 'true' } },
-  containerd: { enableLimitNoFile: true, imagePullProgressTimeout: '5m0s' },
-  reportsDir: reports,
-};
+const raw = localCluster(
+  name,
+  reports,
+  { pools: [{ name: 'gvisor', nodes: 1, kind: 'host' }, { name: 'systemd', nodes: 1, kind: 'systemd' }] },
+  { gvisor: { pools: ['gvisor'], configFlags: { 'net-raw': 'false', debug: 'true' } }, containerd: { enableLimitNoFile: true, imagePullProgressTimeout: '5m0s' } },
+);
 const cfgPath = writeConfig(dir, 'config.yaml', raw);
 const cfg: Config = parseConfig(JSON.stringify(raw), 'test config');
 let nodes: NodeConfig[] = [];
@@ -241,13 +231,7 @@ describe('node access is verified', () => {
     const known = join(dir, 'wrong_known_hosts');
     writeFileSync(known, `[127.0.0.1]:${a.port} ${readFileSync(`${otherKey}.pub`, 'utf8').split(' ').slice(0, 2).join(' ')}\n`);
     const wrongReports = join(dir, 'reports-hostkey');
-    const p = writeConfig(dir, 'hostkey.yaml', {
-      apiVersion: 'gvisor-e2e.dev/v1alpha1',
-      kind: 'Config',
-      cluster: { provider: 'nodes', nodes: [{ name: n.name, pool: 'gvisor', access: { ...a, knownHostsPath: known } }] },
-      gvisor: { pools: ['gvisor'] },
-      reportsDir: wrongReports,
-    });
+    const p = writeConfig(dir, 'hostkey.yaml', sshNodeConfig(n.name, { ...a, knownHostsPath: known }, wrongReports));
     const r = cli(['--config', p, 'run', '--no-install', '--suite', 'runsc-installation']);
     expect(r.code).toBe(2);
     const s = latestSummary(wrongReports);
