@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { doctor } from '../harness/doctor.ts';
 import { type Config, loadConfig } from '../harness/config.ts';
+import { applyManifest, loadManifest } from '../harness/manifests.ts';
 import { ConfigError, ExitCode, InfrastructureError } from '../harness/errors.ts';
 import { log, setVerbose } from '../harness/log.ts';
 import { registerKnownSecrets } from '../harness/redact.ts';
@@ -21,7 +22,8 @@ function configFile(path: string | undefined): string {
 
 function config(path: string | undefined): Config {
   const file = configFile(path);
-  const cfg = loadConfig(file);
+  const manifest = program.opts().manifest as string | undefined;
+  const cfg = manifest ? applyManifest(loadConfig(file), loadManifest(manifest)) : loadConfig(file);
   registerKnownSecrets(cfg.cluster.provider === 'nodes' ? cfg.cluster.nodes.flatMap((n) => (n.access.type === 'ssh' ? [n.access.privateKeyPath] : [])) : []);
   return cfg;
 }
@@ -36,6 +38,7 @@ const program = new Command()
   .name('gvisor-e2e')
   .description('End-to-end tests for Kubernetes nodes running gVisor (runsc) under containerd')
   .option('-c, --config <file>', 'config file (default: ./gvisor-e2e.yaml, else the embedded local cluster)')
+  .option('-m, --manifest <file>', "a customer's Gardener ContainerRuntime or Shoot manifest: its gVisor pools, binaryPath and configFlags override the config")
   .option('-v, --verbose', 'log every command run on nodes')
   .hook('preAction', (cmd) => setVerbose(Boolean(cmd.opts().verbose)))
   .exitOverride();

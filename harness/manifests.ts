@@ -1,0 +1,139 @@
+import { readFileSync } from 'node:fs';
+import { parseAllDocuments } from 'yaml';
+import { z } from 'zod';
+import type { Config } from './config.ts';
+import { ConfigError } from './errors.ts';
+
+// A customer's Gardener manifests as input: a ContainerRuntime (what gardener-extension-runtime-gvisor
+// reconciles) or a Shoot (spec.provider.workers[].cri.containerRuntimes). Either is turned into the
+// harness's gVisor settings and worker pools, so a customer's setup can be reproduced as it is.
+
+const providerConfig = z
+  .object({
+    apiVersion: z.literal('gvisor.runtime.extensions.config.gardener.cloud/v1alpha1'),
+    kind: z.literal('GVisorConfiguration'),
+    configFlags: z.record(z.string(), z.string()).optional(),
+    testImageTag: z.string().optional(),
+  })
+  .strict();
+
+const containerRuntime = z.object({
+  apiVersion: z.literal('extensions.gardener.cloud/v1alpha1'),
+  kind: z.literal('ContainerRuntime'),
+  metadata: z.object({ name: z.string().optional(), namespace: z.string().optional() }).passthrough().optional(),
+  spec: z
+    .object({
+      type: z.literal('gvisor', { message: 'only type "gvisor" is handled' }),
+      binaryPath: z.string().startsWith('/'),
+      providerConfig: providerConfig.optional(),
+      workerPool: z.object({ name: z.string().min(1), selector: z.object({ matchLabels: z.record(z.string(), z.string()).optional() }).passthrough().optional() }),
+    })
+    .passthrough(),
+});
+
+const shoot = z.object({
+  apiVersion: z.literal('core.gardener.cloud/v1beta1'),
+  kind: z.literal('Shoot'),
+  metadata: z.object({ name: z.string().optional() }).passthrough().optional(),
+  spec: z
+    .object({
+      provider: z
+        .object({
+          workers: z
+            .array(
+              z
+                .object({
+                  name: z.string().min(1),
+                  cri: z
+                    .object({
+                      name: z.string().optional(),
+                      containerRuntimes: z.array(z.object({ type: z.string(), providerConfig: providerConfig.optional() }).passthrough()).optional(),
+                    })
+                    .passthrough()
+                    .optional(),
+                })
+                .passthrough(),
+            )
+            .min(1),
+        })
+        .passthrough(),
+    })
+    .passthrough(),
+});
+
+/** What a manifest says about gVisor: the pools that get it, where runsc goes, the runsc flags. */
+export interface GVisorSpec {
+  source: string;
+  pools: string[];
+  /** All worker pools the manifest names (a Shoot's workers). */
+  allPools: string[];
+  binaryPath?: string;
+  configFlags: Record<string, string>;
+}
+
+function issues(source: string, e: z.ZodError, prefix = ''): ConfigError {
+  return new ConfigError(
+    source,
+    e.issues.map((i) => ({ path: prefix + i.path.map((p, k) => (typeof p === 'number' ? `[${p}]` : k === 0 && !prefix ? String(p) : `.${String(p)}`)).join(''), message: i.message })),
+  );
+}
+
+export function parseManifest(text: string, source: string): GVisorSpec {
+  const docs = parseAllDocuments(text);
+  if (!Array.isArray(docs) || docs.length === 0) throw new ConfigError(source, [{ path: '', message: 'no YAML document' }]);
+  const doc = docs[0]!;
+  if (doc.errors.length) throw new ConfigError(source, doc.errors.map((e) => ({ path: e.linePos ? `line ${e.linePos[0].line}` : '', message: e.message.split('\n')[0] ?? '' })));
+  const obj = doc.toJS() as { kind?: unknown };
+  if (obj?.kind === 'ContainerRuntime') {
+    const r = containerRuntime.safeParse(obj);
+    if (!r.success) throw issues(source, r.error);
+    const s = r.data.spec;
+    return { source, pools: [s.workerPool.name], allPools: [s.workerPool.name], binaryPath: s.binaryPath, configFlags: s.providerConfig?.configFlags ?? {} };
+  }
+  if (obj?.kind === 'Shoot') {
+    const r = shoot.safeParse(obj);
+    if (!r.success) throw issues(source, r.error);
+    const workers = r.data.spec.provider.workers;
+    const gv = workers.filter((w) => w.cri?.containerRuntimes?.some((c) => c.type === 'gvisor'));
+    if (gv.length === 0) throw new ConfigError(source, [{ path: 'spec.provider.workers', message: 'no worker has a containerRuntimes entry of type "gvisor"' }]);
+    const bad = gv.findIndex((w) => w.cri?.name !== undefined && w.cri.name !== 'containerd');
+    if (bad >= 0) throw new ConfigError(source, [{ path: `spec.provider.workers[${workers.indexOf(gv[bad]!)}].cri.name`, message: `gVisor needs cri.name "containerd", got "${gv[bad]!.cri!.name}"` }]);
+    const flags = gv[0]!.cri!.containerRuntimes!.find((c) => c.type === 'gvisor')!.providerConfig?.configFlags ?? {};
+    return { source, pools: gv.map((w) => w.name), allPools: workers.map((w) => w.name), configFlags: flags };
+  }
+  throw new ConfigError(source, [{ path: 'kind', message: `expected "ContainerRuntime" or "Shoot", got ${JSON.stringify(obj?.kind)}` }]);
+}
+
+export function loadManifest(file: string): GVisorSpec {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new ConfigError(file, [{ path: '', message: `cannot read the file: ${(e as NodeJS.ErrnoException).code}` }]);
+  }
+  return parseManifest(text, file);
+}
+
+/**
+ * Applies a manifest to a config: its gVisor pools, binary path and flags win. For the local
+ * provider the cluster gets the manifest's worker pools (gVisor pools as host nodes).
+ */
+export function applyManifest(cfg: Config, spec: GVisorSpec): Config {
+  const out = structuredClone(cfg);
+  out.gvisor.pools = spec.pools;
+  if (spec.binaryPath) out.gvisor.binaryPath = spec.binaryPath;
+  out.gvisor.configFlags = spec.configFlags;
+  if (out.cluster.provider === 'local') {
+    const systemd = out.cluster.pools.filter((p) => p.kind === 'systemd' && !spec.allPools.includes(p.name));
+    const others = spec.allPools.length > spec.pools.length ? spec.allPools : [...spec.allPools, 'plain'];
+    out.cluster.pools = [
+      ...others.map((name) => ({ name, nodes: 1, kind: 'host' as const, osFamily: 'auto' as const })),
+      ...systemd,
+    ];
+  } else {
+    const have = new Set(out.cluster.nodes.map((n) => n.pool));
+    const missing = spec.pools.filter((p) => !have.has(p));
+    if (missing.length) throw new ConfigError(spec.source, [{ path: 'workerPool', message: `no node of the config is in pool(s) ${missing.join(', ')}` }]);
+  }
+  return out;
+}
