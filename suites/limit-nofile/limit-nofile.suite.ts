@@ -11,6 +11,7 @@ import { LIMIT_NOFILE } from '../../harness/versions.ts';
 // file is exactly where the rule says, that systemd applies it, and that pods inherit it.
 
 const ctx = new SuiteContext('limit-nofile');
+const CONTAINERD_PID = 'for p in $(pidof containerd); do [ "$(readlink /proc/$p/ns/mnt)" = "$(readlink /proc/self/ns/mnt)" ] && echo $p && break; done';
 afterAll(() => ctx.close());
 const enable = ctx.config.containerd.enableLimitNoFile;
 
@@ -62,7 +63,9 @@ describe.each(ctx.nodes.map((n) => [n.name, n] as const))('%s', (_name, n) => {
   if (ctx.gvisorNodes.includes(n)) {
     ctx.test(n, `a "${ctx.gvisor.handler}" pod sees containerd's open-file limit`, async () => {
       const node = ctx.node(n);
-      const pid = (await node.exec('pidof containerd || pgrep -x containerd')).stdout.trim().split(/\s+/)[0];
+      // The containerd of this node: the one sharing our mount namespace (several nodes may share a PID namespace).
+      const pid = (await node.exec(CONTAINERD_PID)).stdout.trim();
+      check(pid, `no containerd process found on ${n.name}`);
       const proc = parseNofile((await node.exec(`cat /proc/${pid}/limits`)).stdout);
       check(proc, `cannot find containerd's open-file limit on ${n.name}`);
       const r = await ctx.oneShot(n, ctx.gvisor.handler, 'nofile', ['sh', '-c', 'ulimit -n']);
