@@ -127,6 +127,8 @@ export const configSchema = z
           stateDir: z.string().optional(),
           /** Make the nodes a real Kubernetes cluster: control plane processes plus a kubelet on every host node. */
           kubernetes: z.boolean().default(false),
+          /** Official release binaries to use instead of building them (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl, etcd). */
+          kubernetesBinDir: z.string().optional(),
           pools: z
             .array(
               z
@@ -264,6 +266,7 @@ export function loadConfig(file: string): Config {
   const cfg = parseConfig(text, file);
   const base = dirname(resolve(file));
   if (cfg.cluster.provider === 'local' && cfg.cluster.stateDir) cfg.cluster.stateDir = resolve(base, cfg.cluster.stateDir);
+  if (cfg.cluster.provider === 'local' && cfg.cluster.kubernetesBinDir) cfg.cluster.kubernetesBinDir = resolve(base, cfg.cluster.kubernetesBinDir);
   for (const n of cfg.cluster.provider === 'nodes' ? cfg.cluster.nodes : []) {
     if (n.access.type === 'ssh') {
       n.access.privateKeyPath = resolve(base, n.access.privateKeyPath);

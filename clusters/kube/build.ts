@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { accessSync, chmodSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -231,4 +231,18 @@ export async function buildKubernetes(version = KUBERNETES_VERSION): Promise<Kub
     ),
   );
   return { ...bin, etcd };
+}
+
+/** Binaries the user already has (official release binaries): every one must be there and executable. */
+export function kubeBinariesFromDir(dir: string): KubeBinaries {
+  const at = (name: string) => {
+    const p = join(dir, name);
+    try {
+      accessSync(p, constants.X_OK);
+    } catch {
+      throw new InfrastructureError(`cluster.kubernetesBinDir: ${p} is missing or not executable (needed: ${[...KUBE_COMMANDS, 'etcd'].join(', ')})`);
+    }
+    return p;
+  };
+  return { dir, kubeApiserver: at('kube-apiserver'), kubeControllerManager: at('kube-controller-manager'), kubeScheduler: at('kube-scheduler'), kubelet: at('kubelet'), kubectl: at('kubectl'), etcd: at('etcd') };
 }

@@ -7,7 +7,7 @@ import { type LocalCluster, type NodeConfig, nodeConfig } from '../../harness/co
 import { InfrastructureError } from '../../harness/errors.ts';
 import { buildTestImage } from '../../harness/image.ts';
 import { log, step } from '../../harness/log.ts';
-import { buildKubernetes } from '../kube/build.ts';
+import { buildKubernetes, kubeBinariesFromDir } from '../kube/build.ts';
 import { ControlPlane } from '../kube/controlplane.ts';
 import { startKubelet } from '../kube/kubelet.ts';
 import { HostNode } from './host-node.ts';
@@ -116,7 +116,7 @@ export class LocalProvider {
     const needHost = wanted.some((w) => w.pool.kind === 'host');
     const needSystemd = wanted.some((w) => w.pool.kind === 'systemd');
     const containerd = needHost ? await buildContainerd() : undefined;
-    const kube = this.spec.kubernetes ? await buildKubernetes() : undefined;
+    const kube = this.spec.kubernetes ? (this.spec.kubernetesBinDir ? kubeBinariesFromDir(this.spec.kubernetesBinDir) : await buildKubernetes()) : undefined;
     const cp = kube ? await step('start the Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)', () => ControlPlane.start(this.stateDir, kube)) : undefined;
     if (cp) {
       state.kubeconfig = cp.adminKubeconfig;

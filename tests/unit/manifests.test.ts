@@ -98,3 +98,10 @@ describe('applyManifest', () => {
     expect(() => applyManifest(nodes, parseManifest(fx('containerruntime.yaml'), 'cr.yaml'))).toThrow('cr.yaml: workerPool: no node of the config is in pool(s) gvisor');
   });
 });
+
+describe('cluster.kubernetesBinDir', () => {
+  it('names the missing binary', async () => {
+    const { kubeBinariesFromDir } = await import('../../clusters/kube/build.ts');
+    expect(() => kubeBinariesFromDir('/nonexistent')).toThrow('cluster.kubernetesBinDir: /nonexistent/kube-apiserver is missing or not executable');
+  });
+});
