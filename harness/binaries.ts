@@ -26,12 +26,20 @@ export interface GVisorBinaries {
   expectedVersion: string;
 }
 
-async function goBuildModule(workDir: string, env: NodeJS.ProcessEnv, args: string[]): Promise<void> {
+/** The environment for building upstream Go modules: static binaries; go.sum lines recorded as needed. */
+export function goEnv(): NodeJS.ProcessEnv {
+  return { ...process.env, CGO_ENABLED: '0', GOFLAGS: '-mod=mod' };
+}
+
+/** Runs the go tool; a failure carries go's own words (stderr, and stdout where `-json` puts errors). */
+export async function go(workDir: string | undefined, args: string[]): Promise<string> {
   try {
-    await run('go', args, { cwd: workDir, env, maxBuffer: 64 * 1024 * 1024 });
+    const { stdout } = await run('go', args, { cwd: workDir, env: goEnv(), maxBuffer: 64 * 1024 * 1024 });
+    return stdout;
   } catch (e) {
-    const err = e as { stderr?: string; message: string };
-    throw new InfrastructureError(`go ${args.join(' ')} failed: ${(err.stderr ?? err.message).slice(-2000)}`);
+    const err = e as { stdout?: string; stderr?: string; message: string };
+    const detail = [err.stderr, err.stdout].filter((x) => x && x.trim()).join('\n') || err.message;
+    throw new InfrastructureError(`go ${args.join(' ')} failed: ${detail.slice(-2000)}`);
   }
 }
 
@@ -44,12 +52,11 @@ export async function buildGVisor(version = GVISOR_MODULE_VERSION): Promise<GVis
     const work = mkdtempSync(join(tmpdir(), 'gvisor-e2e-gobuild-'));
     try {
       writeFileSync(join(work, 'go.mod'), 'module gvisor-e2e/buildtool\n\ngo 1.26\n');
-      const env = { ...process.env, CGO_ENABLED: '0', GOFLAGS: '-mod=mod' };
-      await goBuildModule(work, env, ['get', `gvisor.dev/gvisor/runsc@${version}`, `gvisor.dev/gvisor/shim@${version}`]);
+      await go(work, ['get', `gvisor.dev/gvisor/runsc@${version}`, `gvisor.dev/gvisor/shim@${version}`]);
       const out = join(work, 'out');
       const ldflags = `-s -w -X gvisor.dev/gvisor/runsc/version.version=${version}`;
-      await goBuildModule(work, env, ['build', '-trimpath', '-ldflags', ldflags, '-o', join(out, 'runsc'), 'gvisor.dev/gvisor/runsc']);
-      await goBuildModule(work, env, ['build', '-trimpath', '-ldflags', '-s -w', '-o', join(out, 'containerd-shim-runsc-v1'), 'gvisor.dev/gvisor/shim']);
+      await go(work, ['build', '-trimpath', '-ldflags', ldflags, '-o', join(out, 'runsc'), 'gvisor.dev/gvisor/runsc']);
+      await go(work, ['build', '-trimpath', '-ldflags', '-s -w', '-o', join(out, 'containerd-shim-runsc-v1'), 'gvisor.dev/gvisor/shim']);
       mkdirSync(join(cacheRoot(), 'gvisor'), { recursive: true });
       // Rename into place as a whole so an interrupted build never leaves half a cache entry.
       rmSync(dir, { recursive: true, force: true });
@@ -70,13 +77,12 @@ export async function buildContainerd(version = CONTAINERD_MODULE_VERSION): Prom
     const work = mkdtempSync(join(tmpdir(), 'gvisor-e2e-gobuild-'));
     try {
       writeFileSync(join(work, 'go.mod'), 'module gvisor-e2e/buildtool\n\ngo 1.26\n');
-      const env = { ...process.env, CGO_ENABLED: '0', GOFLAGS: '-mod=mod' };
       const mod = 'github.com/containerd/containerd/v2';
-      await goBuildModule(work, env, ['get', `${mod}/cmd/containerd@${version}`, `${mod}/cmd/ctr@${version}`]);
+      await go(work, ['get', `${mod}/cmd/containerd@${version}`, `${mod}/cmd/ctr@${version}`]);
       const bin = join(work, 'out');
       const ldflags = `-s -w -X ${mod}/version.Version=${version}`;
-      await goBuildModule(work, env, ['build', '-tags', 'no_btrfs no_devmapper no_zfs', '-trimpath', '-ldflags', ldflags, '-o', join(bin, 'containerd'), `${mod}/cmd/containerd`]);
-      await goBuildModule(work, env, ['build', '-trimpath', '-ldflags', ldflags, '-o', join(bin, 'ctr'), `${mod}/cmd/ctr`]);
+      await go(work, ['build', '-tags', 'no_btrfs no_devmapper no_zfs', '-trimpath', '-ldflags', ldflags, '-o', join(bin, 'containerd'), `${mod}/cmd/containerd`]);
+      await go(work, ['build', '-trimpath', '-ldflags', ldflags, '-o', join(bin, 'ctr'), `${mod}/cmd/ctr`]);
       mkdirSync(join(cacheRoot(), 'containerd'), { recursive: true });
       rmSync(dir, { recursive: true, force: true });
       renameSync(bin, dir);
@@ -146,12 +152,7 @@ export async function criProtoPath(version = CRI_API_MODULE_VERSION): Promise<st
   const dest = join(cacheRoot(), 'cri-api', version, 'api.proto');
   if (existsSync(dest)) return dest;
   await step(`fetch k8s.io/cri-api ${version} (CRI protocol definition)`, async () => {
-    let out: string;
-    try {
-      ({ stdout: out } = await run('go', ['mod', 'download', '-json', `k8s.io/cri-api@${version}`], { env: process.env }));
-    } catch (e) {
-      throw new InfrastructureError(`go mod download k8s.io/cri-api@${version} failed: ${(e as { stderr?: string }).stderr ?? (e as Error).message}`);
-    }
+    const out = await go(undefined, ['mod', 'download', '-json', `k8s.io/cri-api@${version}`]);
     const { Dir } = JSON.parse(out) as { Dir: string };
     mkdirSync(join(cacheRoot(), 'cri-api', version), { recursive: true });
     copyFileSync(join(Dir, 'pkg/apis/runtime/v1/api.proto'), `${dest}.tmp`);

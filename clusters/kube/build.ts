@@ -1,9 +1,7 @@
-import { execFile } from 'node:child_process';
 import { accessSync, chmodSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
-import { cacheRoot } from '../../harness/binaries.ts';
+import { cacheRoot, go } from '../../harness/binaries.ts';
 import { InfrastructureError } from '../../harness/errors.ts';
 import { step } from '../../harness/log.ts';
 
@@ -43,24 +41,6 @@ const KUBE_COMMANDS = ['kube-apiserver', 'kube-controller-manager', 'kube-schedu
 const KUBE_BUILD_TAGS = 'selinux,notest,grpcnotrace';
 const ETCD_MAIN = 'go.etcd.io/etcd/server/v3';
 
-const run = promisify(execFile);
-
-function goEnv(): NodeJS.ProcessEnv {
-  // -mod=mod lets `go build` record the go.sum lines `go get` did not need.
-  return { ...process.env, CGO_ENABLED: '0', GOFLAGS: '-mod=mod' };
-}
-
-async function go(workDir: string | undefined, args: string[]): Promise<string> {
-  try {
-    const { stdout } = await run('go', args, { cwd: workDir, env: goEnv(), maxBuffer: 64 * 1024 * 1024 });
-    return stdout;
-  } catch (e) {
-    const err = e as { stdout?: string; stderr?: string; message: string };
-    // `go mod download -json` reports its error inside the JSON on stdout.
-    const detail = [err.stderr, err.stdout].filter((s) => s && s.trim()).join('\n') || err.message;
-    throw new InfrastructureError(`go ${args.join(' ')} failed: ${detail.slice(-2000)}`);
-  }
-}
 
 /** Parses "v1.X.Y[-pre]"; staging modules are released in lock-step as "v0.X.Y[-pre]". */
 function parseKubeVersion(version: string): { minor: string; staging: string } {
