@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import type { GVisorConfig } from './config.ts';
 import { InfrastructureError } from './errors.ts';
@@ -43,54 +43,68 @@ export async function go(workDir: string | undefined, args: string[]): Promise<s
   }
 }
 
-/** Builds runsc and containerd-shim-runsc-v1 from the gvisor.dev/gvisor module (about 2 min on 2 cores). */
-export async function buildGVisor(version = GVISOR_MODULE_VERSION): Promise<GVisorBinaries> {
-  const dir = join(cacheRoot(), 'gvisor', version);
-  const bins = { runsc: join(dir, 'runsc'), shim: join(dir, 'containerd-shim-runsc-v1'), expectedVersion: version };
-  if (existsSync(bins.runsc) && existsSync(bins.shim)) return bins;
-  await step(`build runsc + containerd-shim-runsc-v1 ${version} from the gvisor.dev/gvisor Go module`, async () => {
+interface GoBuild {
+  /** Output file name in the cache entry. */
+  name: string;
+  pkg: string;
+  ldflags: string;
+  tags?: string;
+}
+
+/**
+ * Builds binaries from upstream Go modules into <cacheRoot>/<entry>, in a throwaway wrapper module,
+ * and renames the result into place as a whole: an interrupted build never leaves half an entry.
+ */
+async function buildIntoCache(title: string, entry: string, get: string[], builds: GoBuild[]): Promise<string> {
+  const dir = join(cacheRoot(), entry);
+  if (builds.every((b) => existsSync(join(dir, b.name)))) return dir;
+  await step(title, async () => {
     const work = mkdtempSync(join(tmpdir(), 'gvisor-e2e-gobuild-'));
     try {
       writeFileSync(join(work, 'go.mod'), 'module gvisor-e2e/buildtool\n\ngo 1.26\n');
-      await go(work, ['get', `gvisor.dev/gvisor/runsc@${version}`, `gvisor.dev/gvisor/shim@${version}`]);
+      await go(work, ['get', ...get]);
       const out = join(work, 'out');
-      const ldflags = `-s -w -X gvisor.dev/gvisor/runsc/version.version=${version}`;
-      await go(work, ['build', '-trimpath', '-ldflags', ldflags, '-o', join(out, 'runsc'), 'gvisor.dev/gvisor/runsc']);
-      await go(work, ['build', '-trimpath', '-ldflags', '-s -w', '-o', join(out, 'containerd-shim-runsc-v1'), 'gvisor.dev/gvisor/shim']);
-      mkdirSync(join(cacheRoot(), 'gvisor'), { recursive: true });
-      // Rename into place as a whole so an interrupted build never leaves half a cache entry.
+      for (const b of builds) {
+        await go(work, ['build', ...(b.tags ? ['-tags', b.tags] : []), '-trimpath', '-ldflags', b.ldflags, '-o', join(out, b.name), b.pkg]);
+      }
+      mkdirSync(dirname(dir), { recursive: true });
       rmSync(dir, { recursive: true, force: true });
       renameSync(out, dir);
     } finally {
       rmSync(work, { recursive: true, force: true });
     }
   });
-  return bins;
+  return dir;
+}
+
+/** Builds runsc and containerd-shim-runsc-v1 from the gvisor.dev/gvisor module (about 2 min on 2 cores). */
+export async function buildGVisor(version = GVISOR_MODULE_VERSION): Promise<GVisorBinaries> {
+  const dir = await buildIntoCache(
+    `build runsc + containerd-shim-runsc-v1 ${version} from the gvisor.dev/gvisor Go module`,
+    join('gvisor', version),
+    [`gvisor.dev/gvisor/runsc@${version}`, `gvisor.dev/gvisor/shim@${version}`],
+    [
+      { name: 'runsc', pkg: 'gvisor.dev/gvisor/runsc', ldflags: `-s -w -X gvisor.dev/gvisor/runsc/version.version=${version}` },
+      { name: 'containerd-shim-runsc-v1', pkg: 'gvisor.dev/gvisor/shim', ldflags: '-s -w' },
+    ],
+  );
+  return { runsc: join(dir, 'runsc'), shim: join(dir, 'containerd-shim-runsc-v1'), expectedVersion: version };
 }
 
 /** Builds containerd and ctr from the containerd/v2 Go module (pure Go: no btrfs/devmapper/zfs snapshotters). */
 export async function buildContainerd(version = CONTAINERD_MODULE_VERSION): Promise<{ dir: string; containerd: string; ctr: string }> {
-  const dir = join(cacheRoot(), 'containerd', version);
-  const out = { dir, containerd: join(dir, 'containerd'), ctr: join(dir, 'ctr') };
-  if (existsSync(out.containerd) && existsSync(out.ctr)) return out;
-  await step(`build containerd + ctr ${version} from the github.com/containerd/containerd/v2 Go module`, async () => {
-    const work = mkdtempSync(join(tmpdir(), 'gvisor-e2e-gobuild-'));
-    try {
-      writeFileSync(join(work, 'go.mod'), 'module gvisor-e2e/buildtool\n\ngo 1.26\n');
-      const mod = 'github.com/containerd/containerd/v2';
-      await go(work, ['get', `${mod}/cmd/containerd@${version}`, `${mod}/cmd/ctr@${version}`]);
-      const bin = join(work, 'out');
-      const ldflags = `-s -w -X ${mod}/version.Version=${version}`;
-      await go(work, ['build', '-tags', 'no_btrfs no_devmapper no_zfs', '-trimpath', '-ldflags', ldflags, '-o', join(bin, 'containerd'), `${mod}/cmd/containerd`]);
-      await go(work, ['build', '-trimpath', '-ldflags', ldflags, '-o', join(bin, 'ctr'), `${mod}/cmd/ctr`]);
-      mkdirSync(join(cacheRoot(), 'containerd'), { recursive: true });
-      rmSync(dir, { recursive: true, force: true });
-      renameSync(bin, dir);
-    } finally {
-      rmSync(work, { recursive: true, force: true });
-    }
-  });
-  return out;
+  const mod = 'github.com/containerd/containerd/v2';
+  const ldflags = `-s -w -X ${mod}/version.Version=${version}`;
+  const dir = await buildIntoCache(
+    `build containerd + ctr ${version} from the ${mod} Go module`,
+    join('containerd', version),
+    [`${mod}/cmd/containerd@${version}`, `${mod}/cmd/ctr@${version}`],
+    [
+      { name: 'containerd', pkg: `${mod}/cmd/containerd`, ldflags, tags: 'no_btrfs no_devmapper no_zfs' },
+      { name: 'ctr', pkg: `${mod}/cmd/ctr`, ldflags },
+    ],
+  );
+  return { dir, containerd: join(dir, 'containerd'), ctr: join(dir, 'ctr') };
 }
 
 const RELEASE_BASE = 'https://storage.googleapis.com/gvisor/releases/release';
