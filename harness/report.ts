@@ -133,6 +133,8 @@ export function markdown(summary: RunSummary): string {
       (s) => `| ${s.name} | ${ICON[s.state]} | ${s.counts.passed} | ${s.counts.failed} | ${s.counts.broken} | ${s.counts.skipped} | ${(s.durationMs / 1000).toFixed(1)}s | ${(s.firstFailure ?? '').replace(/\|/g, '\\|').replace(/\n/g, ' ')} |`,
     ),
     '',
+    'Evidence for every check (commands run on the node, probe output, the node\'s files on failure) is attached in the Allure report: `html/index.html` (and `html/<suite>/index.html`), raw in `allure-results/`; command transcripts per suite in `transcripts/`.',
+    '',
     '## Per node',
     '',
     '| suite | node | passed | failed | broken | skipped |',

@@ -9,3 +9,7 @@ export const LIMIT_NOFILE = 1048576;
 /** github.com/containerd/containerd/v2 Go module: the containerd test nodes run (the current runsc shim speaks
  *  shim bootstrap protocol v2, which Debian's containerd 1.6 does not understand). */
 export const CONTAINERD_MODULE_VERSION = 'v2.2.9';
+/** k8s.io/kubernetes: the newest v1.35 the Go module proxy serves that builds with Go 1.26 (its go.mod says go 1.25.0). */
+export const KUBERNETES_VERSION = 'v1.35.4';
+/** go.etcd.io/etcd/server/v3: the etcd 3.6 line Kubernetes 1.35 pairs with, newest patch served. */
+export const ETCD_VERSION = 'v3.6.16';

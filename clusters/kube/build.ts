@@ -2,6 +2,9 @@ import { accessSync, chmodSync, constants, existsSync, mkdirSync, mkdtempSync, r
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cacheRoot, go } from '../../harness/binaries.ts';
+import { ETCD_VERSION, KUBERNETES_VERSION } from '../../harness/versions.ts';
+
+export { ETCD_VERSION, KUBERNETES_VERSION };
 import { InfrastructureError } from '../../harness/errors.ts';
 import { step } from '../../harness/log.ts';
 
@@ -16,13 +19,6 @@ import { step } from '../../harness/log.ts';
 // go.mod at build time, so a release that adds or drops a staging module needs no change here.
 
 /** Newest v1.34/v1.35 release the Go module proxy serves that builds with Go 1.26 (its go.mod says go 1.25.0). */
-export const KUBERNETES_VERSION = 'v1.35.4';
-/**
- * go.etcd.io/etcd/server/v3 release: the etcd 3.6 line that Kubernetes 1.35 is tested with (kubeadm
- * 1.35 ships 3.6.6), newest patch served; its go.mod says go 1.26.0, so Go 1.26 builds it without a
- * toolchain download. (3.7.x is served too, but is not what 1.35 pairs with.)
- */
-export const ETCD_VERSION = 'v3.6.16';
 
 export interface KubeBinaries {
   /** <cacheRoot>/kubernetes/<version>: the five Kubernetes binaries. */
