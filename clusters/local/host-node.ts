@@ -190,6 +190,12 @@ done
     child.unref();
     (child.stderr as unknown as { unref?: () => void }).unref?.();
     await waitForSsh(o.name, o.sshPort, timeoutMs, () => existsSync(`/proc/${pid}`)).catch((e: Error) => {
+      // Nothing half-started may stay behind: the whole process group goes.
+      try {
+        process.kill(-pid, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
       throw new Error(`${e.message}${stderr ? `: ${stderr.trim()}` : ''}`);
     });
     const mntNs = readlinkSync(`/proc/${pid}/ns/mnt`);

@@ -135,12 +135,14 @@ export class LocalProvider {
           const n = await step(`start node ${w.name} (pool ${w.pool.name}, host namespaces, containerd ${containerd!.dir.split('/').pop()})`, () =>
             HostNode.start({ name: w.name, stateDir: dir, sshPort, authorizedKey: pub, sandboxImage: image.pause, containerdBinDir: containerd!.dir, configVersion: 3, podSubnet: `10.244.${i}.0/24` }),
           );
+          // Recorded before anything else can fail, so that a failed `up` still removes it.
+          state.nodes.push({ name: w.name, pool: w.pool.name, kind: 'host', stateDir: dir, sshPort, knownHostsLine: n.knownHostsLine, osFamily: w.pool.osFamily, restartCommand: n.restartCommand });
+          this.writeState(state);
           if (cp && kube) {
             const ip = `${cp.net.prefix}.${10 + i}`;
             n.attachNetwork(cp.net.bridge, `${cp.net.bridge.slice(0, 11)}n${i}`, ip, cp.gateway);
             await step(`start kubelet on ${w.name} (${ip})`, () => startKubelet(n, cp, { name: w.name, ip, pool: w.pool.name, kubeletBin: kube.kubelet }));
           }
-          state.nodes.push({ name: w.name, pool: w.pool.name, kind: 'host', stateDir: dir, sshPort, knownHostsLine: n.knownHostsLine, osFamily: w.pool.osFamily, restartCommand: n.restartCommand });
         } else {
           const machine = `gve2e-${this.spec.name}-${w.name}`.slice(0, 64);
           const n = await step(`start node ${w.name} (pool ${w.pool.name}, systemd-nspawn)`, () =>

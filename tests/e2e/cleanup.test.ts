@@ -1,7 +1,8 @@
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { CLUSTER_MARKER } from '../../clusters/kube/controlplane.ts';
 import { NODE_MARKER } from '../../clusters/local/host-node.ts';
 import { ROOT, cli, scratch, stateRoot, writeConfig } from './helpers.ts';
 
@@ -18,13 +19,15 @@ function config(name: string): string {
   });
 }
 
+/** Processes of the cluster: node processes (marker = node state dir) and control-plane ones (marker = cluster state dir). */
 function leftovers(name: string): number[] {
-  const marker = `${NODE_MARKER}=${join(stateRoot(), name)}/`;
+  const S = join(stateRoot(), name);
   return readdirSync('/proc')
     .filter((p) => /^\d+$/.test(p))
     .filter((p) => {
       try {
-        return readFileSync(`/proc/${p}/environ`, 'latin1').includes(marker);
+        const env = readFileSync(`/proc/${p}/environ`, 'latin1');
+        return env.includes(`${NODE_MARKER}=${S}/`) || env.includes(`${CLUSTER_MARKER}=${S}\0`);
       } catch {
         return false;
       }
@@ -49,6 +52,27 @@ async function interruptWhen(name: string, signal: NodeJS.Signals, ready: (stder
 }
 
 describe('cleanup', () => {
+  it('a failed `up` (a kubelet that will not start) removes every node and the control plane it made', async () => {
+    const { buildKubernetes } = await import('../../clusters/kube/build.ts');
+    const real = await buildKubernetes();
+    const bin = scratch('fake-kubelet');
+    for (const b of ['kube-apiserver', 'kube-controller-manager', 'kube-scheduler', 'kubectl']) symlinkSync(join(real.dir, b), join(bin, b));
+    symlinkSync(real.etcd, join(bin, 'etcd'));
+    writeFileSync(join(bin, 'kubelet'), '#!/bin/sh\necho "kubelet refuses to start (test)" >&2\nexit 1\n', { mode: 0o755 });
+    const name = `cu${process.pid}`;
+    const p = writeConfig(scratch(`cleanup-${name}`), 'c.yaml', {
+      apiVersion: 'gvisor-e2e.dev/v1alpha1',
+      kind: 'Config',
+      cluster: { provider: 'local', name, stateDir: join(stateRoot(), name), kubernetes: true, kubernetesBinDir: bin, pools: [{ name: 'gvisor', kind: 'host' }] },
+      gvisor: { pools: ['gvisor'] },
+    });
+    const r = cli(['--config', p, 'up']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('kubelet on gvisor-1 exited: kubelet refuses to start (test)');
+    expect(existsSync(join(stateRoot(), name))).toBe(false);
+    expect(leftovers(name)).toEqual([]);
+  });
+
   it('SIGINT while installing: exit 130, the cluster is removed', async () => {
     const name = `ci${process.pid}`;
     const r = await interruptWhen(name, 'SIGINT', (s) => s.includes('▶ install on gvisor-1'));
