@@ -8,13 +8,14 @@ import { applyManifest, loadManifest } from '../harness/manifests.ts';
 import { ConfigError, ExitCode, InfrastructureError } from '../harness/errors.ts';
 import { log, setVerbose } from '../harness/log.ts';
 import { registerKnownSecrets } from '../harness/redact.ts';
-import { ROOT, down, install, run, up, warm } from '../harness/run.ts';
+import { ROOT_DIR } from '../harness/paths.ts';
+import { down, install, run, up, warm } from '../harness/run.ts';
 
 // gvisor-e2e: provision a cluster, install gVisor like Gardener's runtime-gvisor extension and
 // image-builder do, run the conformance suites, write reports. Exit codes: 0 all passed,
 // 1 a check failed, 2 the harness or infrastructure broke, 64 bad config or arguments.
 
-const DEFAULT_CONFIG = join(ROOT, 'fixtures', 'local.yaml');
+const DEFAULT_CONFIG = join(ROOT_DIR, 'fixtures', 'local.yaml');
 
 function configFile(path: string | undefined): string {
   return path ?? (existsSync('gvisor-e2e.yaml') ? 'gvisor-e2e.yaml' : DEFAULT_CONFIG);

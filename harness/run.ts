@@ -2,20 +2,18 @@ import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, lstatSync, mkdirSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join, resolve } from 'node:path';
 import { startVitest } from 'vitest/node';
 import { providerFor } from '../clusters/index.ts';
 import { buildContainerd, buildGVisor, cacheRoot, criProtoPath, gvisorBinaries, type GVisorBinaries } from './binaries.ts';
 import { ensureNspawnRootfs } from '../clusters/local/nspawn-node.ts';
 import { buildKubernetes } from '../clusters/kube/build.ts';
 import { type Config, type NodeConfig, type SuiteName, durationMs, effectiveRunscFlags, selectSuites } from './config.ts';
-import { InfrastructureError } from './errors.ts';
 import { buildTestImage, importTestImage, type TestImage } from './image.ts';
 import { installNode, isGVisorNode, uninstallNode } from './installer.ts';
 import { installKubernetesObjects } from './kube.ts';
 import { log, step } from './log.ts';
-import { openNode, type NodeAccess } from './node.ts';
+import { openNode } from './node.ts';
 import { CriClient } from './cri.ts';
 import { removeLeftoverPods } from './sandbox.ts';
 import { SummaryReporter, summarize, table, writeReports, type RunSummary } from './report.ts';
@@ -26,7 +24,6 @@ import { writeHtmlReports } from './allure.ts';
 // The verbs of the CLI, as functions: up (cluster), install (gVisor + containerd customizations),
 // run (suites → reports), down. Each is usable alone; `run` does up + install + suites.
 
-export const ROOT = ROOT_DIR;
 
 /** Runs fn over items with at most `limit` in flight. */
 export async function mapLimit<T, R>(items: T[], limit: number, fn: (t: T) => Promise<R>): Promise<R[]> {
@@ -137,13 +134,13 @@ export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteN
   const startedAt = new Date();
   const testTimeout = 2 * durationMs(cfg.timeouts.container) + 60_000;
   try {
-    const files = suites.map((s) => join(ROOT, 'suites', s, `${s}.suite.ts`)).filter((f) => existsSync(f));
+    const files = suites.map((s) => join(ROOT_DIR, 'suites', s, `${s}.suite.ts`)).filter((f) => existsSync(f));
     log('info', `▶ run suites: ${suites.join(', ')} on ${nodes.map((n) => n.name).join(', ')} (run ${runId})`);
     const vitest = await startVitest(
       'test',
       files,
       {
-        root: ROOT,
+        root: ROOT_DIR,
         config: false,
         include: ['suites/**/*.suite.ts'],
         watch: false,
@@ -231,5 +228,3 @@ export async function run(cfg: Config, opts: RunOptions = {}): Promise<RunSummar
     await cleanup();
   }
 }
-
-export { InfrastructureError, type NodeAccess };

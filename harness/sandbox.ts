@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { CriClient, CriError } from './cri.ts';
-import { InfrastructureError, TimeoutError } from './errors.ts';
+import { TimeoutError } from './errors.ts';
 import { readNodeFile, sh, type NodeAccess } from './node.ts';
 
 // One-shot containers in a fresh pod sandbox: the node-level equivalent of `kubectl run --rm`.
@@ -127,5 +127,3 @@ export async function removeLeftoverPods(cri: CriClient, runId?: string): Promis
   }
   return pods.length;
 }
-
-export { InfrastructureError };

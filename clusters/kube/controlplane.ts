@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { request } from 'node:https';
 import { join } from 'node:path';
-import { TimeoutError, InfrastructureError } from '../../harness/errors.ts';
+import { TimeoutError } from '../../harness/errors.ts';
 import { log } from '../../harness/log.ts';
 import type { KubeBinaries } from './build.ts';
 import { Pki, writeKubeconfig } from './pki.ts';
@@ -221,5 +221,3 @@ export class ControlPlane {
     rmSync(join(stateDir, 'control-plane'), { recursive: true, force: true });
   }
 }
-
-export { InfrastructureError };

@@ -454,7 +454,6 @@ export class NspawnNode {
   readonly pid: number;
 
   private readonly stateDir: string;
-  private readonly child: ChildProcess;
   private readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   private exitInfo: { code: number | null; signal: NodeJS.Signals | null } | undefined;
   private stopping: Promise<void> | undefined;
@@ -472,7 +471,6 @@ export class NspawnNode {
     this.sshPort = init.sshPort;
     this.knownHostsLine = init.knownHostsLine;
     this.stateDir = init.stateDir;
-    this.child = init.child;
     this.pid = init.child.pid!;
     this.progress = init.progress;
     this.exited = new Promise((resolve) => {
