@@ -11,7 +11,7 @@ import { buildKubernetes, kubeBinariesFromDir } from '../kube/build.ts';
 import { ControlPlane } from '../kube/controlplane.ts';
 import { startKubelet } from '../kube/kubelet.ts';
 import { HostNode } from './host-node.ts';
-import { ensureNspawnRootfs, NspawnNode, stopRecordedNspawn } from './nspawn-node.ts';
+import { ensureNspawnRootfs, NspawnNode, nspawnAlive, stopRecordedNspawn } from './nspawn-node.ts';
 import { freePort } from '../../harness/net.ts';
 
 // The embedded default cluster: nodes made on this machine, no Docker, no VM. "host" nodes are
@@ -88,11 +88,7 @@ export class LocalProvider {
 
   private alive(r: NodeRecord): boolean {
     if (r.kind === 'host') return HostNode.attach(r.stateDir)?.alive() ?? false;
-    try {
-      return readFileSync(`/proc/${r.pid}/cmdline`, 'latin1').includes(r.machine ?? '\0');
-    } catch {
-      return false;
-    }
+    return r.pid !== undefined && r.machine !== undefined && nspawnAlive(r.pid, r.machine);
   }
 
   async up(): Promise<NodeConfig[]> {

@@ -669,20 +669,23 @@ export class NspawnNode {
   }
 }
 
+/** True while `pid` is still the systemd-nspawn of machine `name` (a recycled pid is not). */
+export function nspawnAlive(pid: number, name: string): boolean {
+  try {
+    const cmd = readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0');
+    return cmd.some((a) => a.endsWith('systemd-nspawn')) && cmd.includes(name);
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Stops a node recorded by an earlier process (`down` after a crash): the same power-off and
  * SIGKILL fallback as stop(), driven by the recorded pid. The pid is only signalled while it
  * still is that node's systemd-nspawn, so a recycled pid is never touched.
  */
 export async function stopRecordedNspawn(rec: { pid: number; name: string; stateDir: string }): Promise<void> {
-  const isOurs = (): boolean => {
-    try {
-      const cmd = readFileSync(`/proc/${rec.pid}/cmdline`, 'latin1').split('\0');
-      return cmd.some((a) => a.endsWith('systemd-nspawn')) && cmd.includes(rec.name);
-    } catch {
-      return false;
-    }
-  };
+  const isOurs = (): boolean => nspawnAlive(rec.pid, rec.name);
   if (isOurs()) {
     try {
       process.kill(rec.pid, 'SIGTERM');
