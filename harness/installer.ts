@@ -2,7 +2,8 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { GVisorBinaries } from './binaries.ts';
 import { type Config, type NodeConfig, durationMs, effectiveRunscFlags } from './config.ts';
-import { InfrastructureError, TimeoutError } from './errors.ts';
+import { InfrastructureError } from './errors.ts';
+import { until } from './wait.ts';
 import { log } from './log.ts';
 import { mustExec, readNodeFile, sh, writeNodeFile, type NodeAccess } from './node.ts';
 import {
@@ -167,11 +168,10 @@ export async function restartContainerd(node: NodeAccess, cfg: Config): Promise<
   }
   // The daemon must answer on its socket again before anything else talks to it.
   const sock = node.config.paths.containerdSocket;
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await node.exec(`ctr --address ${sh(sock)} --timeout 2s version >/dev/null 2>&1`);
-    if (v.code === 0) return;
-    if (Date.now() > deadline) throw new TimeoutError(`containerd on ${node.name} to serve ${sock} after restart`, timeoutMs);
-    await new Promise((res) => setTimeout(res, 250));
-  }
+  await until(
+    `containerd on ${node.name} to serve ${sock} after restart`,
+    timeoutMs,
+    async () => (await node.exec(`ctr --address ${sh(sock)} --timeout 2s version >/dev/null 2>&1`)).code === 0,
+    250,
+  );
 }

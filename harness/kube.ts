@@ -4,6 +4,7 @@ import { InfrastructureError, TimeoutError } from './errors.ts';
 import { isGVisorNode } from './installer.ts';
 import { registerSecret } from './redact.ts';
 import { SandboxStartError } from './sandbox.ts';
+import { until } from './wait.ts';
 
 // The Kubernetes side of installing gVisor, as gardener-extension-runtime-gvisor leaves it:
 // RuntimeClass `gvisor` (handler `runsc`) whose scheduling.nodeSelector is the label Gardener puts
@@ -78,14 +79,6 @@ export async function installKubernetesObjects(kubeconfig: string, cfg: Config, 
   }
 }
 
-/** Polls until ok() holds; the timeout names what it waited for. */
-export async function until(what: string, timeoutMs: number, ok: () => Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await ok())) {
-    if (Date.now() > deadline) throw new TimeoutError(what, timeoutMs);
-    await new Promise((r) => setTimeout(r, 500));
-  }
-}
 
 export interface PodRun {
   pod: k8s.V1Pod;

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { CriClient, CriError } from './cri.ts';
-import { TimeoutError } from './errors.ts';
+import { CriClient, CriError, type ContainerStatus } from './cri.ts';
+import { until } from './wait.ts';
 import { readNodeFile, sh, type NodeAccess } from './node.ts';
 
 // One-shot containers in a fresh pod sandbox: the node-level equivalent of `kubectl run --rm`.
@@ -85,21 +85,21 @@ export async function runOneShot(node: NodeAccess, cri: CriClient, o: OneShotOpt
       sandboxConfig,
     );
     await cri.startContainer(cid);
-    const deadline = Date.now() + o.timeoutMs;
-    let st = await cri.containerStatus(cid);
-    while (st.state !== 'CONTAINER_EXITED') {
-      if (Date.now() > deadline) throw new TimeoutError(`container ${podName}/main (${o.command.join(' ')}) to exit on ${node.name}`, o.timeoutMs);
-      await new Promise((r) => setTimeout(r, 100));
-      st = await cri.containerStatus(cid);
-    }
+    let st: ContainerStatus | undefined;
+    await until(
+      `container ${podName}/main (${o.command.join(' ')}) to exit on ${node.name}`,
+      o.timeoutMs,
+      async () => (st = await cri.containerStatus(cid)).state === 'CONTAINER_EXITED',
+      100,
+    );
     const log = (await readNodeFile(node, `${logDir}/main.log`)) ?? '';
     return {
       podId,
-      exitCode: st.exit_code,
+      exitCode: st!.exit_code,
       output: parseCriLog(log),
       runtimeType: info.runtimeType ?? '',
       runtimeHandler: info.runtimeHandler ?? info.sandboxMetadata?.RuntimeHandler ?? '',
-      reason: st.reason,
+      reason: st!.reason,
     };
   } finally {
     if (podId) {

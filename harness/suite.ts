@@ -9,7 +9,8 @@ import { InfrastructureError } from './errors.ts';
 import { isGVisorNode } from './installer.ts';
 import { openNode, type NodeAccess } from './node.ts';
 import { MANAGED_LABEL, RUN_LABEL, SandboxStartError, runOneShot, type OneShotResult } from './sandbox.ts';
-import { api, kubeConfig, runPodToCompletion, until } from './kube.ts';
+import { api, kubeConfig, runPodToCompletion } from './kube.ts';
+import { until } from './wait.ts';
 import * as k8s from '@kubernetes/client-node';
 import { randomBytes } from 'node:crypto';
 

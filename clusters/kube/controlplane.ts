@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { request } from 'node:https';
 import { join } from 'node:path';
-import { TimeoutError } from '../../harness/errors.ts';
+import { until } from '../../harness/wait.ts';
 import { log } from '../../harness/log.ts';
 import type { KubeBinaries } from './build.ts';
 import { Pki, writeKubeconfig } from './pki.ts';
@@ -168,22 +168,21 @@ export class ControlPlane {
   }
 
   async waitReady(timeoutMs: number): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
     let last = '';
-    for (;;) {
-      try {
-        const [code, body] = await this.get('/readyz');
-        if (code === 200) return;
-        last = `HTTP ${code}: ${body.slice(0, 300)}`;
-      } catch (e) {
-        last = (e as Error).message;
-      }
-      if (Date.now() > deadline) {
-        const tail = this.logTail('kube-apiserver');
-        throw new TimeoutError(`kube-apiserver at ${this.server} to be ready (last: ${last}; log: ${tail})`, timeoutMs);
-      }
-      await new Promise((r) => setTimeout(r, 500));
-    }
+    await until(
+      () => `kube-apiserver at ${this.server} to be ready (last: ${last}; log: ${this.logTail('kube-apiserver')})`,
+      timeoutMs,
+      async () => {
+        try {
+          const [code, body] = await this.get('/readyz');
+          if (code === 200) return true;
+          last = `HTTP ${code}: ${body.slice(0, 300)}`;
+        } catch (e) {
+          last = (e as Error).message;
+        }
+        return false;
+      },
+    );
   }
 
   logTail(name: string, lines = 5): string {

@@ -1,7 +1,8 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
-import { InfrastructureError, TimeoutError } from '../../harness/errors.ts';
+import { InfrastructureError } from '../../harness/errors.ts';
+import { until } from '../../harness/wait.ts';
 import type { HostNode } from '../local/host-node.ts';
 import type { ControlPlane } from './controlplane.ts';
 
@@ -58,21 +59,23 @@ export async function startKubelet(node: HostNode, cp: ControlPlane, o: KubeletO
     'kubelet',
     `${o.kubeletBin} --config=${join(dir, 'config.yaml')} --kubeconfig=${join(dir, 'kubeconfig')} --hostname-override=${o.name} --node-ip=${o.ip} --node-labels=${POOL_LABEL}=${o.pool} --v=1`,
   );
-  const deadline = Date.now() + timeoutMs;
   let last = '';
-  for (;;) {
-    try {
-      const [code, body] = await cp.get(`/api/v1/nodes/${o.name}`);
-      if (code === 200) {
-        const ready = (JSON.parse(body) as { status?: { conditions?: { type: string; status: string; message?: string }[] } }).status?.conditions?.find((c) => c.type === 'Ready');
-        if (ready?.status === 'True') return;
-        last = `Ready=${ready?.status ?? 'unknown'}: ${ready?.message ?? ''}`;
-      } else last = `HTTP ${code}`;
-    } catch (e) {
-      last = (e as Error).message;
-    }
-    if (!node.daemonAlive('kubelet')) throw new InfrastructureError(`kubelet on ${o.name} exited: ${node.logTail('kubelet', 3)}`);
-    if (Date.now() > deadline) throw new TimeoutError(`node ${o.name} to register and become Ready (last: ${last}; kubelet log: ${node.logTail('kubelet')})`, timeoutMs);
-    await new Promise((r) => setTimeout(r, 500));
-  }
+  await until(
+    () => `node ${o.name} to register and become Ready (last: ${last}; kubelet log: ${node.logTail('kubelet')})`,
+    timeoutMs,
+    async () => {
+      try {
+        const [code, body] = await cp.get(`/api/v1/nodes/${o.name}`);
+        if (code === 200) {
+          const ready = (JSON.parse(body) as { status?: { conditions?: { type: string; status: string; message?: string }[] } }).status?.conditions?.find((c) => c.type === 'Ready');
+          if (ready?.status === 'True') return true;
+          last = `Ready=${ready?.status ?? 'unknown'}: ${ready?.message ?? ''}`;
+        } else last = `HTTP ${code}`;
+      } catch (e) {
+        last = (e as Error).message;
+      }
+      if (!node.daemonAlive('kubelet')) throw new InfrastructureError(`kubelet on ${o.name} exited: ${node.logTail('kubelet', 3)}`);
+      return false;
+    },
+  );
 }

@@ -1,6 +1,7 @@
 import * as k8s from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, it } from 'vitest';
-import { api, GVISOR_NODE_LABEL, kubeConfig, runPodToCompletion, until } from '../../harness/kube.ts';
+import { api, GVISOR_NODE_LABEL, kubeConfig, runPodToCompletion } from '../../harness/kube.ts';
+import { until } from '../../harness/wait.ts';
 import { gvisorBootLog, NET_RAW_PROBE, parseNetRawProbe } from '../../harness/probes.ts';
 import { MANAGED_LABEL, RUN_LABEL } from '../../harness/sandbox.ts';
 import { SuiteContext, check } from '../../harness/suite.ts';
