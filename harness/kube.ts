@@ -3,7 +3,7 @@ import type { Config, NodeConfig } from './config.ts';
 import { InfrastructureError, TimeoutError } from './errors.ts';
 import { isGVisorNode } from './installer.ts';
 import { registerSecret } from './redact.ts';
-import { SandboxStartError } from './sandbox.ts';
+import { MANAGED_LABEL, RUN_LABEL, SandboxStartError } from './sandbox.ts';
 import { until } from './wait.ts';
 
 // The Kubernetes side of installing gVisor, as gardener-extension-runtime-gvisor leaves it:
@@ -126,4 +126,26 @@ export async function runPodToCompletion(core: k8s.CoreV1Api, p: k8s.V1Pod, time
 /** The scheduler refuses a pod: the cluster's answer (labels, RuntimeClass), not an infrastructure fault. */
 export class UnschedulableError extends Error {
   override readonly name = 'UnschedulableError';
+}
+
+/** A run's namespace, labelled with the run id (for cleanup), ready once its default ServiceAccount exists. */
+export async function createRunNamespace(core: k8s.CoreV1Api, name: string, runId: string): Promise<string> {
+  await api(`creating namespace ${name}`, () => core.createNamespace({ body: { metadata: { name, labels: { [RUN_LABEL]: runId, [MANAGED_LABEL]: 'true' } } } }));
+  // Pods need the namespace's default ServiceAccount, which the controller-manager creates.
+  await until(`ServiceAccount default in namespace ${name}`, 60_000, () => core.readNamespacedServiceAccount({ name: 'default', namespace: name }).then(() => true, () => false));
+  return name;
+}
+
+/** A one-container, run-once, least-privilege test pod with the busybox test image. */
+export function testPod(o: { name: string; namespace: string; runId: string; image: string; command: string[] }, spec: Partial<k8s.V1PodSpec> = {}): k8s.V1Pod {
+  return {
+    metadata: { name: o.name, namespace: o.namespace, labels: { [RUN_LABEL]: o.runId } },
+    spec: {
+      restartPolicy: 'Never',
+      automountServiceAccountToken: false,
+      terminationGracePeriodSeconds: 1,
+      containers: [{ name: 'main', image: o.image, imagePullPolicy: 'Never', command: o.command, securityContext: { allowPrivilegeEscalation: false } }],
+      ...spec,
+    },
+  };
 }

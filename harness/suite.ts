@@ -8,9 +8,8 @@ import { CriClient } from './cri.ts';
 import { InfrastructureError } from './errors.ts';
 import { isGVisorNode } from './installer.ts';
 import { openNode, type NodeAccess } from './node.ts';
-import { MANAGED_LABEL, RUN_LABEL, SandboxStartError, runOneShot, type OneShotResult } from './sandbox.ts';
-import { api, kubeConfig, runPodToCompletion } from './kube.ts';
-import { until } from './wait.ts';
+import { SandboxStartError, runOneShot, type OneShotResult } from './sandbox.ts';
+import { api, createRunNamespace, kubeConfig, runPodToCompletion, testPod } from './kube.ts';
 import * as k8s from '@kubernetes/client-node';
 import { randomBytes } from 'node:crypto';
 
@@ -163,9 +162,7 @@ export class SuiteContext {
   private namespace(core: k8s.CoreV1Api): Promise<string> {
     this.nsP ??= (async () => {
       const ns = `gvisor-e2e-${this.plan.runId}-${this.suite}`.toLowerCase().slice(0, 63).replace(/-+$/, '');
-      await api(`creating namespace ${ns}`, () => core.createNamespace({ body: { metadata: { name: ns, labels: { [RUN_LABEL]: this.plan.runId, [MANAGED_LABEL]: 'true' } } } }));
-      await until(`ServiceAccount default in namespace ${ns}`, 60_000, () => core.readNamespacedServiceAccount({ name: 'default', namespace: ns }).then(() => true, () => false));
-      return ns;
+      return createRunNamespace(core, ns, this.plan.runId);
     })();
     return this.nsP;
   }
@@ -184,17 +181,7 @@ export class SuiteContext {
       const podName = `${name}-${randomBytes(3).toString('hex')}`;
       const r = await runPodToCompletion(
         k.core,
-        {
-          metadata: { name: podName, namespace: ns, labels: { [RUN_LABEL]: this.plan.runId } },
-          spec: {
-            nodeName: n.name,
-            runtimeClassName,
-            restartPolicy: 'Never',
-            automountServiceAccountToken: false,
-            terminationGracePeriodSeconds: 1,
-            containers: [{ name: 'main', image: this.plan.image.image, imagePullPolicy: 'Never', command, securityContext: { allowPrivilegeEscalation: false } }],
-          },
-        },
+        testPod({ name: podName, namespace: ns, runId: this.plan.runId, image: this.plan.image.image, command }, { nodeName: n.name, runtimeClassName }),
         durationMs(this.config.timeouts.container) * 2,
       );
       return { podId: r.pod.metadata?.uid ?? '', exitCode: r.exitCode, output: r.logs, runtimeType: '', runtimeHandler: handler, reason: r.pod.status?.reason ?? '' };

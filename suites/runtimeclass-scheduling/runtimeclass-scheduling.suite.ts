@@ -1,9 +1,8 @@
 import * as k8s from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, it } from 'vitest';
-import { api, GVISOR_NODE_LABEL, kubeConfig, runPodToCompletion } from '../../harness/kube.ts';
+import { api, createRunNamespace, GVISOR_NODE_LABEL, kubeConfig, runPodToCompletion, testPod } from '../../harness/kube.ts';
 import { until } from '../../harness/wait.ts';
 import { gvisorBootLog, NET_RAW_PROBE, parseNetRawProbe } from '../../harness/probes.ts';
-import { MANAGED_LABEL, RUN_LABEL } from '../../harness/sandbox.ts';
 import { SuiteContext, check } from '../../harness/suite.ts';
 
 // Through Kubernetes: a pod asking for the gVisor RuntimeClass lands only on the gVisor pool and
@@ -26,33 +25,13 @@ describe('cluster', () => {
   const gvisorNodes = ctx.gvisorNodes.map((n) => n.name);
 
   beforeAll(async () => {
-    await api(`creating namespace ${ns}`, () => core.createNamespace({ body: { metadata: { name: ns, labels: { [RUN_LABEL]: ctx.plan.runId, [MANAGED_LABEL]: 'true' } } } }));
-    // Pods need the namespace's default ServiceAccount, which the controller-manager creates.
-    await until(`ServiceAccount default in namespace ${ns}`, 60_000, async () => {
-      try {
-        await core.readNamespacedServiceAccount({ name: 'default', namespace: ns });
-        return true;
-      } catch {
-        return false;
-      }
-    });
+    await createRunNamespace(core, ns, ctx.plan.runId);
   });
   afterAll(async () => {
     await core.deleteNamespace({ name: ns }).catch(() => undefined);
   });
 
-  function pod(name: string, command: string[], extra: Partial<k8s.V1PodSpec> = {}): k8s.V1Pod {
-    return {
-      metadata: { name, namespace: ns, labels: { [RUN_LABEL]: ctx.plan.runId } },
-      spec: {
-        restartPolicy: 'Never',
-        automountServiceAccountToken: false,
-        terminationGracePeriodSeconds: 1,
-        containers: [{ name: 'main', image: ctx.plan.image.image, imagePullPolicy: 'Never', command, securityContext: { allowPrivilegeEscalation: false } }],
-        ...extra,
-      },
-    };
-  }
+  const pod = (name: string, command: string[], spec: Partial<k8s.V1PodSpec> = {}) => testPod({ name, namespace: ns, runId: ctx.plan.runId, image: ctx.plan.image.image, command }, spec);
 
   async function runToCompletion(p: k8s.V1Pod): Promise<{ pod: k8s.V1Pod; logs: string }> {
     const r = await runPodToCompletion(core, p, podTimeout);
