@@ -211,12 +211,23 @@ export class ControlPlane {
       if (!found) break;
       execFileSync('sleep', ['0.2']);
     }
+    // The nodes' host-side veths (named after the bridge) are deleted explicitly: the kernel frees
+    // a dead network namespace's links asynchronously, so killing the node is not enough to make
+    // them vanish before `down` returns.
     const net = clusterNetwork(stateDir);
-    try {
-      sh(`ip link del ${net.bridge} 2>/dev/null || true`);
-    } catch {
-      /* already gone */
+    const ours = () =>
+      sh('ip -o link show')
+        .split('\n')
+        .map((l) => /^\d+: ([^:@\s]+)/.exec(l)?.[1])
+        .filter((n): n is string => !!n && n.startsWith(net.bridge));
+    for (let round = 0; round < 50; round++) {
+      const links = ours();
+      if (!links.length) break;
+      for (const l of links.sort((a, b) => b.length - a.length)) sh(`ip link del ${l} 2>/dev/null || true`);
+      execFileSync('sleep', ['0.1']);
     }
+    const left = ours();
+    if (left.length) throw new Error(`down: network links ${left.join(', ')} of cluster ${stateDir} are still present after 5s`);
     rmSync(join(stateDir, 'control-plane'), { recursive: true, force: true });
   }
 }
