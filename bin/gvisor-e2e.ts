@@ -25,7 +25,13 @@ function config(path: string | undefined): Config {
   const file = configFile(path);
   const manifest = program.opts().manifest as string | undefined;
   const cfg = manifest ? applyManifest(loadConfig(file), loadManifest(manifest)) : loadConfig(file);
-  registerKnownSecrets(cfg.cluster.provider === 'nodes' ? cfg.cluster.nodes.flatMap((n) => (n.access.type === 'ssh' ? [n.access.privateKeyPath] : [])) : []);
+  registerKnownSecrets(
+    cfg.cluster.provider === 'nodes'
+      ? cfg.cluster.nodes.flatMap((n) => (n.access.type === 'ssh' ? [n.access.privateKeyPath] : []))
+      : cfg.cluster.provider === 'vm'
+        ? cfg.cluster.hosts.map((h) => h.privateKeyPath)
+        : [],
+  );
   return cfg;
 }
 

@@ -1,9 +1,10 @@
 import type { Config, NodeConfig } from '../harness/config.ts';
 import { LocalProvider } from './local/index.ts';
+import { VmProvider } from './vm/index.ts';
 
 // A cluster provider makes (or finds) the nodes a run tests, and removes what it made.
 // "nodes": hosts the user already has. "local": the embedded default on this machine.
-// (kind, VMs and existing Kubernetes clusters come as further providers.)
+// "vm": hosts reached over SSH that the harness provisions (containerd 2.x) before installing.
 
 export interface ClusterProvider {
   readonly kind: string;
@@ -35,5 +36,7 @@ export function providerFor(cfg: Config): ClusterProvider {
       return new NodesProvider(cfg.cluster.nodes);
     case 'local':
       return new LocalProvider(cfg.cluster);
+    case 'vm':
+      return new VmProvider(cfg.cluster, cfg);
   }
 }

@@ -64,6 +64,27 @@ const nodeSchema = z
   })
   .strict();
 
+/**
+ * One host of a `vm` cluster: the SSH fields are the `nodes` provider's (same rules: a host key is
+ * always verified), flattened beside what the provider needs to provision it.
+ */
+const vmHostSchema = z
+  .object({
+    name: z.string().regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'a DNS-1123 name'),
+    pool: z.string().min(1),
+    address: z.string().min(1),
+    port: sshAccess.shape.port,
+    user: sshAccess.shape.user,
+    privateKeyPath: sshAccess.shape.privateKeyPath,
+    knownHostsPath: sshAccess.shape.knownHostsPath,
+    hostKeyFingerprint: sshAccess.shape.hostKeyFingerprint,
+    osFamily: z.enum(OS_FAMILIES).default('auto'),
+  })
+  .strict()
+  .refine((a) => a.knownHostsPath || a.hostKeyFingerprint, {
+    message: 'set knownHostsPath or hostKeyFingerprint: host keys are always verified',
+  });
+
 const gvisorSource = z.discriminatedUnion('type', [
   /** Build runsc and its shim from the gvisor.dev/gvisor Go module (cached by version). */
   z.object({ type: z.literal('build') }).strict(),
@@ -116,6 +137,16 @@ export const configSchema = z
           provider: z.literal('nodes'),
           name: z.string().min(1).default('gvisor-e2e'),
           nodes: z.array(nodeSchema).min(1),
+        })
+        .strict(),
+      z
+        .object({
+          /** "vm": hosts (VMs) reached over SSH that the harness provisions: containerd 2.x, CNI, then the normal install. */
+          provider: z.literal('vm'),
+          name: z.string().min(1).default('gvisor-e2e'),
+          hosts: z.array(vmHostSchema).min(1),
+          /** The kubeconfig of an existing cluster these hosts are nodes of (RuntimeClass, labels, API pods). */
+          kubeconfig: z.string().min(1).optional(),
         })
         .strict(),
       z
@@ -178,14 +209,24 @@ export const configSchema = z
       });
       return;
     }
+    const members = c.cluster.provider === 'vm' ? c.cluster.hosts : c.cluster.nodes;
+    const key = c.cluster.provider === 'vm' ? 'hosts' : 'nodes';
     const names = new Set<string>();
-    c.cluster.nodes.forEach((n, i) => {
-      if (names.has(n.name)) ctx.addIssue({ code: 'custom', path: ['cluster', 'nodes', i, 'name'], message: `duplicate node name "${n.name}"` });
+    members.forEach((n, i) => {
+      if (names.has(n.name)) ctx.addIssue({ code: 'custom', path: ['cluster', key, i, 'name'], message: `duplicate ${key === 'hosts' ? 'host' : 'node'} name "${n.name}"` });
       names.add(n.name);
     });
-    const pools = new Set(c.cluster.nodes.map((n) => n.pool));
+    if (c.cluster.provider === 'vm') {
+      const seen = new Map<string, number>();
+      c.cluster.hosts.forEach((h, i) => {
+        const at = `${h.address}:${h.port}`;
+        if (seen.has(at)) ctx.addIssue({ code: 'custom', path: ['cluster', 'hosts', i, 'address'], message: `${at} is already host [${seen.get(at)}]` });
+        seen.set(at, i);
+      });
+    }
+    const pools = new Set(members.map((n) => n.pool));
     c.gvisor.pools.forEach((p, i) => {
-      if (!pools.has(p)) ctx.addIssue({ code: 'custom', path: ['gvisor', 'pools', i], message: `no node is in pool "${p}" (pools: ${[...pools].join(', ')})` });
+      if (!pools.has(p)) ctx.addIssue({ code: 'custom', path: ['gvisor', 'pools', i], message: `no ${key === 'hosts' ? 'host' : 'node'} is in pool "${p}" (pools: ${[...pools].join(', ')})` });
     });
   });
 
@@ -193,6 +234,8 @@ export type Config = z.infer<typeof configSchema>;
 export type NodeConfig = z.infer<typeof nodeSchema>;
 export type NodesCluster = Extract<Config['cluster'], { provider: 'nodes' }>;
 export type LocalCluster = Extract<Config['cluster'], { provider: 'local' }>;
+export type VmCluster = Extract<Config['cluster'], { provider: 'vm' }>;
+export type VmHost = VmCluster['hosts'][number];
 
 /** Parses one node entry (the local provider builds them programmatically). */
 export function nodeConfig(input: z.input<typeof nodeSchema>): NodeConfig {
@@ -273,6 +316,13 @@ export function loadConfig(file: string): Config {
       if (n.access.knownHostsPath) n.access.knownHostsPath = resolve(base, n.access.knownHostsPath);
     }
   }
+  if (cfg.cluster.provider === 'vm') {
+    for (const h of cfg.cluster.hosts) {
+      h.privateKeyPath = resolve(base, h.privateKeyPath);
+      if (h.knownHostsPath) h.knownHostsPath = resolve(base, h.knownHostsPath);
+    }
+    if (cfg.cluster.kubeconfig) cfg.cluster.kubeconfig = resolve(base, cfg.cluster.kubeconfig);
+  }
   if (cfg.gvisor.source.type === 'dir') cfg.gvisor.source.path = resolve(base, cfg.gvisor.source.path);
   return cfg;
 }
@@ -285,7 +335,7 @@ export function selectSuites(cfg: Config, only?: string[], skip: string[] = []):
     }
   }
   // The scheduling suite needs a Kubernetes API; by default it runs where the cluster has one.
-  const kube = cfg.cluster.provider === 'local' && cfg.cluster.kubernetes;
+  const kube = (cfg.cluster.provider === 'local' && cfg.cluster.kubernetes) || (cfg.cluster.provider === 'vm' && Boolean(cfg.cluster.kubeconfig));
   const base = only?.length ? (only as SuiteName[]) : (cfg.suites.include ?? SUITE_NAMES.filter((s) => kube || s !== 'runtimeclass-scheduling'));
   const skipped = new Set([...cfg.suites.skip, ...skip]);
   return SUITE_NAMES.filter((s) => base.includes(s) && !skipped.has(s));

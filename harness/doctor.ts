@@ -4,6 +4,7 @@ import Table from 'cli-table3';
 import type { Config } from './config.ts';
 import { CriClient } from './cri.ts';
 import { openNode, sh } from './node.ts';
+import { vmDoctor } from '../clusters/vm/index.ts';
 
 // Says what this machine and the nodes lack for the chosen cluster, and how to get it —
 // before a long run fails half way.
@@ -49,6 +50,9 @@ export async function doctor(cfg: Config): Promise<boolean> {
       f.push(file('/usr/lib/cni/bridge', 'containernetworking-plugins', 'pod network'));
     }
     if (kinds.has('systemd')) f.push(tool('systemd-nspawn', 'systemd-container', 'systemd nodes'), tool('debootstrap', 'debootstrap', 'systemd node rootfs'));
+  } else if (cfg.cluster.provider === 'vm') {
+    f.push(tool('ssh-keygen', 'openssh-client', 'host keys'));
+    f.push(...(await vmDoctor(cfg.cluster)));
   } else {
     for (const n of cfg.cluster.nodes) {
       const node = openNode(n);

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { startVitest } from 'vitest/node';
 import { providerFor } from '../clusters/index.ts';
+import { vmNodeConfig } from '../clusters/vm/index.ts';
 import { buildContainerd, buildGVisor, cacheRoot, criProtoPath, gvisorBinaries, type GVisorBinaries } from './binaries.ts';
 import { ensureNspawnRootfs } from '../clusters/local/nspawn-node.ts';
 import { buildKubernetes } from '../clusters/kube/build.ts';
@@ -44,9 +45,11 @@ export async function up(cfg: Config): Promise<NodeConfig[]> {
 }
 
 export async function down(cfg: Config, opts: { uninstall?: boolean } = {}): Promise<void> {
-  if (cfg.cluster.provider === 'nodes' && opts.uninstall !== false) {
+  // vm hosts: the install comes off before the provider removes the containerd it provisioned.
+  if ((cfg.cluster.provider === 'nodes' && opts.uninstall !== false) || cfg.cluster.provider === 'vm') {
     // Hosts we did not create: undo what we installed on them, nothing else.
-    await mapLimit(cfg.cluster.nodes, 4, async (n) => {
+    const hosts = cfg.cluster.provider === 'vm' ? cfg.cluster.hosts.map(vmNodeConfig) : cfg.cluster.nodes;
+    await mapLimit(hosts, 4, async (n) => {
       const node = openNode(n);
       try {
         // Pods a crashed run left behind first (found by the harness's own label), then the install.

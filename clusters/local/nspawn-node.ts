@@ -197,7 +197,7 @@ function mountsUnder(dir: string): string[] {
  * rm -rf that never crosses into a mount (a killed debootstrap can leave proc/sys
  * mounted inside its target; rm must not recurse into the host's /proc or /sys).
  */
-async function removeTree(dir: string): Promise<void> {
+export async function removeTree(dir: string): Promise<void> {
   if (!existsSync(dir)) return;
   for (const m of mountsUnder(dir)) {
     await run("umount", ["-l", m]);
@@ -209,7 +209,7 @@ async function removeTree(dir: string): Promise<void> {
 // mirror discovery
 
 /** The Debian mirror the host's apt uses for bookworm (never hard-coded here). */
-function findDebianMirror(): { uri: string; keyring?: string } {
+export function findDebianMirror(): { uri: string; keyring?: string } {
   const isMain = (suite: string): boolean => suite === SUITE; // bookworm, not bookworm-security/-updates
   const candidates: { uri: string; keyring?: string }[] = [];
 

@@ -1,0 +1,381 @@
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { buildContainerd } from '../../harness/binaries.ts';
+import { type Config, type NodeConfig, type VmCluster, type VmHost, nodeConfig } from '../../harness/config.ts';
+import { InfrastructureError } from '../../harness/errors.ts';
+import { buildTestImage } from '../../harness/image.ts';
+import { restartContainerd } from '../../harness/installer.ts';
+import { log, step } from '../../harness/log.ts';
+import { knownHostKeys, mustExec, readNodeFile, sh, SshNode, writeNodeFile, type NodeAccess } from '../../harness/node.ts';
+
+// VMs (or any hosts) reached over SSH, which the harness provisions before the normal install:
+// the current runsc shim speaks shim protocol v2 as containerd 2.x does, so a host whose
+// containerd is missing or older gets the cached containerd 2.x build, a systemd unit for it,
+// runc / its shim and CNI plugins where absent, and a config with its own root and state
+// directories (the original containerd's data stays untouched). Everything provisioned is recorded
+// in PROVISION_STATE on the host, so `down` removes exactly that and restarts what ran before.
+
+export const PROVISION_STATE = '/var/lib/gvisor-e2e/provisioned.json';
+/** The provisioned containerd keeps its data apart from any containerd the host had. */
+export const CONTAINERD_ROOT = '/var/lib/gvisor-e2e/containerd';
+export const CONTAINERD_STATE = '/run/gvisor-e2e/containerd';
+export const CONTAINERD_BIN_DIR = '/usr/local/bin';
+export const CONTAINERD_UNIT = '/etc/systemd/system/containerd.service';
+export const CNI_BIN_DIR = '/opt/cni/bin';
+export const CNI_CONFLIST = '/etc/cni/net.d/10-gvisor-e2e.conflist';
+/** Backup suffix of files the provider replaced (the installer uses `.gvisor-e2e.orig` for its own). */
+const BACKUP_SUFFIX = '.gvisor-e2e-vm.orig';
+const CNI_PLUGINS = ['bridge', 'host-local', 'loopback'];
+
+export interface ProvisionState {
+  created: string[];
+  replaced: { path: string; backup: string }[];
+  /** Directories the provider made (removed on down when empty). */
+  dirs: string[];
+  /** `containerd --version` before provisioning, or null when there was none. */
+  containerdBefore: string | null;
+  wasActive: boolean;
+  /** The provider enabled containerd.service (disabled again on down). */
+  enabled: boolean;
+}
+
+export interface ContainerdVersion {
+  major: number;
+  minor: number;
+  patch: number;
+  raw: string;
+}
+
+/** Parses `containerd --version` ("containerd github.com/containerd/containerd/v2 v2.2.9 <rev>", Debian's "… 1.6.20~ds1 …"). */
+export function parseContainerdVersion(out: string): ContainerdVersion | undefined {
+  const fields = out.trim().split(/\s+/);
+  for (const f of fields.slice(1)) {
+    const m = /^v?(\d+)\.(\d+)\.(\d+)/.exec(f);
+    if (m) return { major: Number(m[1]), minor: Number(m[2]), patch: Number(m[3]), raw: f };
+  }
+  return undefined;
+}
+
+/** The runsc shim needs containerd 2.x (shim bootstrap protocol v2). */
+export function containerdNewEnough(v: ContainerdVersion | undefined): boolean {
+  return v !== undefined && v.major >= 2;
+}
+
+/** The unit the provider installs (containerd's own, without LimitNOFILE: the drop-in under test sets it). */
+export function renderContainerdUnit(binDir = CONTAINERD_BIN_DIR): string {
+  return `# Installed by gvisor-e2e (vm provider); removed by \`gvisor-e2e down\`.
+[Unit]
+Description=containerd container runtime (provisioned by gvisor-e2e)
+Documentation=https://containerd.io
+After=network.target local-fs.target
+
+[Service]
+ExecStartPre=-/sbin/modprobe overlay
+ExecStart=${binDir}/containerd
+Type=notify
+Delegate=yes
+KillMode=process
+Restart=always
+RestartSec=5
+LimitNPROC=infinity
+LimitCORE=infinity
+TasksMax=infinity
+OOMScoreAdjust=-999
+
+[Install]
+WantedBy=multi-user.target
+`;
+}
+
+/** config.toml (schema 3) for the provisioned containerd: own root/state, the offline sandbox image, CNI. */
+export function renderProvisionedConfig(o: { sandboxImage: string; cniBinDir: string; root?: string; state?: string }): string {
+  return `# Written by gvisor-e2e (vm provider) for the containerd it provisioned; the original is restored by \`gvisor-e2e down\`.
+version = 3
+root = "${o.root ?? CONTAINERD_ROOT}"
+state = "${o.state ?? CONTAINERD_STATE}"
+
+[plugins."io.containerd.cri.v1.images".pinned_images]
+  sandbox = "${o.sandboxImage}"
+
+[plugins."io.containerd.cri.v1.runtime".cni]
+  bin_dirs = ["${o.cniBinDir}"]
+  conf_dir = "/etc/cni/net.d"
+`;
+}
+
+export function renderCniConflist(subnet = '10.88.0.0/16'): string {
+  return `${JSON.stringify(
+    {
+      cniVersion: '1.0.0',
+      name: 'gvisor-e2e',
+      plugins: [{ type: 'bridge', bridge: 'gve2e0', isGateway: true, ipMasq: false, ipam: { type: 'host-local', ranges: [[{ subnet }]], routes: [{ dst: '0.0.0.0/0' }] } }],
+    },
+    null,
+    2,
+  )}\n`;
+}
+
+export function vmNodeConfig(h: VmHost): NodeConfig {
+  return nodeConfig({
+    name: h.name,
+    pool: h.pool,
+    access: { type: 'ssh', host: h.address, port: h.port, user: h.user, privateKeyPath: h.privateKeyPath, knownHostsPath: h.knownHostsPath, hostKeyFingerprint: h.hostKeyFingerprint },
+    osFamily: h.osFamily,
+  });
+}
+
+const sha256 = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
+
+/** A binary of the harness machine, for hosts that lack it (same distribution family assumed). */
+function hostBinary(name: string, dirs: string[]): string | undefined {
+  return dirs.map((d) => `${d}/${name}`).find((p) => existsSync(p));
+}
+
+async function loadState(node: NodeAccess): Promise<ProvisionState | undefined> {
+  const text = await readNodeFile(node, PROVISION_STATE);
+  if (text === undefined) return undefined;
+  try {
+    return JSON.parse(text) as ProvisionState;
+  } catch {
+    throw new InfrastructureError(`[${node.name}] ${PROVISION_STATE} is corrupt; restore the host by hand and remove it`);
+  }
+}
+
+async function containerdVersion(node: NodeAccess): Promise<ContainerdVersion | undefined> {
+  const r = await node.exec('containerd --version 2>/dev/null');
+  return r.code === 0 ? parseContainerdVersion(r.stdout) : undefined;
+}
+
+export interface ProvisionResult {
+  host: string;
+  before: string | null;
+  after: string;
+  changed: string[];
+}
+
+/** Makes one host able to run the runsc shim (idempotent); returns what changed. */
+export async function provisionHost(node: NodeAccess, cfg: Config, sandboxImage: string): Promise<ProvisionResult> {
+  const init = await node.exec('cat /proc/1/comm; uname -m');
+  const [pid1, arch] = init.stdout.trim().split('\n');
+  if (init.code !== 0 || pid1 !== 'systemd') {
+    throw new InfrastructureError(`[${node.name}] PID 1 is "${pid1 ?? '?'}", not systemd: the vm provider runs containerd as a systemd service`);
+  }
+  const want = process.arch === 'arm64' ? 'aarch64' : 'x86_64';
+  if (arch !== want) throw new InfrastructureError(`[${node.name}] is ${arch}, but the harness builds containerd and runsc for ${want}`);
+
+  const existing = await loadState(node);
+  const current = await containerdVersion(node);
+  if (!existing && containerdNewEnough(current)) {
+    log('info', `[${node.name}] containerd ${current!.raw} is new enough for the runsc shim: nothing to provision`);
+    return { host: node.name, before: current!.raw, after: current!.raw, changed: [] };
+  }
+  const active = (await node.exec('systemctl is-active containerd')).stdout.trim() === 'active';
+  const state: ProvisionState = existing ?? { created: [], replaced: [], dirs: [], containerdBefore: current?.raw ?? null, wasActive: active, enabled: false };
+  if (!existing) log('info', `[${node.name}] containerd ${current ? `${current.raw} is too old for the runsc shim (needs >= 2.0)` : 'is missing'}: provisioning containerd 2.x`);
+  const changed: string[] = [];
+  const save = () => writeNodeFile(node, PROVISION_STATE, JSON.stringify(state, null, 2), '0600');
+
+  const mkdirs = async (dir: string) => {
+    // Record each level we create, so down removes exactly those (when empty).
+    const r = await mustExec(node, `d=${sh(dir)}; while [ ! -d "$d" ]; do echo "$d"; d=$(dirname "$d"); done; mkdir -p ${sh(dir)}`);
+    for (const d of r.split('\n').filter(Boolean)) if (!state.dirs.includes(d)) state.dirs.push(d);
+  };
+  /** Writes a file when it differs; `once`: leave it alone after the first write (the installer renders on top of it). */
+  const put = async (path: string, content: Buffer | string, mode: string, once = false) => {
+    const mine = state.created.includes(path) || state.replaced.some((r) => r.path === path);
+    if (once && mine) return;
+    const r = await node.exec(`sha256sum ${sh(path)} 2>/dev/null`);
+    const cur = r.code === 0 ? r.stdout.split(/\s+/)[0] : undefined;
+    if (cur === sha256(content)) return;
+    await mkdirs(path.slice(0, path.lastIndexOf('/')) || '/');
+    if (cur === undefined) {
+      if (!mine) state.created.push(path);
+    } else if (!mine) {
+      const backup = `${path}${BACKUP_SUFFIX}`;
+      await mustExec(node, `cp -p ${sh(path)} ${sh(backup)}`);
+      state.replaced.push({ path, backup });
+    }
+    await save();
+    await writeNodeFile(node, path, content, mode);
+    changed.push(path);
+  };
+
+  await mkdirs('/var/lib/gvisor-e2e');
+  await save();
+  const bins = await buildContainerd();
+  await put(`${CONTAINERD_BIN_DIR}/containerd`, readFileSync(bins.containerd), '0755');
+  await put(`${CONTAINERD_BIN_DIR}/ctr`, readFileSync(bins.ctr), '0755');
+
+  // runc and runc's shim: the host's own if it has them, else the harness machine's.
+  for (const [name, dirs, dest] of [
+    ['runc', ['/usr/sbin', '/usr/bin', '/usr/local/sbin'], '/usr/local/sbin'],
+    ['containerd-shim-runc-v2', ['/usr/bin', '/usr/local/bin'], CONTAINERD_BIN_DIR],
+  ] as const) {
+    const ours = `${dest}/${name}`;
+    if (!state.created.includes(ours) && (await node.exec(`command -v ${name}`)).code === 0) continue;
+    const src = hostBinary(name, [...dirs]);
+    if (!src) throw new InfrastructureError(`[${node.name}] has no ${name} and neither has this machine to copy it from: apt-get install -y ${name === 'runc' ? 'runc' : 'containerd'}`);
+    await put(ours, readFileSync(src), '0755');
+  }
+
+  // CNI plugins: a directory on the host that has them all, else this machine's under /opt/cni/bin.
+  let cniDir = '';
+  for (const d of [CNI_BIN_DIR, '/usr/lib/cni', '/usr/libexec/cni']) {
+    if ((await node.exec(CNI_PLUGINS.map((p) => `[ -x ${d}/${p} ]`).join(' && '))).code === 0 && !state.created.includes(`${d}/bridge`)) {
+      cniDir = d;
+      break;
+    }
+  }
+  if (!cniDir) {
+    cniDir = CNI_BIN_DIR;
+    for (const p of CNI_PLUGINS) {
+      const src = hostBinary(p, ['/usr/lib/cni', '/opt/cni/bin']);
+      if (!src) throw new InfrastructureError(`[${node.name}] has no CNI plugin ${p} and neither has this machine: apt-get install -y containernetworking-plugins`);
+      await put(`${CNI_BIN_DIR}/${p}`, readFileSync(src), '0755');
+    }
+  }
+  const confs = await node.exec(`ls /etc/cni/net.d/*.conf /etc/cni/net.d/*.conflist 2>/dev/null | grep -v ${sh(CNI_CONFLIST)}`);
+  if (confs.stdout.trim() === '') await put(CNI_CONFLIST, renderCniConflist(), '0644');
+
+  await put(node.config.paths.containerdConfig, renderProvisionedConfig({ sandboxImage, cniBinDir: cniDir }), '0644', true);
+  await put(CONTAINERD_UNIT, renderContainerdUnit(), '0644');
+  if ((await node.exec('systemctl is-enabled containerd')).stdout.trim() !== 'enabled') {
+    await mustExec(node, 'systemctl daemon-reload && systemctl enable containerd');
+    state.enabled = true;
+    changed.push('systemctl enable containerd');
+  }
+  await save();
+  if (changed.length > 0) await restartContainerd(node, cfg);
+  const after = await containerdVersion(node);
+  if (!containerdNewEnough(after)) {
+    throw new InfrastructureError(`[${node.name}] after provisioning, \`containerd --version\` reports ${after?.raw ?? 'nothing'}, expected 2.x from ${CONTAINERD_BIN_DIR}`);
+  }
+  return { host: node.name, before: state.containerdBefore, after: after!.raw, changed };
+}
+
+/** Removes what provisionHost put on the host and brings back the containerd that ran before. */
+export async function unprovisionHost(node: NodeAccess, cfg: Config): Promise<string[]> {
+  const state = await loadState(node);
+  if (!state) return [];
+  const undone: string[] = [];
+  await node.exec('systemctl stop containerd', { timeoutMs: 60_000 });
+  // Shims of the provisioned containerd (pods `down` could not remove) live in its state dir.
+  await node.exec(`for p in /proc/[0-9]*; do case "$(readlink $p/cwd 2>/dev/null)" in ${CONTAINERD_STATE}/*) kill -9 "\${p#/proc/}";; esac; done; true`);
+  for (const r of state.replaced) {
+    await mustExec(node, `if [ -f ${sh(r.backup)} ]; then mv -f ${sh(r.backup)} ${sh(r.path)}; fi`);
+    undone.push(r.path);
+  }
+  for (const c of state.created) {
+    await mustExec(node, `rm -f ${sh(c)}`);
+    undone.push(c);
+  }
+  if (state.enabled) await node.exec('systemctl disable containerd');
+  await mustExec(node, 'systemctl daemon-reload');
+  // The provisioned containerd's data: snapshot mounts first (lazily), then the trees, never crossing into a mount.
+  for (const dir of [CONTAINERD_ROOT, CONTAINERD_STATE]) {
+    await mustExec(
+      node,
+      `for m in $(awk '{print $5}' /proc/self/mountinfo | grep -E '^${dir}/' | sort -r); do umount -l "$m"; done; rm -rf --one-file-system ${sh(dir)}`,
+      { timeoutMs: 120_000 },
+    );
+    undone.push(dir);
+  }
+  await mustExec(node, `rm -f ${sh(PROVISION_STATE)}; rmdir /run/gvisor-e2e 2>/dev/null; true`);
+  for (const d of [...state.dirs].sort((a, b) => b.length - a.length)) await node.exec(`rmdir ${sh(d)} 2>/dev/null`);
+  if (state.wasActive) await restartContainerd(node, cfg);
+  return undone;
+}
+
+export class VmProvider {
+  readonly kind = 'vm';
+  constructor(
+    private readonly spec: VmCluster,
+    private readonly cfg: Config,
+  ) {}
+
+  nodes(): NodeConfig[] {
+    return this.spec.hosts.map(vmNodeConfig);
+  }
+
+  async up(): Promise<NodeConfig[]> {
+    const nodes = this.nodes();
+    const image = await buildTestImage();
+    await Promise.all(nodes.map(async (n) => {
+      const node = new SshNode(n);
+      try {
+        const r = await step(`provision ${n.name} (${n.access.type === 'ssh' ? `${n.access.host}:${n.access.port}` : ''})`, () => provisionHost(node, this.cfg, image.pause));
+        log('info', `[${n.name}] containerd ${r.before ?? '(none)'} → ${r.after}${r.changed.length ? `; changed: ${r.changed.join(', ')}` : ''}`);
+      } finally {
+        await node.close();
+      }
+    }));
+    return nodes;
+  }
+
+  async down(): Promise<void> {
+    await Promise.all(this.nodes().map(async (n) => {
+      const node = new SshNode(n);
+      try {
+        const undone = await step(`unprovision ${n.name}`, () => unprovisionHost(node, this.cfg));
+        log('info', `[${n.name}] provider removed/restored: ${undone.join(', ') || 'nothing (not provisioned)'}`);
+      } finally {
+        await node.close();
+      }
+    }));
+  }
+
+  kubeconfig(): string | undefined {
+    return this.spec.kubeconfig;
+  }
+}
+
+export interface HostFinding {
+  check: string;
+  ok: boolean;
+  detail: string;
+  fix?: string;
+}
+
+/** What `doctor` says about each host: key files, pinned host key, SSH, systemd, containerd. */
+export async function vmDoctor(spec: VmCluster): Promise<HostFinding[]> {
+  const f: HostFinding[] = [];
+  for (const h of spec.hosts) {
+    const at = `${h.user}@${h.address}:${h.port}`;
+    const keyOk = existsSync(h.privateKeyPath);
+    f.push({ check: `${h.name}: private key`, ok: keyOk, detail: keyOk ? h.privateKeyPath : `${h.privateKeyPath} does not exist`, fix: keyOk ? undefined : `set cluster.hosts[].privateKeyPath to a key ${at} accepts` });
+    if (h.knownHostsPath) {
+      let keys = 0;
+      let why = '';
+      try {
+        keys = knownHostKeys(readFileSync(h.knownHostsPath, 'utf8'), h.address, h.port).length;
+        if (!keys) why = `${h.knownHostsPath} has no key for ${h.port === 22 ? h.address : `[${h.address}]:${h.port}`}`;
+      } catch (e) {
+        why = `cannot read ${h.knownHostsPath}: ${(e as NodeJS.ErrnoException).code}`;
+      }
+      f.push({
+        check: `${h.name}: pinned host key`,
+        ok: keys > 0,
+        detail: keys > 0 ? `${keys} key(s) in ${h.knownHostsPath}` : why,
+        fix: keys > 0 ? undefined : `add the host's key, checked out of band: ssh-keyscan -p ${h.port} ${h.address} (then verify its fingerprint) >> ${h.knownHostsPath}`,
+      });
+    } else {
+      f.push({ check: `${h.name}: pinned host key`, ok: true, detail: `fingerprint ${h.hostKeyFingerprint}` });
+    }
+    if (!keyOk) continue;
+    const node = new SshNode(vmNodeConfig(h));
+    try {
+      const r = await node.exec('cat /proc/1/comm; (containerd --version || echo none) 2>/dev/null; command -v sha256sum >/dev/null && echo sha256sum', { timeoutMs: 20_000 });
+      const [pid1, ctrd, sum] = r.stdout.trim().split('\n');
+      f.push({ check: `${h.name}: SSH ${at}`, ok: true, detail: 'reachable, host key verified' });
+      f.push({ check: `${h.name}: systemd is PID 1`, ok: pid1 === 'systemd', detail: pid1 ?? '?', fix: pid1 === 'systemd' ? undefined : 'the vm provider runs containerd as a systemd service' });
+      const v = parseContainerdVersion(ctrd ?? '');
+      f.push({ check: `${h.name}: containerd`, ok: true, detail: v ? `${v.raw}${containerdNewEnough(v) ? '' : ' (< 2.0: `up` provisions containerd 2.x)'}` : 'none (`up` provisions containerd 2.x)' });
+      f.push({ check: `${h.name}: sha256sum`, ok: sum === 'sha256sum', detail: sum === 'sha256sum' ? 'present' : 'missing', fix: sum === 'sha256sum' ? undefined : 'install coreutils on the host' });
+    } catch (e) {
+      f.push({ check: `${h.name}: SSH ${at}`, ok: false, detail: (e as Error).message, fix: `check cluster.hosts[] (${h.name}): address, port, user, key, host key` });
+    } finally {
+      await node.close();
+    }
+  }
+  return f;
+}
