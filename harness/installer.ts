@@ -29,6 +29,8 @@ interface InstallState {
   created: string[];
   /** Files the installer replaced, with the backup that restores them. */
   replaced: { path: string; backup: string }[];
+  /** Directories the installer made for its files (removed on uninstall when empty). */
+  dirs?: string[];
 }
 
 export interface NodeFacts {
@@ -86,6 +88,9 @@ export async function installNode(node: NodeAccess, cfg: Config, bins: GVisorBin
     if (current === sha256(content)) return;
     if (current === undefined) {
       if (!state.created.includes(path)) state.created.push(path);
+      // Each missing level of the parent, so uninstall leaves no empty directory of ours behind.
+      const made = await mustExec(node, `d=$(dirname ${sh(path)}); while [ ! -d "$d" ]; do echo "$d"; d=$(dirname "$d"); done`);
+      for (const d of made.split('\n').filter(Boolean)) if (!(state.dirs ??= []).includes(d)) state.dirs.push(d);
     } else if (!state.created.includes(path) && !state.replaced.some((r) => r.path === path)) {
       const backup = `${path}.gvisor-e2e.orig`;
       await mustExec(node, `cp -p ${sh(path)} ${sh(backup)}`);
@@ -154,6 +159,7 @@ export async function uninstallNode(node: NodeAccess, cfg: Config): Promise<stri
     await mustExec(node, `rm -f ${sh(c)}`);
     undone.push(c);
   }
+  for (const d of [...(state.dirs ?? [])].sort((a, b) => b.length - a.length)) await node.exec(`rmdir ${sh(d)} 2>/dev/null`);
   await node.exec(`rm -f ${sh(STATE_FILE)}; rmdir ${sh(cfg.gvisor.binaryPath)} "$(dirname ${sh(STATE_FILE)})" 2>/dev/null; true`);
   if (undone.length > 0) await restartContainerd(node, cfg);
   return undone;

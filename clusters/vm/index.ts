@@ -37,6 +37,8 @@ export interface ProvisionState {
   wasActive: boolean;
   /** The provider enabled containerd.service (disabled again on down). */
   enabled: boolean;
+  /** Entries of /run/containerd before provisioning (shims of the new containerd add theirs there, e.g. runsc's root). */
+  runBefore?: string[];
 }
 
 export interface ContainerdVersion {
@@ -96,6 +98,9 @@ state = "${o.state ?? CONTAINERD_STATE}"
 
 [plugins."io.containerd.cri.v1.images".pinned_images]
   sandbox = "${o.sandboxImage}"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "${o.root ?? CONTAINERD_ROOT}/opt"
 
 [plugins."io.containerd.cri.v1.runtime".cni]
   bin_dirs = ["${o.cniBinDir}"]
@@ -170,7 +175,8 @@ export async function provisionHost(node: NodeAccess, cfg: Config, sandboxImage:
     return { host: node.name, before: current!.raw, after: current!.raw, changed: [] };
   }
   const active = (await node.exec('systemctl is-active containerd')).stdout.trim() === 'active';
-  const state: ProvisionState = existing ?? { created: [], replaced: [], dirs: [], containerdBefore: current?.raw ?? null, wasActive: active, enabled: false };
+  const runBefore = (await node.exec('ls -A /run/containerd 2>/dev/null')).stdout.split('\n').filter(Boolean);
+  const state: ProvisionState = existing ?? { created: [], replaced: [], dirs: [], containerdBefore: current?.raw ?? null, wasActive: active, enabled: false, runBefore };
   if (!existing) log('info', `[${node.name}] containerd ${current ? `${current.raw} is too old for the runsc shim (needs >= 2.0)` : 'is missing'}: provisioning containerd 2.x`);
   const changed: string[] = [];
   const save = () => writeNodeFile(node, PROVISION_STATE, JSON.stringify(state, null, 2), '0600');
@@ -271,16 +277,19 @@ export async function unprovisionHost(node: NodeAccess, cfg: Config): Promise<st
   }
   if (state.enabled) await node.exec('systemctl disable containerd');
   await mustExec(node, 'systemctl daemon-reload');
-  // The provisioned containerd's data: snapshot mounts first (lazily), then the trees, never crossing into a mount.
-  for (const dir of [CONTAINERD_ROOT, CONTAINERD_STATE]) {
+  // What the provisioned containerd and its shims made under /run/containerd (e.g. the runsc shim's root).
+  const runNow = (await node.exec('ls -A /run/containerd 2>/dev/null')).stdout.split('\n').filter(Boolean);
+  const runNew = state.runBefore ? runNow.filter((e) => !state.runBefore!.includes(e)).map((e) => `/run/containerd/${e}`) : [];
+  // The provisioned containerd's data: mounts first (lazily), then the trees, never crossing into a mount.
+  for (const dir of [CONTAINERD_ROOT, CONTAINERD_STATE, ...runNew]) {
     await mustExec(
       node,
-      `for m in $(awk '{print $5}' /proc/self/mountinfo | grep -E '^${dir}/' | sort -r); do umount -l "$m"; done; rm -rf --one-file-system ${sh(dir)}`,
+      `for m in $(awk '{print $5}' /proc/self/mountinfo | grep -E '^${dir}(/|$)' | sort -r); do umount -l "$m"; done; rm -rf --one-file-system ${sh(dir)}`,
       { timeoutMs: 120_000 },
     );
     undone.push(dir);
   }
-  await mustExec(node, `rm -f ${sh(PROVISION_STATE)}; rmdir /run/gvisor-e2e 2>/dev/null; true`);
+  await mustExec(node, `rm -f ${sh(PROVISION_STATE)}; rmdir /run/gvisor-e2e /run/containerd 2>/dev/null; true`);
   for (const d of [...state.dirs].sort((a, b) => b.length - a.length)) await node.exec(`rmdir ${sh(d)} 2>/dev/null`);
   if (state.wasActive) await restartContainerd(node, cfg);
   return undone;
