@@ -35,7 +35,9 @@ async function snapshot(): Promise<Record<string, string>> {
     active: await out('systemctl is-active containerd'),
     config: await out('sha256sum /etc/containerd/config.toml'),
     units: await out('ls -d /etc/systemd/system/containerd.service /etc/systemd/system/containerd.service.d 2>&1'),
-    harness: await out('ls -d /usr/local/bin/* /usr/local/sbin/* /opt/cni /etc/cni/net.d/* /var/lib/gvisor-e2e /run/gvisor-e2e /var/bin/containerruntimes /etc/containerd/runsc.toml /etc/containerd/*.orig 2>/dev/null; true'),
+    files: await out('ls -d /usr/local/bin/* /usr/local/sbin/* /opt/* /etc/cni/net.d/* /var/lib/gvisor-e2e /run/gvisor-e2e /var/bin /etc/containerd/* 2>/dev/null; true'),
+    run: await out('ls -A /run/containerd'),
+    mounts: await out("findmnt -rn -o TARGET | grep -E 'containerd|gvisor|runsc'; true"),
   };
 }
 
@@ -84,7 +86,9 @@ describe('vm provider on a qemu VM', () => {
     expect(vm!.hostKeyFingerprint).toMatch(/^SHA256:/);
     const d = run(['doctor']);
     expect(d.stdout).toContain('reachable, host key verified');
-    expect(d.stdout).toMatch(/< 2\.0: `up` provisions containerd 2\.x/);
+    expect(d.code, d.stdout).toBe(0);
+    // (the table wraps long cells, so only a short phrase is matched)
+    expect(d.stdout).toMatch(/< 2\.0: `up` provisions/);
   });
 
   it('run provisions containerd 2.x, installs gVisor and the node-level suites pass; containerd runs with LimitNOFILE=1048576 for real', () => {
@@ -123,7 +127,6 @@ describe('vm provider on a qemu VM', () => {
     const r = run(['down']);
     expect(r.code, r.stderr.slice(-2000)).toBe(0);
     expect(await snapshot()).toEqual(before);
-    expect(await out('ls /var/lib/gvisor-e2e /var/lib/containerd 2>&1 | head -3')).toMatch(/No such file|^$|io\.containerd/);
     expect(await out('test -e /var/lib/gvisor-e2e && echo present || echo gone')).toBe('gone');
   }, 600_000);
 
