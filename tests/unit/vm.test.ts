@@ -1,4 +1,5 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
@@ -11,7 +12,7 @@ import {
   renderProvisionedConfig,
   vmNodeConfig,
 } from '../../clusters/vm/index.ts';
-import { chooseAccel, qemuArgs, vmImageKey, VM_PACKAGES, type QemuSpec } from '../../fixtures/vm/qemu.ts';
+import { chooseAccel, qemuArgs, reapStaleVms, vmImageKey, VM_PACKAGES, type QemuSpec } from '../../fixtures/vm/qemu.ts';
 import { loadConfig, parseConfig, selectSuites } from '../../harness/config.ts';
 import { ConfigError } from '../../harness/errors.ts';
 import { containerdConfigVersion, findRuntime, renderContainerdConfig } from '../../harness/render.ts';
@@ -199,3 +200,22 @@ describe('VM fixture: qemu command line and acceleration', () => {
   });
 });
 
+
+describe('VM fixture: stale VMs', () => {
+  it('a VM work dir whose owner process is gone is removed; one with a live owner is left alone', async () => {
+    const dead = spawnSync('true').pid!;
+    const stale = mkdtempSync(join(tmpdir(), 'gvisor-e2e-vm-unit-stale-'));
+    const live = mkdtempSync(join(tmpdir(), 'gvisor-e2e-vm-unit-live-'));
+    try {
+      writeFileSync(join(stale, 'owner'), String(dead));
+      writeFileSync(join(live, 'owner'), String(process.pid));
+      const reaped = await reapStaleVms();
+      expect(reaped).toContain(stale);
+      expect(existsSync(stale)).toBe(false);
+      expect(existsSync(live)).toBe(true);
+    } finally {
+      rmSync(stale, { recursive: true, force: true });
+      rmSync(live, { recursive: true, force: true });
+    }
+  });
+});
