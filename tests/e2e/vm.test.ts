@@ -1,11 +1,12 @@
-import { existsSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { vmNodeConfig } from '../../clusters/vm/index.ts';
+import { vmDoctor, vmNodeConfig } from '../../clusters/vm/index.ts';
 import { qemuProcesses, Vm } from '../../fixtures/vm/qemu.ts';
-import { parseConfig } from '../../harness/config.ts';
+import { loadConfig, parseConfig } from '../../harness/config.ts';
 import { SshNode } from '../../harness/node.ts';
-import { cli, failures, latestSummary, scratch, writeConfig } from './helpers.ts';
+import { cli, type CliResult, failures, latestSummary, ROOT, scratch, writeConfig } from './helpers.ts';
 
 // The vm provider on a real VM: Debian bookworm booted by qemu (TCG here: /dev/kvm is PVM), with
 // Debian's containerd 1.6 — too old for the runsc shim. `run` provisions containerd 2.x under
@@ -19,6 +20,7 @@ const reports = join(dir, 'reports');
 const NODE_SUITES = ['runsc-installation', 'sandbox-dmesg', 'net-raw', 'limit-nofile'];
 let vm: Vm | undefined;
 let cfgPath = '';
+let raw: { cluster: { hosts: Record<string, unknown>[] } & Record<string, unknown> } & Record<string, unknown>;
 let ssh: SshNode;
 /** What the VM looked like before the harness touched it. */
 let before: Record<string, string> = {};
@@ -41,9 +43,11 @@ async function snapshot(): Promise<Record<string, string>> {
   };
 }
 
-function run(args: string[]) {
+/** The CLI with a longer leash than cli()'s 10 minutes: under TCG one `run` took 5-6.5 min on a busy 2-core machine. */
+function run(args: string[]): CliResult {
   const t0 = Date.now();
-  const r = cli(['--config', cfgPath, ...args]);
+  const p = spawnSync(process.execPath, ['--import', 'tsx', join(ROOT, 'bin/gvisor-e2e.ts'), '--config', cfgPath, ...args], { cwd: ROOT, encoding: 'utf8', timeout: 1_200_000 });
+  const r = { code: p.status ?? -1, stdout: p.stdout, stderr: p.stderr };
   const secs = ((Date.now() - t0) / 1000).toFixed(0);
   console.log(`gvisor-e2e ${args.join(' ')} → exit ${r.code} in ${secs}s`);
   return r;
@@ -51,7 +55,7 @@ function run(args: string[]) {
 
 beforeAll(async () => {
   vm = await Vm.boot({ name: 'vm-1', onProgress: (m) => console.log(m) });
-  const raw = {
+  raw = {
     apiVersion: 'gvisor-e2e.dev/v1alpha1',
     kind: 'Config',
     cluster: {
@@ -89,6 +93,24 @@ describe('vm provider on a qemu VM', () => {
     expect(d.code, d.stdout).toBe(0);
     // (the table wraps long cells, so only a short phrase is matched)
     expect(d.stdout).toMatch(/< 2\.0: `up` provisions/);
+  });
+
+  it('doctor says exactly what is wrong with a host key: not in known_hosts, or not the pinned fingerprint', async () => {
+    const host = raw.cluster.hosts[0]!;
+    writeFileSync(join(dir, 'empty_known_hosts'), '');
+    const variants = [
+      [{ ...host, knownHostsPath: join(dir, 'empty_known_hosts') }, 'pinned host key', `empty_known_hosts has no key for [127.0.0.1]:${vm!.sshPort}`],
+      [{ ...host, knownHostsPath: undefined, hostKeyFingerprint: `SHA256:${'A'.repeat(43)}` }, `SSH root@127.0.0.1:${vm!.sshPort}`, `it presented ${vm!.hostKeyFingerprint}, expected SHA256:${'A'.repeat(43)}`],
+    ] as const;
+    for (const [h, check, why] of variants) {
+      const bad = writeConfig(dir, 'vm-bad.yaml', { ...raw, cluster: { ...raw.cluster, hosts: [h] } });
+      expect(cli(['--config', bad, 'doctor']).code).toBe(2);
+      const c = loadConfig(bad);
+      if (c.cluster.provider !== 'vm') throw new Error('unreachable');
+      const f = (await vmDoctor(c.cluster)).find((x) => x.check === `vm-1: ${check}`);
+      expect(f?.ok).toBe(false);
+      expect(f?.detail).toContain(why);
+    }
   });
 
   it('run provisions containerd 2.x, installs gVisor and the node-level suites pass; containerd runs with LimitNOFILE=1048576 for real', () => {
