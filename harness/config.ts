@@ -159,6 +159,11 @@ export const configSchema = z
       .strict()
       .default({ command: '60s', container: '60s', containerdRestart: '60s' }),
     reportsDir: z.string().default('reports'),
+    /** Bounded parallelism: suite files run in `suites` workers at once; within a suite, `nodes` nodes are checked at once. */
+    concurrency: z
+      .object({ suites: z.number().int().min(1).max(16).default(2), nodes: z.number().int().min(1).max(64).default(8) })
+      .strict()
+      .default({ suites: 2, nodes: 8 }),
   })
   .strict()
   .superRefine((c, ctx) => {

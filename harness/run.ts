@@ -149,7 +149,9 @@ export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteN
         testTimeout,
         hookTimeout: testTimeout,
         pool: 'forks',
-        maxWorkers: 4,
+        // Bounded: suite files in `suites` workers, nodes within a suite `nodes` at a time.
+        maxWorkers: cfg.concurrency.suites,
+        maxConcurrency: cfg.concurrency.nodes,
         fileParallelism: true,
         passWithNoTests: true,
         retry: retries,

@@ -1,6 +1,6 @@
 import * as allure from 'allure-js-commons';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { it, type TestContext } from 'vitest';
+import { describe, it, type TestContext } from 'vitest';
 import { join } from 'node:path';
 import { redact, registerKnownSecrets } from './redact.ts';
 import { type Config, type NodeConfig, durationMs, effectiveRunscFlags } from './config.ts';
@@ -98,11 +98,21 @@ export class SuiteContext {
   }
 
   /**
+   * One describe block per node, titled with the node's name (the report groups by it). The blocks
+   * run concurrently, at most `concurrency.nodes` at a time (vitest's maxConcurrency).
+   */
+  eachNode(nodes: NodeConfig[], fn: (n: NodeConfig) => void): void {
+    describe.concurrent.each(nodes.map((n) => [n.name, n] as const))('%s', (_name, n) => fn(n));
+  }
+
+  /**
    * Declares one check on one node: an `it` whose Allure result carries the suite, node, pool and
    * gVisor settings, the commands it ran (redacted), and on failure the node's actual files.
    */
   test(n: NodeConfig, title: string, fn: (t: TestContext) => Promise<void>): void {
-    it(title, async (t) => {
+    // One node's checks run in order (they share its connection and transcript); nodes run side
+    // by side (see eachNode).
+    it.sequential(title, async (t) => {
       const node = this.node(n);
       const mark = node.transcript.length;
       await allure.epic('gVisor node conformance');
@@ -142,7 +152,7 @@ export class SuiteContext {
     }
   }
 
-  private kubeP?: Promise<{ core: k8s.CoreV1Api; nodeApi: k8s.NodeV1Api; registered: Set<string> }>;
+  private kubeP?: Promise<{ kc: k8s.KubeConfig; core: k8s.CoreV1Api; nodeApi: k8s.NodeV1Api; registered: Set<string> }>;
   private nsP?: Promise<string>;
 
   /** The API, when node `n` is a kubelet's node: then its pods must come through the API (a kubelet kills pods it does not know). */
@@ -152,7 +162,7 @@ export class SuiteContext {
       const kc = kubeConfig(this.plan.kubeconfig!);
       const core = kc.makeApiClient(k8s.CoreV1Api);
       const registered = new Set((await api('listing nodes', () => core.listNode())).items.map((x) => x.metadata?.name ?? ''));
-      return { core, nodeApi: kc.makeApiClient(k8s.NodeV1Api), registered };
+      return { kc, core, nodeApi: kc.makeApiClient(k8s.NodeV1Api), registered };
     })();
     const k = await this.kubeP;
     return k.registered.has(n.name) ? k : undefined;
@@ -180,7 +190,7 @@ export class SuiteContext {
       const ns = await this.namespace(k.core);
       const podName = `${name}-${randomBytes(3).toString('hex')}`;
       const r = await runPodToCompletion(
-        k.core,
+        k.kc,
         testPod({ name: podName, namespace: ns, runId: this.plan.runId, image: this.plan.image.image, command }, { nodeName: n.name, runtimeClassName }),
         durationMs(this.config.timeouts.container) * 2,
       );

@@ -1,4 +1,4 @@
-import { afterAll, describe } from 'vitest';
+import { afterAll } from 'vitest';
 import { readNodeFile } from '../../harness/node.ts';
 import { parseRunscToml } from '../../harness/render.ts';
 import { NET_RAW_PROBE, parseNetRawProbe } from '../../harness/probes.ts';
@@ -12,7 +12,7 @@ const ctx = new SuiteContext('net-raw');
 afterAll(() => ctx.close());
 const h = ctx.gvisor.handler;
 
-describe.each(ctx.gvisorNodes.map((n) => [n.name, n] as const))('%s', (_name, n) => {
+ctx.eachNode(ctx.gvisorNodes, (n) => {
   const want = ctx.netRaw;
   ctx.test(n, want === 'true' ? 'raw sockets work in the sandbox (net-raw "true")' : 'raw sockets are refused in the sandbox (net-raw off)', async () => {
     const r = await ctx.oneShot(n, h, 'net-raw', NET_RAW_PROBE);
