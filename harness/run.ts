@@ -11,7 +11,6 @@ import { buildKubernetes } from '../clusters/kube/build.ts';
 import { type Config, type NodeConfig, type SuiteName, durationMs, effectiveRunscFlags, selectSuites } from './config.ts';
 import { buildTestImage, importTestImage, type TestImage } from './image.ts';
 import { installNode, isGVisorNode, uninstallNode } from './installer.ts';
-import { installKubernetesObjects } from './kube.ts';
 import { log, step } from './log.ts';
 import { openNode } from './node.ts';
 import { CriClient } from './cri.ts';
@@ -89,7 +88,8 @@ export async function install(cfg: Config, nodes: NodeConfig[]): Promise<Install
       await node.close();
     }
   });
-  if (kubeconfig) await step(`RuntimeClass "${cfg.gvisor.runtimeClassName}" and node labels`, () => installKubernetesObjects(kubeconfig, cfg, nodes));
+  // The Kubernetes client is loaded only for clusters with an API (it costs ~80 MB per process).
+  if (kubeconfig) await step(`RuntimeClass "${cfg.gvisor.runtimeClassName}" and node labels`, async () => (await import('./kube.ts')).installKubernetesObjects(kubeconfig, cfg, nodes));
   return { bins, image };
 }
 

@@ -9,8 +9,8 @@ import { InfrastructureError } from './errors.ts';
 import { isGVisorNode } from './installer.ts';
 import { openNode, type NodeAccess } from './node.ts';
 import { SandboxStartError, runOneShot, type OneShotResult } from './sandbox.ts';
-import { api, createRunNamespace, kubeConfig, runPodToCompletion, testPod } from './kube.ts';
-import * as k8s from '@kubernetes/client-node';
+// Types only: the Kubernetes client (~80 MB per process) is loaded when a run has a cluster API.
+import type * as k8s from '@kubernetes/client-node';
 import { randomBytes } from 'node:crypto';
 
 // What a suite file sees: the run plan the CLI wrote, node access opened once per suite file,
@@ -152,27 +152,28 @@ export class SuiteContext {
     }
   }
 
-  private kubeP?: Promise<{ kc: k8s.KubeConfig; core: k8s.CoreV1Api; nodeApi: k8s.NodeV1Api; registered: Set<string> }>;
+  private kubeP?: Promise<{ kube: typeof import('./kube.ts'); kc: k8s.KubeConfig; core: k8s.CoreV1Api; nodeApi: k8s.NodeV1Api; registered: Set<string> }>;
   private nsP?: Promise<string>;
 
   /** The API, when node `n` is a kubelet's node: then its pods must come through the API (a kubelet kills pods it does not know). */
   private async kubeFor(n: NodeConfig) {
     if (!this.plan.kubeconfig) return undefined;
     this.kubeP ??= (async () => {
-      const kc = kubeConfig(this.plan.kubeconfig!);
-      const core = kc.makeApiClient(k8s.CoreV1Api);
-      const registered = new Set((await api('listing nodes', () => core.listNode())).items.map((x) => x.metadata?.name ?? ''));
-      return { kc, core, nodeApi: kc.makeApiClient(k8s.NodeV1Api), registered };
+      const [kube, { CoreV1Api, NodeV1Api }] = await Promise.all([import('./kube.ts'), import('@kubernetes/client-node')]);
+      const kc = kube.kubeConfig(this.plan.kubeconfig!);
+      const core = kc.makeApiClient(CoreV1Api);
+      const registered = new Set((await kube.api('listing nodes', () => core.listNode())).items.map((x) => x.metadata?.name ?? ''));
+      return { kube, kc, core, nodeApi: kc.makeApiClient(NodeV1Api), registered };
     })();
     const k = await this.kubeP;
     return k.registered.has(n.name) ? k : undefined;
   }
 
   /** This suite's namespace (created once, labelled, deleted by close()). */
-  private namespace(core: k8s.CoreV1Api): Promise<string> {
+  private namespace(kube: typeof import('./kube.ts'), core: k8s.CoreV1Api): Promise<string> {
     this.nsP ??= (async () => {
       const ns = `gvisor-e2e-${this.plan.runId}-${this.suite}`.toLowerCase().slice(0, 63).replace(/-+$/, '');
-      return createRunNamespace(core, ns, this.plan.runId);
+      return kube.createRunNamespace(core, ns, this.plan.runId);
     })();
     return this.nsP;
   }
@@ -183,15 +184,15 @@ export class SuiteContext {
     if (k) {
       let runtimeClassName: string | undefined;
       if (handler !== 'runc') {
-        const classes = await api('listing RuntimeClasses', () => k.nodeApi.listRuntimeClass());
+        const classes = await k.kube.api('listing RuntimeClasses', () => k.nodeApi.listRuntimeClass());
         runtimeClassName = classes.items.find((c) => c.handler === handler)?.metadata?.name;
         if (!runtimeClassName) throw new SandboxStartError(handler, n.name, `no RuntimeClass in the cluster has handler "${handler}"`);
       }
-      const ns = await this.namespace(k.core);
+      const ns = await this.namespace(k.kube, k.core);
       const podName = `${name}-${randomBytes(3).toString('hex')}`;
-      const r = await runPodToCompletion(
+      const r = await k.kube.runPodToCompletion(
         k.kc,
-        testPod({ name: podName, namespace: ns, runId: this.plan.runId, image: this.plan.image.image, command }, { nodeName: n.name, runtimeClassName }),
+        k.kube.testPod({ name: podName, namespace: ns, runId: this.plan.runId, image: this.plan.image.image, command }, { nodeName: n.name, runtimeClassName }),
         durationMs(this.config.timeouts.container) * 2,
       );
       return { podId: r.pod.metadata?.uid ?? '', exitCode: r.exitCode, output: r.logs, runtimeType: '', runtimeHandler: handler, reason: r.pod.status?.reason ?? '' };
