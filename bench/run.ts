@@ -1,5 +1,5 @@
 import { execFileSync, spawnSync } from 'node:child_process';
-import { cpus, totalmem } from 'node:os';
+import { cpus, loadavg, totalmem } from 'node:os';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
@@ -47,7 +47,7 @@ function summary(): RunSummary {
 
 const result: Record<string, unknown> = {
   date: new Date().toISOString(),
-  machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, memoryGiB: +(totalmem() / 2 ** 30).toFixed(1), kernel: execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim(), node: process.version },
+  machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, memoryGiB: +(totalmem() / 2 ** 30).toFixed(1), loadAverageAtStart: loadavg().map((x) => +x.toFixed(2)), kernel: execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim(), node: process.version },
 };
 try {
   // Cold start: up + install (binaries cached), until the suites could start.
