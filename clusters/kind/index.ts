@@ -36,6 +36,13 @@ export const defaultRunner: Runner = (argv, opts = {}) =>
     });
   });
 
+/** kind's own error (from its "ERROR:" line on), without its progress lines and warnings. */
+export function kindError(r: CommandResult): string {
+  const out = r.stderr.trim() || r.stdout.trim();
+  const at = out.indexOf('ERROR:');
+  return (at >= 0 ? out.slice(at) : out).trim().slice(-1500);
+}
+
 function firstLine(r: CommandResult): string {
   return (r.stderr.trim() || r.stdout.trim()).split('\n').filter(Boolean).slice(-1)[0] ?? `exit ${r.code}`;
 }
@@ -113,7 +120,7 @@ export class KindProvider {
 
   private async mustKind(args: string[], timeoutMs?: number): Promise<string> {
     const r = await this.kindCmd(args, timeoutMs);
-    if (r.code !== 0) throw new InfrastructureError(`kind ${args.slice(0, 2).join(' ')} (cluster "${this.spec.name}") exited ${r.code}: ${(r.stderr.trim() || r.stdout.trim()).slice(-1500)}`);
+    if (r.code !== 0) throw new InfrastructureError(`kind ${args.slice(0, 2).join(' ')} (cluster "${this.spec.name}") exited ${r.code}: ${kindError(r)}`);
     return r.stdout;
   }
 
@@ -177,7 +184,9 @@ export class KindProvider {
       );
     } catch (e) {
       log('error', `bringing up kind cluster "${this.spec.name}" failed; exporting its logs, then deleting it`);
-      const logs = await this.exportLogs().catch((x: Error) => `(kind export logs failed: ${x.message})`);
+      const logs = (await this.clusterExists().catch(() => true))
+        ? await this.exportLogs().catch((x: Error) => `none: kind export logs failed: ${x.message}`)
+        : 'none: kind made no node';
       await this.down().catch((x: Error) => log('error', `deleting kind cluster "${this.spec.name}" failed: ${x.message}`));
       throw new InfrastructureError(`kind cluster "${this.spec.name}": ${(e as Error).message} (kind logs: ${logs})`, { cause: e });
     }
@@ -189,7 +198,12 @@ export class KindProvider {
     const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '');
     const dir = resolve(this.cfg.reportsDir, 'kind-logs', `${this.spec.name}-${stamp}`);
     mkdirSync(dir, { recursive: true });
-    await this.mustKind(['export', 'logs', dir, '--name', this.spec.name], 300_000);
+    try {
+      await this.mustKind(['export', 'logs', dir, '--name', this.spec.name], 300_000);
+    } catch (e) {
+      rmSync(dir, { recursive: true, force: true });
+      throw e;
+    }
     return dir;
   }
 

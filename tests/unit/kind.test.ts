@@ -195,21 +195,41 @@ describe('kind provider command sequence', () => {
   });
 
   it('a failed create exports kind logs into the reports dir, deletes the cluster and is an InfrastructureError', async () => {
+    let created = false;
     const rec = recorder((cmd) => {
       if (cmd.startsWith('docker info')) return ENGINE_OK;
-      if (cmd.startsWith('kind create cluster')) return { code: 1, stderr: 'ERROR: failed to create cluster: failed to pull image "kindest/node:v1.35.4"' };
+      // --retain: kind leaves the nodes of a failed create for us to collect logs from.
+      if (cmd === 'kind get clusters') return { stdout: created ? 'fail\n' : '' };
+      if (cmd.startsWith('kind create cluster')) {
+        created = true;
+        return { code: 1, stderr: ' ✗ Starting control-plane 🕹️\nERROR: failed to create cluster: failed to init node with kubeadm' };
+      }
       return undefined;
     });
     const { p, cfg, state } = provider(rec, 'fail');
     const err = await p.up().catch((e: Error) => e);
     expect(err).toBeInstanceOf(InfrastructureError);
-    expect((err as Error).message).toContain('failed to pull image');
+    expect((err as Error).message).toContain('exited 1: ERROR: failed to create cluster: failed to init node with kubeadm');
+    expect((err as Error).message).not.toContain('Starting control-plane');
     const logsCall = rec.calls.find((c) => c.startsWith('kind export logs'))!;
     expect(logsCall).toMatch(new RegExp(`^kind export logs ${cfg.reportsDir}/kind-logs/fail-\\d{8}T\\d{6} --name fail$`));
     expect((err as Error).message).toContain(`${cfg.reportsDir}/kind-logs/fail-`);
     const after = rec.calls.slice(rec.calls.indexOf(logsCall) + 1);
     expect(after).toEqual(['docker info --format {{.ServerVersion}}', `kind delete cluster --name fail --kubeconfig ${state}/kubeconfig`]);
     expect(existsSync(state)).toBe(false);
+  });
+
+  it('a create that made no node exports nothing and says so', async () => {
+    const rec = recorder((cmd) => {
+      if (cmd.startsWith('docker info')) return ENGINE_OK;
+      if (cmd.startsWith('kind create cluster')) return { code: 1, stderr: 'ERROR: failed to create cluster: failed to pull image "kindest/node:v1.35.4"' };
+      return undefined;
+    });
+    const { p, cfg } = provider(rec, 'noimage');
+    await expect(p.up()).rejects.toThrow(/failed to pull image "kindest\/node:v1\.35\.4" \(kind logs: none: kind made no node\)$/);
+    expect(rec.calls.some((c) => c.startsWith('kind export logs'))).toBe(false);
+    expect(rec.calls.at(-1)).toMatch(/^kind delete cluster --name noimage /);
+    expect(existsSync(join(cfg.reportsDir, 'kind-logs'))).toBe(false);
   });
 
   it('without an engine, up says so plainly and runs no kind command', async () => {

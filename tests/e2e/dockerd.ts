@@ -1,0 +1,123 @@
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { until } from '../../harness/wait.ts';
+
+// A Docker engine of the test's own: Debian's dockerd with its own containerd, data-root,
+// exec-root, pidfile and socket, in a network + mount namespace of its own (so its bridges,
+// iptables and overlay mounts never touch the host's, and vanish with the namespace).
+// Reach it with DOCKER_HOST=<host>. stop() ends the namespace's processes and removes the dir.
+
+export interface PrivateDockerd {
+  /** unix://…/docker.sock, for DOCKER_HOST. */
+  host: string;
+  dir: string;
+  /** dockerd's log (for a failing test's message). */
+  log(): string;
+  stop(): Promise<void>;
+}
+
+export function dockerdAvailable(): string | undefined {
+  for (const bin of ['dockerd', 'containerd', 'unshare']) {
+    try {
+      execFileSync('sh', ['-c', `command -v ${bin}`], { stdio: 'ignore' });
+    } catch {
+      return `${bin} not found (apt-get install docker.io)`;
+    }
+  }
+  return undefined;
+}
+
+export async function startPrivateDockerd(): Promise<PrivateDockerd> {
+  // Short path: unix socket paths are limited to 107 bytes.
+  const dir = mkdtempSync('/tmp/gve2e-dockerd-');
+  const sock = join(dir, 'docker.sock');
+  const ctrSock = join(dir, 'containerd.sock');
+  writeFileSync(
+    join(dir, 'containerd.toml'),
+    [
+      'version = 2',
+      `root = "${dir}/containerd-root"`,
+      `state = "${dir}/containerd-state"`,
+      // dockerd needs containerd's image/content/runtime services, not its CRI server.
+      'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
+      '[grpc]',
+      `  address = "${ctrSock}"`,
+      '[ttrpc]',
+      `  address = "${ctrSock}.ttrpc"`,
+      '',
+    ].join('\n'),
+  );
+  const script = [
+    'set -e',
+    // Mounts made inside (overlay2 layers, netns files) stay inside.
+    'mount --make-rprivate /',
+    'ip link set lo up',
+    `containerd --config ${dir}/containerd.toml >${dir}/containerd.log 2>&1 &`,
+    `i=0; while [ ! -S ${ctrSock} ]; do i=$((i+1)); [ $i -lt 100 ] || { echo "containerd did not start" >&2; exit 1; }; sleep 0.1; done`,
+    `exec dockerd --host unix://${sock} --containerd ${ctrSock} --data-root ${dir}/data --exec-root ${dir}/exec --pidfile ${dir}/docker.pid ` +
+      `--storage-driver overlay2 --iptables=false --ip6tables=false --ip-masq=false --bridge=none --userland-proxy=false >${dir}/dockerd.log 2>&1`,
+  ].join('\n');
+  const child: ChildProcess = spawn('unshare', ['--net', '--mount', '--fork', 'sh', '-c', script], { stdio: 'ignore', detached: true });
+  let exited: string | undefined;
+  child.on('exit', (code, sig) => {
+    exited = `exited ${code ?? sig}`;
+  });
+  const logOf = (f: string) => (existsSync(join(dir, f)) ? readFileSync(join(dir, f), 'utf8') : '');
+  const stop = async () => {
+    try {
+      process.kill(-child.pid!, 'SIGTERM');
+    } catch {
+      /* already gone */
+    }
+    await until('the private dockerd and its containerd to exit', 20_000, () => exited !== undefined || !alive(child.pid!)).catch(() => {
+      try {
+        process.kill(-child.pid!, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    });
+    // Processes of the group that outlive the leader (containerd) are ended too.
+    await until('every process of the private dockerd group to exit', 10_000, () => groupEmpty(child.pid!));
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    await until(
+      () => `the private dockerd to answer on ${sock} (${exited ?? 'running'}; dockerd.log: ${logOf('dockerd.log').slice(-600)}; containerd.log: ${logOf('containerd.log').slice(-300)})`,
+      60_000,
+      () => {
+        if (exited) throw new Error(`private dockerd ${exited}: ${logOf('dockerd.log').slice(-800)} ${logOf('containerd.log').slice(-400)}`);
+        try {
+          execFileSync('docker', ['-H', `unix://${sock}`, 'info', '--format', '{{.ServerVersion}}'], { stdio: 'ignore', timeout: 10_000 });
+          return true;
+        } catch {
+          return false;
+        }
+      },
+      250,
+    );
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+  return { host: `unix://${sock}`, dir, log: () => logOf('dockerd.log'), stop };
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** No process left in the process group `pgid`. */
+export function groupEmpty(pgid: number): boolean {
+  try {
+    process.kill(-pgid, 0);
+    return false;
+  } catch {
+    return true;
+  }
+}
