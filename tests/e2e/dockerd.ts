@@ -28,7 +28,7 @@ export function dockerdAvailable(): string | undefined {
   return undefined;
 }
 
-export async function startPrivateDockerd(): Promise<PrivateDockerd> {
+export async function startPrivateDockerd(opts: { extraArgs?: string[] } = {}): Promise<PrivateDockerd> {
   // Short path: unix socket paths are limited to 107 bytes.
   const dir = mkdtempSync('/tmp/gve2e-dockerd-');
   const sock = join(dir, 'docker.sock');
@@ -56,7 +56,7 @@ export async function startPrivateDockerd(): Promise<PrivateDockerd> {
     `containerd --config ${dir}/containerd.toml >${dir}/containerd.log 2>&1 &`,
     `i=0; while [ ! -S ${ctrSock} ]; do i=$((i+1)); [ $i -lt 100 ] || { echo "containerd did not start" >&2; exit 1; }; sleep 0.1; done`,
     `exec dockerd --host unix://${sock} --containerd ${ctrSock} --data-root ${dir}/data --exec-root ${dir}/exec --pidfile ${dir}/docker.pid ` +
-      `--storage-driver overlay2 --iptables=false --ip6tables=false --ip-masq=false --bridge=none --userland-proxy=false >${dir}/dockerd.log 2>&1`,
+      `--storage-driver overlay2 --iptables=false --ip6tables=false --ip-masq=false --bridge=none --userland-proxy=false ${(opts.extraArgs ?? []).join(' ')} >${dir}/dockerd.log 2>&1`,
   ].join('\n');
   const child: ChildProcess = spawn('unshare', ['--net', '--mount', '--fork', 'sh', '-c', script], { stdio: 'ignore', detached: true });
   let exited: string | undefined;
