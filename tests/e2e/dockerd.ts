@@ -28,9 +28,58 @@ export function dockerdAvailable(): string | undefined {
   return undefined;
 }
 
+// Capability names by number (linux/capability.h), to name what this machine's bounding set lacks.
+const CAPS = [
+  'CHOWN', 'DAC_OVERRIDE', 'DAC_READ_SEARCH', 'FOWNER', 'FSETID', 'KILL', 'SETGID', 'SETUID', 'SETPCAP', 'LINUX_IMMUTABLE',
+  'NET_BIND_SERVICE', 'NET_BROADCAST', 'NET_ADMIN', 'NET_RAW', 'IPC_LOCK', 'IPC_OWNER', 'SYS_MODULE', 'SYS_RAWIO', 'SYS_CHROOT',
+  'SYS_PTRACE', 'SYS_PACCT', 'SYS_ADMIN', 'SYS_BOOT', 'SYS_NICE', 'SYS_RESOURCE', 'SYS_TIME', 'SYS_TTY_CONFIG', 'MKNOD', 'LEASE',
+  'AUDIT_WRITE', 'AUDIT_CONTROL', 'SETFCAP', 'MAC_OVERRIDE', 'MAC_ADMIN', 'SYSLOG', 'WAKE_ALARM', 'BLOCK_SUSPEND', 'AUDIT_READ',
+  'PERFMON', 'BPF', 'CHECKPOINT_RESTORE',
+];
+
+/** Capabilities docker grants privileged containers that this process's bounding set lacks (here: CAP_SYS_RESOURCE). */
+export function missingCapabilities(): string[] {
+  const bnd = BigInt(`0x${/^CapBnd:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))![1]}`);
+  return CAPS.map((c, i) => ((bnd >> BigInt(i)) & 1n ? '' : `CAP_${c}`)).filter(Boolean);
+}
+
+/**
+ * A runc wrapper that drops the capabilities this machine cannot grant from a container's config
+ * (create/run) and an exec's process spec: docker gives `--privileged` containers (every kind node,
+ * and every `docker exec --privileged` kind runs) all capabilities, and runc fails with "unable to
+ * apply caps: operation not permitted" when one is outside the bounding set.
+ */
+function writeCapDropRuntime(path: string, caps: string[]): void {
+  // Docker writes compact JSON ("CAP_X","CAP_Y"): removing a quoted name with one comma keeps it valid.
+  const sed = caps.map((c) => `s/"${c}",//g; s/,"${c}"//g; s/"${c}"//g`).join('; ');
+  writeFileSync(
+    path,
+    [
+      '#!/bin/sh',
+      'prev=; bundle=; proc=',
+      'for a in "$@"; do',
+      '  case "$prev" in --bundle|-b) bundle=$a;; --process|-p) proc=$a;; esac',
+      '  case "$a" in --bundle=*) bundle=${a#--bundle=};; --process=*) proc=${a#--process=};; esac',
+      '  prev=$a',
+      'done',
+      `[ -z "$bundle" ] || [ ! -f "$bundle/config.json" ] || sed -i '${sed}' "$bundle/config.json"`,
+      `[ -z "$proc" ] || [ ! -f "$proc" ] || sed -i '${sed}' "$proc"`,
+      'exec runc "$@"',
+      '',
+    ].join('\n'),
+    { mode: 0o755 },
+  );
+}
+
 export async function startPrivateDockerd(opts: { extraArgs?: string[] } = {}): Promise<PrivateDockerd> {
   // Short path: unix socket paths are limited to 107 bytes.
   const dir = mkdtempSync('/tmp/gve2e-dockerd-');
+  const extraArgs = [...(opts.extraArgs ?? [])];
+  const missing = missingCapabilities();
+  if (missing.length > 0) {
+    writeCapDropRuntime(join(dir, 'runc-capdrop'), missing);
+    extraArgs.push('--add-runtime', `capdrop=${dir}/runc-capdrop`, '--default-runtime', 'capdrop');
+  }
   const sock = join(dir, 'docker.sock');
   const ctrSock = join(dir, 'containerd.sock');
   writeFileSync(
@@ -56,7 +105,7 @@ export async function startPrivateDockerd(opts: { extraArgs?: string[] } = {}): 
     `containerd --config ${dir}/containerd.toml >${dir}/containerd.log 2>&1 &`,
     `i=0; while [ ! -S ${ctrSock} ]; do i=$((i+1)); [ $i -lt 100 ] || { echo "containerd did not start" >&2; exit 1; }; sleep 0.1; done`,
     `exec dockerd --host unix://${sock} --containerd ${ctrSock} --data-root ${dir}/data --exec-root ${dir}/exec --pidfile ${dir}/docker.pid ` +
-      `--storage-driver overlay2 --iptables=false --ip6tables=false --ip-masq=false --bridge=none --userland-proxy=false ${(opts.extraArgs ?? []).join(' ')} >${dir}/dockerd.log 2>&1`,
+      `--storage-driver overlay2 --iptables=false --ip6tables=false --ip-masq=false --bridge=none --userland-proxy=false ${extraArgs.join(' ')} >${dir}/dockerd.log 2>&1`,
   ].join('\n');
   const child: ChildProcess = spawn('unshare', ['--net', '--mount', '--fork', 'sh', '-c', script], { stdio: 'ignore', detached: true });
   let exited: string | undefined;

@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
@@ -217,6 +217,31 @@ describe('kind provider command sequence', () => {
     const after = rec.calls.slice(rec.calls.indexOf(logsCall) + 1);
     expect(after).toEqual(['docker info --format {{.ServerVersion}}', `kind delete cluster --name fail --kubeconfig ${state}/kubeconfig`]);
     expect(existsSync(state)).toBe(false);
+  });
+
+  it('keeps what a partly failed kind export logs collected, and says it is partial', async () => {
+    let created = false;
+    const rec = recorder((cmd) => {
+      if (cmd.startsWith('docker info')) return ENGINE_OK;
+      if (cmd === 'kind get clusters') return { stdout: created ? 'partial\n' : '' };
+      if (cmd.startsWith('kind create cluster')) {
+        created = true;
+        return { code: 1, stderr: 'ERROR: failed to create cluster: failed to init node with kubeadm' };
+      }
+      if (cmd.startsWith('kind export logs')) {
+        const dir = cmd.split(' ')[3]!;
+        mkdirSync(join(dir, 'partial-worker'), { recursive: true });
+        writeFileSync(join(dir, 'partial-worker', 'journal.log'), 'journal');
+        return { code: 1, stderr: 'Exporting logs for cluster "partial" to:\nERROR: [command "docker exec --privileged partial-worker crictl images" failed with error: exit status 126]' };
+      }
+      return undefined;
+    });
+    const { p, cfg } = provider(rec, 'partial');
+    const err = (await p.up().catch((e: Error) => e)) as Error;
+    const m = /\(kind logs: (\S+) \(partial: ERROR: \[command "docker exec --privileged partial-worker crictl images"/.exec(err.message);
+    expect(m, err.message).not.toBeNull();
+    expect(m![1]!.startsWith(join(cfg.reportsDir, 'kind-logs', 'partial-'))).toBe(true);
+    expect(readFileSync(join(m![1]!, 'partial-worker', 'journal.log'), 'utf8')).toBe('journal');
   });
 
   it('a create that made no node exports nothing and says so', async () => {
