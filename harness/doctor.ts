@@ -51,7 +51,7 @@ export async function doctor(cfg: Config): Promise<boolean> {
     }
     if (kinds.has('systemd')) f.push(tool('systemd-nspawn', 'systemd-container', 'systemd nodes'), tool('debootstrap', 'debootstrap', 'systemd node rootfs'));
   } else if (cfg.cluster.provider === 'kind') {
-    f.push(tool('docker', 'docker.io (its CLI)', 'kind drives a Docker engine'));
+    f.push(tool('docker', 'docker.io', 'kind drives a Docker engine'));
     const engine = await dockerEngine();
     f.push({ check: 'Docker engine (docker info)', ok: engine.ok, detail: engine.detail, fix: engine.ok ? undefined : 'start dockerd (apt-get install docker.io), set DOCKER_HOST, or use provider local' });
     f.push({ check: 'kind CLI', ok: true, detail: kindBinarySource(cfg.cluster, which('kind')) });
