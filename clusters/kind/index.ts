@@ -72,6 +72,7 @@ export function kindBinarySource(spec: KindCluster, onPath: string | undefined):
 }
 
 interface State {
+  provider: 'kind';
   cluster: string;
   kubeconfig: string;
   nodes: KindWorker[];
@@ -105,7 +106,11 @@ export class KindProvider {
     return join(this.stateDir, 'state.json');
   }
   private readState(): State | undefined {
-    return existsSync(this.stateFile) ? (JSON.parse(readFileSync(this.stateFile, 'utf8')) as State) : undefined;
+    if (!existsSync(this.stateFile)) return undefined;
+    const s = JSON.parse(readFileSync(this.stateFile, 'utf8')) as State;
+    // The local provider keeps its state under the same <name> by default: never mistake one for the other.
+    if (s.provider !== 'kind') throw new InfrastructureError(`${this.stateFile} belongs to another provider's cluster "${s.cluster}": run \`down\` with that config first, or pick another cluster.name or stateDir`);
+    return s;
   }
 
   kubeconfig(): string | undefined {
@@ -167,7 +172,7 @@ export class KindProvider {
     // kind writes credentials into the kubeconfig: create it private before kind fills it.
     writeFileSync(kubeconfig, '', { mode: 0o600 });
     // Recorded before creating, so that `down` after a crash still deletes the cluster.
-    const state: State = { cluster: this.spec.name, kubeconfig, nodes: workers };
+    const state: State = { provider: 'kind', cluster: this.spec.name, kubeconfig, nodes: workers };
     writeFileSync(this.stateFile, JSON.stringify(state, null, 2), { mode: 0o600 });
     try {
       const wait = this.spec.wait;

@@ -278,6 +278,17 @@ describe('kind provider command sequence', () => {
     expect(rec.calls.some((c) => c.startsWith('kind create') || c.startsWith('kind delete'))).toBe(false);
   });
 
+  it("does not take another provider's state dir for its own", async () => {
+    const rec = recorder((cmd) => (cmd.startsWith('docker info') ? ENGINE_OK : undefined));
+    const { p, state } = provider(rec, 'shared');
+    mkdirSync(state, { recursive: true });
+    writeFileSync(join(state, 'state.json'), JSON.stringify({ cluster: 'shared', nodes: [] }));
+    await expect(p.up()).rejects.toThrow(/state.json belongs to another provider's cluster "shared"/);
+    await expect(p.down()).rejects.toThrow(/belongs to another provider/);
+    expect(rec.calls.some((c) => c.startsWith('kind '))).toBe(false);
+    expect(existsSync(join(state, 'state.json'))).toBe(true);
+  });
+
   it('dockerEngine reports a missing docker CLI', async () => {
     const e = await dockerEngine(async () => ({ code: 127, stdout: '', stderr: '\nspawn docker ENOENT' }));
     expect(e).toEqual({ ok: false, detail: 'no Docker engine is running (docker info: the docker CLI is not installed); the kind provider needs one: start dockerd or use provider local' });
