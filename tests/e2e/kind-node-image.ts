@@ -8,7 +8,8 @@ import { KIND_VERSION, KUBERNETES_VERSION } from '../../harness/versions.ts';
 // A kind node image made on this machine, where no kindest/node can be pulled: a Debian rootfs
 // with systemd, containerd and runc (the cached one systemd nodes boot), plus kind's own base-image
 // files from the sigs.k8s.io/kind module (its entrypoint, containerd config.toml and units), laid
-// out as kind's images/base/Dockerfile does. kind boots it like a kindest/node — systemd as PID 1,
+// out as kind's images/base/Dockerfile does, plus the Debian packages kind's entrypoint needs that
+// the rootfs lacks (iptables), fetched with apt-get download and installed with dpkg in the image. kind boots it like a kindest/node — systemd as PID 1,
 // containerd running, kind's containerd patches applied — up to `kubeadm init`, which it lacks
 // (no Kubernetes control-plane images can be had here).
 
@@ -34,13 +35,22 @@ export async function makeKindNodeImage(o: { dockerHost: string; rootfsTar: stri
     writeFileSync(join(overlay, 'etc/containerd/cri-base.json'), JSON.stringify(spec, null, 2));
     mkdirSync(join(overlay, 'etc/systemd/system/multi-user.target.wants'), { recursive: true });
     for (const u of ['containerd.service', 'undo-mount-hacks.service']) symlinkSync(`/etc/systemd/system/${u}`, join(overlay, 'etc/systemd/system/multi-user.target.wants', u));
-    symlinkSync('/dev/null', join(overlay, 'etc/systemd/system/systemd-binfmt.service'));
+    // binfmt is kernel-global (kind masks it); the cached rootfs's sshd has no host keys and no use here.
+    for (const u of ['systemd-binfmt.service', 'ssh.service']) symlinkSync('/dev/null', join(overlay, 'etc/systemd/system', u));
     mkdirSync(join(overlay, 'etc/kubernetes/manifests'), { recursive: true });
 
+    const debs = join(overlay, 'tmp/kind-debs');
+    mkdirSync(debs, { recursive: true });
+    const missing = missingPackages(o.rootfsTar, ENTRYPOINT_PACKAGES);
+    if (missing.length) execFileSync('apt-get', ['download', ...missing], { cwd: debs, stdio: ['ignore', 'ignore', 'pipe'], timeout: 300_000 });
+
     docker(['import', o.rootfsTar, base]);
-    const id = docker(['create', base, '/bin/true']).trim();
+    const id = docker(['create', base, '/bin/sh', '-c', 'dpkg -i /tmp/kind-debs/*.deb >/dev/null 2>&1 || [ -z "$(ls /tmp/kind-debs)" ]; rm -rf /tmp/kind-debs']).trim();
     try {
-      docker(['cp', '-', `${id}:/`], execFileSync('tar', ['-C', overlay, '--owner=0', '--group=0', '-cf', '-', '.'], { maxBuffer: 64 * 1024 * 1024 }));
+      docker(['cp', '-', `${id}:/`], execFileSync('tar', ['-C', overlay, '--owner=0', '--group=0', '-cf', '-', '.'], { maxBuffer: 512 * 1024 * 1024 }));
+      docker(['start', '-a', id]);
+      const code = docker(['inspect', '--format', '{{.State.ExitCode}}', id]).trim();
+      if (code !== '0') throw new Error(`installing ${missing.join(', ')} into the kind node image failed (dpkg exit ${code})`);
       // systemd needs `container` to know it runs in one; kind starts the entrypoint with /sbin/init.
       docker(['commit', '--change', 'ENV container=docker', '--change', 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]', '--change', 'CMD []', id, o.tag]);
     } finally {
@@ -50,4 +60,16 @@ export async function makeKindNodeImage(o: { dockerHost: string; rootfsTar: stri
   } finally {
     rmSync(overlay, { recursive: true, force: true });
   }
+}
+
+/** What kind's entrypoint runs that a minimal Debian may lack (select_iptables: update-alternatives to iptables-legacy/-nft). */
+const ENTRYPOINT_PACKAGES = ['iptables'];
+
+/** `pkgs` and their dependencies that the rootfs's dpkg database does not list as installed. */
+function missingPackages(rootfsTar: string, pkgs: string[]): string[] {
+  const status = execFileSync('tar', ['-xOf', rootfsTar, './var/lib/dpkg/status'], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
+  const installed = new Set([...status.matchAll(/^Package: (\S+)$/gm)].map((m) => m[1]!));
+  const deps = execFileSync('apt-cache', ['depends', '--recurse', '--no-recommends', '--no-suggests', '--no-conflicts', '--no-breaks', '--no-replaces', '--no-enhances', ...pkgs], { encoding: 'utf8' });
+  // Real package names start a line; indented lines are relations, <name> lines virtual packages.
+  return [...new Set(deps.split('\n').filter((l) => /^[a-z0-9]/.test(l)))].filter((p) => !installed.has(p));
 }
