@@ -4,8 +4,8 @@ import { join } from 'node:path';
 import { until } from '../../harness/wait.ts';
 
 // A Docker engine of the test's own: Debian's dockerd with its own containerd, data-root,
-// exec-root, pidfile and socket, in a network + mount namespace of its own (so its bridges,
-// iptables and overlay mounts never touch the host's, and vanish with the namespace).
+// exec-root, pidfile and socket, in a network, mount and PID namespace of its own (so its bridges,
+// iptables, overlay mounts and processes never touch the host's, and vanish with the namespace).
 // Reach it with DOCKER_HOST=<host>. stop() ends the namespace's processes and removes the dir.
 
 export interface PrivateDockerd {
@@ -107,13 +107,22 @@ export async function startPrivateDockerd(opts: { extraArgs?: string[] } = {}): 
     `exec dockerd --host unix://${sock} --containerd ${ctrSock} --data-root ${dir}/data --exec-root ${dir}/exec --pidfile ${dir}/docker.pid ` +
       `--storage-driver overlay2 --iptables=false --ip6tables=false --ip-masq=false --bridge=none --userland-proxy=false ${extraArgs.join(' ')} >${dir}/dockerd.log 2>&1`,
   ].join('\n');
-  const child: ChildProcess = spawn('unshare', ['--net', '--mount', '--fork', 'sh', '-c', script], { stdio: 'ignore', detached: true });
+  // A PID namespace too: shims daemonize out of our process group, and node containers run systemd;
+  // when dockerd (the namespace's init) exits, the kernel ends every process left in it.
+  const child: ChildProcess = spawn('unshare', ['--net', '--mount', '--pid', '--fork', '--mount-proc', 'sh', '-c', script], { stdio: 'ignore', detached: true });
   let exited: string | undefined;
   child.on('exit', (code, sig) => {
     exited = `exited ${code ?? sig}`;
   });
   const logOf = (f: string) => (existsSync(join(dir, f)) ? readFileSync(join(dir, f), 'utf8') : '');
   const stop = async () => {
+    // Containers first, the way docker removes them (best effort: the namespace is the backstop).
+    try {
+      const ids = execFileSync('docker', ['-H', `unix://${sock}`, 'ps', '-aq'], { encoding: 'utf8', timeout: 20_000 }).split('\n').filter(Boolean);
+      if (ids.length) execFileSync('docker', ['-H', `unix://${sock}`, 'rm', '-f', ...ids], { stdio: 'ignore', timeout: 60_000 });
+    } catch {
+      /* dockerd already gone */
+    }
     try {
       process.kill(-child.pid!, 'SIGTERM');
     } catch {
