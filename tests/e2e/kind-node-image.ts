@@ -42,7 +42,16 @@ export async function makeKindNodeImage(o: { dockerHost: string; rootfsTar: stri
     const debs = join(overlay, 'tmp/kind-debs');
     mkdirSync(debs, { recursive: true });
     const missing = missingPackages(o.rootfsTar, ENTRYPOINT_PACKAGES);
-    if (missing.length) execFileSync('apt-get', ['download', ...missing], { cwd: debs, stdio: ['ignore', 'ignore', 'pipe'], timeout: 300_000 });
+    if (missing.length) {
+      const download = () => execFileSync('apt-get', ['download', ...missing], { cwd: debs, stdio: ['ignore', 'ignore', 'pipe'], timeout: 300_000 });
+      try {
+        download();
+      } catch {
+        // Package lists older than the mirror name files it no longer has: refresh them once.
+        execFileSync('apt-get', ['update', '-qq'], { stdio: 'ignore', timeout: 300_000 });
+        download();
+      }
+    }
 
     docker(['import', o.rootfsTar, base]);
     const id = docker(['create', base, '/bin/sh', '-c', 'dpkg -i /tmp/kind-debs/*.deb >/dev/null 2>&1 || [ -z "$(ls /tmp/kind-debs)" ]; rm -rf /tmp/kind-debs']).trim();
