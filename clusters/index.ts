@@ -1,9 +1,10 @@
 import type { Config, NodeConfig } from '../harness/config.ts';
+import { KindProvider } from './kind/index.ts';
 import { LocalProvider } from './local/index.ts';
 
 // A cluster provider makes (or finds) the nodes a run tests, and removes what it made.
 // "nodes": hosts the user already has. "local": the embedded default on this machine.
-// (kind, VMs and existing Kubernetes clusters come as further providers.)
+// "kind": a kind cluster in a Docker engine. (VMs and existing Kubernetes clusters come as further providers.)
 
 export interface ClusterProvider {
   readonly kind: string;
@@ -35,5 +36,7 @@ export function providerFor(cfg: Config): ClusterProvider {
       return new NodesProvider(cfg.cluster.nodes);
     case 'local':
       return new LocalProvider(cfg.cluster);
+    case 'kind':
+      return new KindProvider({ ...cfg, cluster: cfg.cluster });
   }
 }

@@ -4,6 +4,7 @@ import { parseDocument } from 'yaml';
 import { z } from 'zod';
 import { ConfigError } from './errors.ts';
 import { log } from './log.ts';
+import { KIND_NODE_IMAGE } from './versions.ts';
 
 // One YAML file describes the whole run. Unknown keys are errors (a typo must not silently
 // change what is tested); the one deliberate exception is gVisor's configFlags, where we copy
@@ -102,6 +103,48 @@ const containerdSchema = z
   })
   .strict();
 
+const labelValue = z.string().regex(/^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$/, 'a Kubernetes label value (at most 63 characters: alphanumerics, "-", "_", ".")');
+
+/** kind v1alpha4 Mount (the fields kind accepts), for cluster.extraMounts. */
+const kindMount = z
+  .object({
+    hostPath: z.string().min(1),
+    containerPath: z.string().startsWith('/'),
+    readOnly: z.boolean().optional(),
+    propagation: z.enum(['None', 'HostToContainer', 'Bidirectional']).optional(),
+  })
+  .strict();
+
+const kindCluster = z
+  .object({
+    /** "kind": a kind cluster (Kubernetes in Docker containers), made with the kind CLI; needs a running Docker engine. */
+    provider: z.literal('kind'),
+    /** kind cluster name; the node containers are <name>-control-plane, <name>-worker, <name>-worker2, … */
+    name: z.string().regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'a DNS-1123 name (kind: lowercase alphanumerics, "-", ".")').default('gvisor-e2e'),
+    stateDir: z.string().optional(),
+    /** The kindest/node image every node boots (pinned in harness/versions.ts). */
+    nodeImage: z.string().min(1).default(KIND_NODE_IMAGE),
+    /** A kind binary to use; default: `kind` on PATH, else built from its Go module. */
+    kindBinary: z.string().min(1).optional(),
+    /** How long `kind create cluster --wait` waits for the control plane to be Ready. */
+    wait: duration.default('5m'),
+    pools: z
+      .array(
+        z
+          .object({
+            name: labelValue.pipe(z.string().min(1)),
+            nodes: z.number().int().min(1).max(16).default(1),
+            /** Extra node labels for this pool's nodes. */
+            labels: z.record(z.string(), labelValue).default({}),
+          })
+          .strict(),
+      )
+      .min(1),
+    /** Host directories mounted into every node container (kind extraMounts). */
+    extraMounts: z.array(kindMount).default([]),
+  })
+  .strict();
+
 export const SUITE_NAMES = ['runsc-installation', 'sandbox-dmesg', 'net-raw', 'limit-nofile', 'runtimeclass-scheduling'] as const;
 export type SuiteName = (typeof SUITE_NAMES)[number];
 
@@ -144,6 +187,7 @@ export const configSchema = z
             .min(1),
         })
         .strict(),
+      kindCluster,
     ]),
     gvisor: gvisorSchema,
     containerd: containerdSchema.default({ enableLimitNoFile: false }),
@@ -167,6 +211,17 @@ export const configSchema = z
   })
   .strict()
   .superRefine((c, ctx) => {
+    if (c.cluster.provider === 'kind') {
+      const seen = new Set<string>();
+      c.cluster.pools.forEach((p, i) => {
+        if (seen.has(p.name)) ctx.addIssue({ code: 'custom', path: ['cluster', 'pools', i, 'name'], message: `duplicate pool name "${p.name}"` });
+        seen.add(p.name);
+      });
+      c.gvisor.pools.forEach((p, i) => {
+        if (!seen.has(p)) ctx.addIssue({ code: 'custom', path: ['gvisor', 'pools', i], message: `no pool "${p}" in cluster.pools (pools: ${[...seen].join(', ')})` });
+      });
+      return;
+    }
     if (c.cluster.provider === 'local') {
       const pools = new Set(c.cluster.pools.map((p) => p.name));
       c.gvisor.pools.forEach((p, i) => {
@@ -198,6 +253,7 @@ export type Config = z.infer<typeof configSchema>;
 export type NodeConfig = z.infer<typeof nodeSchema>;
 export type NodesCluster = Extract<Config['cluster'], { provider: 'nodes' }>;
 export type LocalCluster = Extract<Config['cluster'], { provider: 'local' }>;
+export type KindCluster = Extract<Config['cluster'], { provider: 'kind' }>;
 
 /** Parses one node entry (the local provider builds them programmatically). */
 export function nodeConfig(input: z.input<typeof nodeSchema>): NodeConfig {
@@ -272,6 +328,11 @@ export function loadConfig(file: string): Config {
   const base = dirname(resolve(file));
   if (cfg.cluster.provider === 'local' && cfg.cluster.stateDir) cfg.cluster.stateDir = resolve(base, cfg.cluster.stateDir);
   if (cfg.cluster.provider === 'local' && cfg.cluster.kubernetesBinDir) cfg.cluster.kubernetesBinDir = resolve(base, cfg.cluster.kubernetesBinDir);
+  if (cfg.cluster.provider === 'kind') {
+    if (cfg.cluster.stateDir) cfg.cluster.stateDir = resolve(base, cfg.cluster.stateDir);
+    if (cfg.cluster.kindBinary?.includes('/')) cfg.cluster.kindBinary = resolve(base, cfg.cluster.kindBinary);
+    for (const m of cfg.cluster.extraMounts) m.hostPath = resolve(base, m.hostPath);
+  }
   for (const n of cfg.cluster.provider === 'nodes' ? cfg.cluster.nodes : []) {
     if (n.access.type === 'ssh') {
       n.access.privateKeyPath = resolve(base, n.access.privateKeyPath);
@@ -290,7 +351,7 @@ export function selectSuites(cfg: Config, only?: string[], skip: string[] = []):
     }
   }
   // The scheduling suite needs a Kubernetes API; by default it runs where the cluster has one.
-  const kube = cfg.cluster.provider === 'local' && cfg.cluster.kubernetes;
+  const kube = (cfg.cluster.provider === 'local' && cfg.cluster.kubernetes) || cfg.cluster.provider === 'kind';
   const base = only?.length ? (only as SuiteName[]) : (cfg.suites.include ?? SUITE_NAMES.filter((s) => kube || s !== 'runtimeclass-scheduling'));
   const skipped = new Set([...cfg.suites.skip, ...skip]);
   return SUITE_NAMES.filter((s) => base.includes(s) && !skipped.has(s));

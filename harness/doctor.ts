@@ -4,6 +4,7 @@ import Table from 'cli-table3';
 import type { Config } from './config.ts';
 import { CriClient } from './cri.ts';
 import { openNode, sh } from './node.ts';
+import { dockerEngine, kindBinarySource } from '../clusters/kind/index.ts';
 
 // Says what this machine and the nodes lack for the chosen cluster, and how to get it —
 // before a long run fails half way.
@@ -49,6 +50,15 @@ export async function doctor(cfg: Config): Promise<boolean> {
       f.push(file('/usr/lib/cni/bridge', 'containernetworking-plugins', 'pod network'));
     }
     if (kinds.has('systemd')) f.push(tool('systemd-nspawn', 'systemd-container', 'systemd nodes'), tool('debootstrap', 'debootstrap', 'systemd node rootfs'));
+  } else if (cfg.cluster.provider === 'kind') {
+    f.push(tool('docker', 'docker.io', 'kind drives a Docker engine'));
+    const engine = await dockerEngine();
+    f.push({ check: 'Docker engine (docker info)', ok: engine.ok, detail: engine.detail, fix: engine.ok ? undefined : 'start dockerd (apt-get install docker.io), set DOCKER_HOST, or use provider local' });
+    f.push({ check: 'kind CLI', ok: true, detail: kindBinarySource(cfg.cluster, which('kind')) });
+    if (engine.ok) {
+      const img = execFileSync('sh', ['-c', `docker image inspect --format '{{.Id}}' ${sh(cfg.cluster.nodeImage)} 2>/dev/null || true`], { encoding: 'utf8' }).trim();
+      f.push({ check: `node image ${cfg.cluster.nodeImage}`, ok: true, detail: img ? `present (${img.slice(0, 19)})` : 'not in the engine: kind will try to pull it' });
+    }
   } else {
     for (const n of cfg.cluster.nodes) {
       const node = openNode(n);

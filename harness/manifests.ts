@@ -131,7 +131,7 @@ export function applyManifest(cfg: Config, spec: GVisorSpec): Config {
       ...systemd,
     ];
   } else {
-    const have = new Set(out.cluster.nodes.map((n) => n.pool));
+    const have = new Set(out.cluster.provider === 'kind' ? out.cluster.pools.map((p) => p.name) : out.cluster.nodes.map((n) => n.pool));
     const missing = spec.pools.filter((p) => !have.has(p));
     if (missing.length) throw new ConfigError(spec.source, [{ path: 'workerPool', message: `no node of the config is in pool(s) ${missing.join(', ')}` }]);
   }

@@ -198,7 +198,8 @@ export async function warm(): Promise<void> {
 /** up → install → suites → (down). The main job. */
 export async function run(cfg: Config, opts: RunOptions = {}): Promise<RunSummary> {
   const suites = selectSuites(cfg, opts.suites, opts.skip);
-  const created = cfg.cluster.provider === 'local';
+  // Clusters the harness made are removed after the run.
+  const created = cfg.cluster.provider === 'local' || cfg.cluster.provider === 'kind';
   let cleaned = false;
   const cleanup = async () => {
     if (cleaned || !created || opts.keep) return;
