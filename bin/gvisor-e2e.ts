@@ -25,7 +25,8 @@ function config(path: string | undefined): Config {
   const file = configFile(path);
   const manifest = program.opts().manifest as string | undefined;
   const cfg = manifest ? applyManifest(loadConfig(file), loadManifest(manifest)) : loadConfig(file);
-  registerKnownSecrets(cfg.cluster.provider === 'nodes' ? cfg.cluster.nodes.flatMap((n) => (n.access.type === 'ssh' ? [n.access.privateKeyPath] : [])) : []);
+  const c = cfg.cluster;
+  registerKnownSecrets(c.provider === 'local' ? [] : c.nodes.flatMap((n) => (n.access.type === 'ssh' ? [n.access.privateKeyPath] : [])), c.provider === 'existing' ? [c.kubeconfig] : []);
   return cfg;
 }
 

@@ -1,4 +1,5 @@
 import type { Config, NodeConfig } from '../harness/config.ts';
+import { ExistingProvider } from './existing/index.ts';
 import { LocalProvider } from './local/index.ts';
 
 // A cluster provider makes (or finds) the nodes a run tests, and removes what it made.
@@ -13,6 +14,10 @@ export interface ClusterProvider {
   down(): Promise<void>;
   /** Admin kubeconfig when the cluster runs Kubernetes (after up). */
   kubeconfig(): string | undefined;
+  /** Where the provider must record what the install created (a cluster the harness does not own): RuntimeClass and labels. */
+  installKubernetesObjects?(nodes: NodeConfig[]): Promise<void>;
+  /** Notes that install changed files on a node, so that down undoes it there. */
+  recordNodeInstall?(node: string): void;
 }
 
 class NodesProvider implements ClusterProvider {
@@ -35,5 +40,7 @@ export function providerFor(cfg: Config): ClusterProvider {
       return new NodesProvider(cfg.cluster.nodes);
     case 'local':
       return new LocalProvider(cfg.cluster);
+    case 'existing':
+      return new ExistingProvider(cfg.cluster, cfg);
   }
 }

@@ -1,0 +1,87 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { loadConfig, parseConfig, selectSuites } from '../../harness/config.ts';
+import { ConfigError } from '../../harness/errors.ts';
+
+// `provider: existing`: a cluster the harness did not create, reached by a kubeconfig.
+
+const EXISTING = (cluster: string, gvisor = '  pools: [gvisor]') => `apiVersion: gvisor-e2e.dev/v1alpha1
+kind: Config
+cluster:
+  provider: existing
+${cluster}
+gvisor:
+${gvisor}
+`;
+
+function messageOf(text: string): string {
+  try {
+    parseConfig(text, 'c.yaml');
+  } catch (e) {
+    expect(e).toBeInstanceOf(ConfigError);
+    return (e as Error).message;
+  }
+  throw new Error('no error');
+}
+
+describe('provider: existing', () => {
+  it('takes a kubeconfig alone: pools default to the gVisor pools, no install, no SSH nodes', () => {
+    const c = parseConfig(EXISTING('  kubeconfig: ./shoot.kubeconfig'), 'c.yaml');
+    expect(c.cluster).toEqual({ provider: 'existing', name: 'existing', kubeconfig: './shoot.kubeconfig', install: false, nodes: [] });
+    // The scheduling suite runs: there is a Kubernetes API.
+    expect(selectSuites(c)).toContain('runtimeclass-scheduling');
+  });
+
+  it('takes pools with selectors, a context, install and SSH nodes without a pool', () => {
+    const c = parseConfig(
+      EXISTING(`  kubeconfig: k
+  context: shoot--dev--demo
+  install: true
+  pools:
+    - name: gvisor
+    - name: plain
+      selector: "worker.gardener.cloud/pool=plain,!node-role.kubernetes.io/control-plane"
+  nodes:
+    - name: gvisor-1
+      access: { type: ssh, host: 10.0.0.5, privateKeyPath: id, hostKeyFingerprint: "SHA256:${'A'.repeat(43)}" }`),
+      'c.yaml',
+    );
+    expect(c.cluster.provider === 'existing' && c.cluster.pools).toEqual([{ name: 'gvisor' }, { name: 'plain', selector: 'worker.gardener.cloud/pool=plain,!node-role.kubernetes.io/control-plane' }]);
+    expect(c.cluster.provider === 'existing' && c.cluster.nodes[0]!.pool).toBeUndefined();
+  });
+
+  it('names the field: missing kubeconfig, bad selector, unknown pool, non-SSH node, unknown key', () => {
+    expect(messageOf(EXISTING('  context: x'))).toContain('cluster.kubeconfig:');
+    expect(messageOf(EXISTING('  kubeconfig: k\n  pools: [{ name: gvisor, selector: "a in (b)" }]'))).toBe(
+      'c.yaml: cluster.pools[0].selector: "a in (b)" is not a label selector like "worker.gardener.cloud/pool=gvisor"',
+    );
+    expect(messageOf(EXISTING('  kubeconfig: k\n  pools: [{ name: plain }]'))).toBe('c.yaml: gvisor.pools[0]: no pool "gvisor" in cluster.pools (pools: plain)');
+    expect(messageOf(EXISTING('  kubeconfig: k\n  nodes: [{ name: n1, access: { type: local } }]'))).toContain('cluster.nodes[0].access.type: expected "ssh"');
+    expect(messageOf(EXISTING('  kubeconfig: k\n  nodes: [{ name: n1, pool: other, access: { type: local } }]'))).toContain('cluster.nodes[0].pool: no pool "other" (pools: gvisor)');
+    expect(messageOf(EXISTING('  kubeconfig: k\n  token: abc'))).toBe('c.yaml: cluster: unknown key(s) "token"');
+  });
+
+  it('access "api" is not for the nodes provider', () => {
+    const text = `apiVersion: gvisor-e2e.dev/v1alpha1
+kind: Config
+cluster:
+  provider: nodes
+  nodes: [{ name: n1, pool: gvisor, access: { type: api } }]
+gvisor: { pools: [gvisor] }
+`;
+    expect(messageOf(text)).toBe('c.yaml: cluster.nodes[0].access.type: access "api" is only for nodes of an existing cluster');
+  });
+
+  it('resolves the kubeconfig and key paths against the config file', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'gvisor-e2e-existing-cfg-'));
+    const file = join(dir, 'c.yaml');
+    writeFileSync(file, EXISTING(`  kubeconfig: sub/kc\n  nodes: [{ name: n1, access: { type: ssh, host: h, privateKeyPath: id, knownHostsPath: kh } }]`));
+    const c = loadConfig(file);
+    expect(c.cluster.provider === 'existing' && [c.cluster.kubeconfig, c.cluster.nodes[0]!.access]).toEqual([
+      join(dir, 'sub/kc'),
+      { type: 'ssh', host: 'h', port: 22, user: 'root', privateKeyPath: join(dir, 'id'), knownHostsPath: join(dir, 'kh') },
+    ]);
+  });
+});
