@@ -9,6 +9,7 @@ import { log, step } from '../../harness/log.ts';
 import { openNode } from '../../harness/node.ts';
 import { registerSecret } from '../../harness/redact.ts';
 import { MANAGED_LABEL, RUN_LABEL } from '../../harness/sandbox.ts';
+import { POOL_LABEL } from '../kube/kubelet.ts';
 import { defaultStateDir } from '../local/index.ts';
 
 // A Kubernetes cluster the harness did not create — typically a Gardener shoot that already runs
@@ -25,8 +26,6 @@ import { defaultStateDir } from '../local/index.ts';
 // cluster that is a privileged workload the PodSecurity admission of a shoot may refuse, and a
 // harness that tests sandboxing should not quietly escape it.
 
-/** Gardener's label on every node of a worker pool (machine-controller-manager sets it). */
-export const POOL_LABEL = 'worker.gardener.cloud/pool';
 /** Marks objects this harness created on a cluster it does not own (the state file is what counts). */
 export const CREATED_BY_ANNOTATION = 'gvisor-e2e.dev/created-by';
 
