@@ -63,7 +63,6 @@ export function parseImageBuilderVars(text: string, source: string, warn: (m: st
     return b;
   };
   out.gvisorRuntime = boolVar('containerd_gvisor_runtime');
-  out.enableLimitNoFile = boolVar('containerd_enable_limit_no_file');
   if (has('containerd_gvisor_version')) {
     const v = String(vars.containerd_gvisor_version);
     if (v === 'latest' || /^\d{8}$/.test(v)) out.gvisorVersion = v;
@@ -87,6 +86,7 @@ export function parseImageBuilderVars(text: string, source: string, warn: (m: st
       }
     }
   }
+  out.enableLimitNoFile = boolVar('containerd_enable_limit_no_file');
   if (issues.length) throw new ConfigError(source, issues);
   return out;
 }
