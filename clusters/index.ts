@@ -16,8 +16,8 @@ export interface ClusterProvider {
   kubeconfig(): string | undefined;
   /** Where the provider must record what the install created (a cluster the harness does not own): RuntimeClass and labels. */
   installKubernetesObjects?(nodes: NodeConfig[]): Promise<void>;
-  /** Notes that install changed files on a node, so that down undoes it there. */
-  recordNodeInstall?(node: string): void;
+  /** Notes that install changed files on a node, or imported the test image there, so that down undoes it. */
+  recordOnNode?(node: string, what: 'files' | 'image'): void;
 }
 
 class NodesProvider implements ClusterProvider {

@@ -94,9 +94,9 @@ export async function install(cfg: Config, nodes: NodeConfig[]): Promise<Install
         if (installFiles) {
           const r = await installNode(node, cfg, bins);
           log('info', `[${n.name}] ${r.changed.length ? `changed: ${r.changed.join(', ')}` : 'already up to date'} (os ${r.facts.osFamily}${r.facts.systemd ? ', systemd' : ''})`);
-          if (r.changed.length) provider.recordNodeInstall?.(n.name);
+          if (r.changed.length) provider.recordOnNode?.(n.name, 'files');
         }
-        await importTestImage(node, image, n.paths.containerdSocket, n.paths.tmpDir);
+        if (await importTestImage(node, image, n.paths.containerdSocket, n.paths.tmpDir)) provider.recordOnNode?.(n.name, 'image');
       });
     } finally {
       await node.close();

@@ -4,9 +4,10 @@ import { join } from 'node:path';
 import { type Config, type ExistingCluster, type NodeConfig, nodeConfig } from '../../harness/config.ts';
 import { ConfigError, InfrastructureError } from '../../harness/errors.ts';
 import { isGVisorNode, uninstallNode } from '../../harness/installer.ts';
-import { api, GVISOR_NODE_LABEL, runtimeClass } from '../../harness/kube.ts';
+import { api, apiError, GVISOR_NODE_LABEL, runtimeClass } from '../../harness/kube.ts';
 import { log, step } from '../../harness/log.ts';
-import { openNode } from '../../harness/node.ts';
+import { buildTestImage } from '../../harness/image.ts';
+import { type NodeAccess, openNode, sh } from '../../harness/node.ts';
 import { registerSecret } from '../../harness/redact.ts';
 import { MANAGED_LABEL, RUN_LABEL } from '../../harness/sandbox.ts';
 import { POOL_LABEL } from '../kube/kubelet.ts';
@@ -37,6 +38,8 @@ interface State {
   nodeLabels: { node: string; key: string; value: string }[];
   /** Nodes whose files `install` changed (over SSH); `down` undoes that install on them. */
   installedNodes: string[];
+  /** Nodes where the harness imported its test image (removed again by down). */
+  imageNodes?: string[];
 }
 
 export class ExistingProvider {
@@ -140,10 +143,11 @@ export class ExistingProvider {
     return nodes;
   }
 
-  /** Notes that `install` changed files on a node (so that down undoes it there, and only there). */
-  recordNodeInstall(node: string): void {
+  /** Notes that `install` changed files on a node or imported the test image there (down undoes it there, and only there). */
+  recordOnNode(node: string, what: 'files' | 'image'): void {
     const s = this.readState();
-    if (!s.installedNodes.includes(node)) s.installedNodes.push(node);
+    const list = what === 'files' ? s.installedNodes : (s.imageNodes ??= []);
+    if (!list.includes(node)) list.push(node);
     this.writeState(s);
   }
 
@@ -187,6 +191,22 @@ export class ExistingProvider {
     log('info', `created RuntimeClass ${name} (removed again by down)`);
   }
 
+  /** Runs fn over SSH on a node of cluster.nodes (down's undo), or says what is left where there is no access. */
+  private async onNode(name: string, what: string, fn: (node: NodeAccess, n: NodeConfig) => Promise<void>): Promise<void> {
+    const spec = this.spec.nodes.find((x) => x.name === name);
+    if (!spec) {
+      log('warn', `${what} on node ${name} stay: it is no longer in cluster.nodes; run down with its SSH access to undo that`);
+      return;
+    }
+    const n = nodeConfig({ ...spec, pool: spec.pool ?? '-' });
+    const node = openNode(n);
+    try {
+      await fn(node, n);
+    } finally {
+      await node.close();
+    }
+  }
+
   async down(): Promise<void> {
     const kc = this.load();
     const core = kc.makeApiClient(k8s.CoreV1Api);
@@ -210,7 +230,7 @@ export class ExistingProvider {
     }
     const json = k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.JsonPatch);
     for (const l of [...state.nodeLabels]) {
-      const node = await core.readNode({ name: l.node }).catch((e: { code?: number }) => (e.code === 404 ? undefined : Promise.reject(e)));
+      const node = await core.readNode({ name: l.node }).catch((e: { code?: number }) => (e.code === 404 ? undefined : Promise.reject(apiError(`reading node ${l.node}`, e))));
       if (node?.metadata?.labels?.[l.key] === l.value) {
         // A JSON patch with a test op: the label goes only if it still has the value we set.
         const path = `/metadata/labels/${l.key.replace(/~/g, '~0').replace(/\//g, '~1')}`;
@@ -220,17 +240,20 @@ export class ExistingProvider {
       state.nodeLabels = state.nodeLabels.filter((x) => x !== l);
       this.writeState(state);
     }
+    for (const name of [...(state.imageNodes ?? [])]) {
+      await this.onNode(name, 'the test image', async (node, n) => {
+        const img = await buildTestImage();
+        await node.exec(`ctr --address ${sh(n.paths.containerdSocket)} -n k8s.io images rm ${sh(img.image)} ${sh(img.pause)}`);
+        log('info', `[${name}] removed the test image`);
+      });
+      state.imageNodes = state.imageNodes!.filter((x) => x !== name);
+      this.writeState(state);
+    }
     for (const name of [...state.installedNodes]) {
-      const n = this.spec.nodes.find((x) => x.name === name);
-      if (n) {
-        const node = openNode(nodeConfig({ ...n, pool: n.pool ?? '-' }));
-        try {
-          const undone = await step(`uninstall from ${name}`, () => uninstallNode(node, this.cfg));
-          log('info', `[${name}] restored/removed: ${undone.join(', ') || 'nothing'}`);
-        } finally {
-          await node.close();
-        }
-      } else log('warn', `node ${name} had files installed by the harness but is no longer in cluster.nodes; run down with its SSH access to undo that`);
+      await this.onNode(name, 'the files install changed', async (node) => {
+        const undone = await step(`uninstall from ${name}`, () => uninstallNode(node, this.cfg));
+        log('info', `[${name}] restored/removed: ${undone.join(', ') || 'nothing'}`);
+      });
       state.installedNodes = state.installedNodes.filter((x) => x !== name);
       this.writeState(state);
     }
