@@ -85,3 +85,13 @@ gvisor: { pools: [gvisor] }
     ]);
   });
 });
+
+describe('a manifest applied to an existing cluster', () => {
+  it("takes the manifest's pools; named cluster.pools must include them", async () => {
+    const { applyManifest } = await import('../../harness/manifests.ts');
+    const spec = { source: 'cr.yaml', pools: ['sandboxed'], allPools: ['sandboxed'], binaryPath: '/var/bin/containerruntimes', configFlags: { 'net-raw': 'true' } };
+    const c = applyManifest(parseConfig(EXISTING('  kubeconfig: k'), 'c.yaml'), spec);
+    expect([c.gvisor.pools, c.gvisor.configFlags]).toEqual([['sandboxed'], { 'net-raw': 'true' }]);
+    expect(() => applyManifest(parseConfig(EXISTING('  kubeconfig: k\n  pools: [{ name: gvisor }]'), 'c.yaml'), spec)).toThrow('cr.yaml: workerPool: cluster.pools of the config has no pool(s) sandboxed');
+  });
+});
