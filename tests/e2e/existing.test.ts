@@ -136,27 +136,47 @@ describe('provider: existing, on a cluster the harness did not create', () => {
     for (const f of filesUnder(reports)) expect(readFileSync(f, 'latin1').includes(token), f).toBe(false);
   });
 
-  it('install: true — creates only what is missing (RuntimeClass, node label) and removes exactly that again', async () => {
-    // The cluster as it would be without the extension's Kubernetes objects.
-    await nodeApi.deleteRuntimeClass({ name: 'gvisor' });
+  it('install: true — adds only what is missing (the node label), tests the RuntimeClass that was there as it is, and removes only the label again', async () => {
+    // The gVisor pool without the extension's node label; the RuntimeClass is there (the customer's).
     await core.patchNode({ name: 'gvisor-1', body: { metadata: { labels: { [GVISOR_NODE_LABEL]: null } } } }, merge);
+    const uid = (await nodeApi.readRuntimeClass({ name: 'gvisor' })).metadata!.uid;
     const r = cli(['--config', existingConfig(true), 'run', '--suite', 'runtimeclass-scheduling', 'net-raw']);
     expect(r.code, r.stderr.slice(-3000)).toBe(0);
-    expect(r.stderr).toContain('created RuntimeClass gvisor (removed again by down)');
     expect(r.stderr).toContain(`labelled node gvisor-1 ${GVISOR_NODE_LABEL}=true`);
     expect(r.stderr).toContain('[gvisor-1] already up to date');
+    expect(r.stderr).not.toContain('created RuntimeClass');
     expect(latestSummary(reports).suites.map((x) => [x.name, x.state])).toEqual([
       ['net-raw', 'passed'],
       ['runtimeclass-scheduling', 'passed'],
     ]);
-    // Down removed what the harness made, and only that.
-    expect(await rcExists('gvisor')).toBe(false);
+    // Down removed the label it added, and nothing else: the RuntimeClass is the same object as before.
     expect(await labelOf('gvisor-1')).toBeUndefined();
+    expect((await nodeApi.readRuntimeClass({ name: 'gvisor' })).metadata!.uid).toBe(uid);
     expect(await rcExists('customer-rc')).toBe(true);
     expect((await core.readNamespace({ name: 'customer' })).status?.phase).toBe('Active');
     expect(existsSync(existingState)).toBe(false);
     expect(r.stdout + r.stderr).not.toContain(token);
     for (const f of filesUnder(reports)) expect(readFileSync(f, 'latin1').includes(token), f).toBe(false);
+  });
+
+  it('install, then down: a RuntimeClass the harness created is recorded by uid and deleted again; the label was there, so it stays', async () => {
+    await nodeApi.deleteRuntimeClass({ name: 'gvisor' });
+    await core.patchNode({ name: 'gvisor-1', body: { metadata: { labels: { [GVISOR_NODE_LABEL]: 'true' } } } }, merge);
+    const cfg = existingConfig(true);
+    const i = cli(['--config', cfg, 'install']);
+    expect(i.code, i.stderr.slice(-3000)).toBe(0);
+    const made = await nodeApi.readRuntimeClass({ name: 'gvisor' });
+    expect(made.metadata?.annotations?.['gvisor-e2e.dev/created-by']).toBe(`${name}-existing`);
+    const state = JSON.parse(readFileSync(join(existingState, 'state.json'), 'utf8')) as { runtimeClasses: unknown[]; nodeLabels: unknown[] };
+    expect(state.runtimeClasses).toEqual([{ name: 'gvisor', uid: made.metadata!.uid }]);
+    expect(state.nodeLabels).toEqual([]);
+    const d = cli(['--config', cfg, 'down']);
+    expect(d.code, d.stderr.slice(-3000)).toBe(0);
+    expect(await rcExists('gvisor')).toBe(false);
+    expect(await labelOf('gvisor-1')).toBe('true');
+    expect(await rcExists('customer-rc')).toBe(true);
+    expect(existsSync(existingState)).toBe(false);
+    expect(i.stdout + i.stderr + d.stdout + d.stderr).not.toContain(token);
   });
 
   it('a context the kubeconfig lacks, or no node matching a pool: exit 64 naming the field, no token in the message', () => {
