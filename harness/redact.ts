@@ -44,7 +44,8 @@ export function registerKnownSecrets(privateKeyPaths: string[] = [], kubeconfigP
     } catch {
       continue;
     }
-    for (const m of text.matchAll(/^\s*(?:token|password|client-key-data|client-certificate-data):\s*["']?([^\s"']+)/gm)) registerSecret(m[1]);
+    // YAML or JSON (a kubeconfig written by client libraries is one line of JSON).
+    for (const m of text.matchAll(/["']?\b(?:token|password|client-key-data|client-certificate-data)["']?\s*:\s*["']?([^\s"',}]+)/g)) registerSecret(m[1]);
   }
   for (const p of privateKeyPaths) {
     try {

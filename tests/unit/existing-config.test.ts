@@ -95,3 +95,16 @@ describe('a manifest applied to an existing cluster', () => {
     expect(() => applyManifest(parseConfig(EXISTING('  kubeconfig: k\n  pools: [{ name: gvisor }]'), 'c.yaml'), spec)).toThrow('cr.yaml: workerPool: cluster.pools of the config has no pool(s) sandboxed');
   });
 });
+
+describe("the config's kubeconfig is a secret", () => {
+  it('its credentials are redacted, whether the file is YAML or one line of JSON', async () => {
+    const { redact, registerKnownSecrets } = await import('../../harness/redact.ts');
+    const dir = mkdtempSync(join(tmpdir(), 'gvisor-e2e-kc-'));
+    const yamlToken = 'yamltoken0123456789abcdef';
+    const jsonToken = 'jsontoken0123456789abcdef';
+    writeFileSync(join(dir, 'a'), `users:\n- name: u\n  user:\n    token: ${yamlToken}\n`);
+    writeFileSync(join(dir, 'b'), JSON.stringify({ users: [{ name: 'u', user: { token: jsonToken, 'client-key-data': 'S0VZREFUQTAxMjM0NTY3' } }] }));
+    registerKnownSecrets([], [join(dir, 'a'), join(dir, 'b')]);
+    expect(redact(`x ${yamlToken} y ${jsonToken} z S0VZREFUQTAxMjM0NTY3`)).toBe('x [REDACTED] y [REDACTED] z [REDACTED]');
+  });
+});
