@@ -108,3 +108,41 @@ describe("the config's kubeconfig is a secret", () => {
     expect(redact(`x ${yamlToken} y ${jsonToken} z S0VZREFUQTAxMjM0NTY3`)).toBe('x [REDACTED] y [REDACTED] z [REDACTED]');
   });
 });
+
+describe('the existing provider reads the kubeconfig before it asks the cluster anything', () => {
+  const setup = async (kubeconfigText: string, context?: string) => {
+    const { ExistingProvider } = await import('../../clusters/existing/index.ts');
+    const dir = mkdtempSync(join(tmpdir(), 'gvisor-e2e-kc-'));
+    writeFileSync(join(dir, 'kc'), kubeconfigText);
+    const cfg = parseConfig(EXISTING(`  kubeconfig: ${join(dir, 'kc')}\n  stateDir: ${join(dir, 'state')}${context ? `\n  context: ${context}` : ''}`), 'c.yaml');
+    return { provider: new ExistingProvider(cfg.cluster as never, cfg), dir };
+  };
+  const KC = `apiVersion: v1
+kind: Config
+clusters: [{ name: c, cluster: { server: "https://127.0.0.1:1" } }]
+users: [{ name: u, user: { token: tok-0123456789abcdef } }]
+contexts: [{ name: a, context: { cluster: c, user: u } }]
+current-context: a
+`;
+
+  it('a malformed kubeconfig: an error naming cluster.kubeconfig that does not quote the file', async () => {
+    const { provider, dir } = await setup('users: [{ name: u, user: { token: tok-0123456789abcdef } }]\nclusters: [');
+    const e = await provider.up().then(() => undefined, (x: Error) => x);
+    expect(e).toBeInstanceOf(ConfigError);
+    expect(e!.message).toBe(`config: cluster.kubeconfig: ${join(dir, 'kc')} is not a valid kubeconfig`);
+  });
+
+  it('a context it lacks: an error naming cluster.context and the contexts there are', async () => {
+    const { provider, dir } = await setup(KC, 'b');
+    await expect(provider.up()).rejects.toThrow(`config: cluster.context: no context "b" in ${join(dir, 'kc')} (contexts: a)`);
+  });
+
+  it('with a context, the harness uses a 0600 copy in the state dir whose current-context is that one', async () => {
+    const { provider, dir } = await setup(KC.replace('contexts: [', 'contexts: [{ name: z, context: { cluster: c, user: u } }, ').replace('current-context: a', 'current-context: z'), 'a');
+    const path = provider.kubeconfig();
+    expect(path).toBe(join(dir, 'state', 'kubeconfig'));
+    const { statSync, readFileSync } = await import('node:fs');
+    expect(statSync(path).mode & 0o777).toBe(0o600);
+    expect(JSON.parse(readFileSync(path, 'utf8'))['current-context']).toBe('a');
+  });
+});
