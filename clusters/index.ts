@@ -4,7 +4,7 @@ import { LocalProvider } from './local/index.ts';
 
 // A cluster provider makes (or finds) the nodes a run tests, and removes what it made.
 // "nodes": hosts the user already has. "local": the embedded default on this machine.
-// (kind, VMs and existing Kubernetes clusters come as further providers.)
+// "existing": a Kubernetes cluster by kubeconfig. (kind and VMs come as further providers.)
 
 export interface ClusterProvider {
   readonly kind: string;
@@ -14,7 +14,7 @@ export interface ClusterProvider {
   down(): Promise<void>;
   /** Admin kubeconfig when the cluster runs Kubernetes (after up). */
   kubeconfig(): string | undefined;
-  /** Where the provider must record what the install created (a cluster the harness does not own): RuntimeClass and labels. */
+  /** RuntimeClass and node labels, done by the provider itself on a cluster the harness does not own (only what is missing, recorded for down). */
   installKubernetesObjects?(nodes: NodeConfig[]): Promise<void>;
   /** Notes that install changed files on a node, or imported the test image there, so that down undoes it. */
   recordOnNode?(node: string, what: 'files' | 'image'): void;
