@@ -31,6 +31,8 @@ const sshAccess = z
 
 const localAccess = z.object({ type: z.literal('local') }).strict();
 const dockerAccess = z.object({ type: z.literal('docker'), container: z.string().min(1) }).strict();
+/** A node of an existing cluster reached only through the Kubernetes API (set by the provider, not written by users). */
+const apiAccess = z.object({ type: z.literal('api') }).strict();
 
 export const OS_FAMILIES = ['auto', 'debian', 'ubuntu', 'flatcar', 'azurelinux', 'mariner', 'rhel', 'photon', 'other'] as const;
 
@@ -52,7 +54,7 @@ const nodeSchema = z
     name: z.string().regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'a DNS-1123 name'),
     pool: z.string().min(1),
     labels: z.record(z.string(), z.string()).default({}),
-    access: z.discriminatedUnion('type', [sshAccess, localAccess, dockerAccess]),
+    access: z.discriminatedUnion('type', [sshAccess, localAccess, dockerAccess, apiAccess]),
     osFamily: z.enum(OS_FAMILIES).default('auto'),
     paths: nodePaths.default(nodePaths.parse({})),
     containerd: z
@@ -188,6 +190,36 @@ export const configSchema = z
         })
         .strict(),
       kindCluster,
+      z
+        .object({
+          /** "existing": a Kubernetes cluster the harness did not create (a Gardener shoot); down removes only what the harness made. */
+          provider: z.literal('existing'),
+          name: z.string().regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'a DNS-1123 label').default('existing'),
+          /** Path of the kubeconfig. Its contents are a secret: never logged, redacted from every report. */
+          kubeconfig: z.string().min(1),
+          /** The kubeconfig context to use (default: its current-context). */
+          context: z.string().min(1).optional(),
+          /** The worker pools and how to find their nodes (default: the gVisor pools, by Gardener's pool label). */
+          pools: z
+            .array(
+              z
+                .object({
+                  name: z.string().min(1),
+                  /** A label selector; default `worker.gardener.cloud/pool=<name>`. */
+                  selector: z.string().min(1).optional(),
+                })
+                .strict(),
+            )
+            .min(1)
+            .optional(),
+          /** Node-level access (SSH) for file checks and installing; nodes not listed are reached through the API only. */
+          nodes: z.array(nodeSchema.partial({ pool: true })).default([]),
+          /** Install gVisor (node files over SSH, RuntimeClass, node labels), or only test what is there (a shoot with the extension). */
+          install: z.boolean().default(false),
+          /** Where the record of what the harness created lives (default ~/.local/state/gvisor-e2e/<name>). */
+          stateDir: z.string().optional(),
+        })
+        .strict(),
     ]),
     gvisor: gvisorSchema,
     containerd: containerdSchema.default({ enableLimitNoFile: false }),
@@ -222,6 +254,10 @@ export const configSchema = z
       });
       return;
     }
+    if (c.cluster.provider === 'existing') {
+      refineExisting(c.cluster, c.gvisor.pools, ctx);
+      return;
+    }
     if (c.cluster.provider === 'local') {
       const pools = new Set(c.cluster.pools.map((p) => p.name));
       c.gvisor.pools.forEach((p, i) => {
@@ -238,6 +274,9 @@ export const configSchema = z
       });
       return;
     }
+    c.cluster.nodes.forEach((n, i) => {
+      if (n.access.type === 'api') ctx.addIssue({ code: 'custom', path: ['cluster', 'nodes', i, 'access', 'type'], message: 'access "api" is only for nodes of an existing cluster' });
+    });
     const names = new Set<string>();
     c.cluster.nodes.forEach((n, i) => {
       if (names.has(n.name)) ctx.addIssue({ code: 'custom', path: ['cluster', 'nodes', i, 'name'], message: `duplicate node name "${n.name}"` });
@@ -249,11 +288,37 @@ export const configSchema = z
     });
   });
 
+function refineExisting(c: ExistingCluster, gvisorPools: string[], ctx: z.RefinementCtx): void {
+  const pools = c.pools?.map((p) => p.name) ?? gvisorPools;
+  if (c.pools) {
+    gvisorPools.forEach((p, i) => {
+      if (!pools.includes(p)) ctx.addIssue({ code: 'custom', path: ['gvisor', 'pools', i], message: `no pool "${p}" in cluster.pools (pools: ${pools.join(', ')})` });
+    });
+    c.pools.forEach((p, i) => {
+      if (pools.indexOf(p.name) !== i) ctx.addIssue({ code: 'custom', path: ['cluster', 'pools', i, 'name'], message: `duplicate pool "${p.name}"` });
+      if (p.selector !== undefined && !LABEL_SELECTOR.test(p.selector)) {
+        ctx.addIssue({ code: 'custom', path: ['cluster', 'pools', i, 'selector'], message: `"${p.selector}" is not a label selector like "worker.gardener.cloud/pool=gvisor"` });
+      }
+    });
+  }
+  const names = new Set<string>();
+  c.nodes.forEach((n, i) => {
+    if (n.access.type !== 'ssh') ctx.addIssue({ code: 'custom', path: ['cluster', 'nodes', i, 'access', 'type'], message: `expected "ssh": an existing cluster's nodes are reached over SSH (or through the API when not listed)` });
+    if (names.has(n.name)) ctx.addIssue({ code: 'custom', path: ['cluster', 'nodes', i, 'name'], message: `duplicate node name "${n.name}"` });
+    names.add(n.name);
+    if (n.pool !== undefined && !pools.includes(n.pool)) ctx.addIssue({ code: 'custom', path: ['cluster', 'nodes', i, 'pool'], message: `no pool "${n.pool}" (pools: ${pools.join(', ')})` });
+  });
+}
+
+/** key=value / key==value / key!=value / key / !key terms, comma-separated (kubectl's -l syntax without set-based terms). */
+const LABEL_SELECTOR = /^\s*!?[A-Za-z0-9./_-]+(\s*(==?|!=)\s*[A-Za-z0-9._-]*)?(\s*,\s*!?[A-Za-z0-9./_-]+(\s*(==?|!=)\s*[A-Za-z0-9._-]*)?)*\s*$/;
+
 export type Config = z.infer<typeof configSchema>;
 export type NodeConfig = z.infer<typeof nodeSchema>;
 export type NodesCluster = Extract<Config['cluster'], { provider: 'nodes' }>;
 export type LocalCluster = Extract<Config['cluster'], { provider: 'local' }>;
 export type KindCluster = Extract<Config['cluster'], { provider: 'kind' }>;
+export type ExistingCluster = Extract<Config['cluster'], { provider: 'existing' }>;
 
 /** Parses one node entry (the local provider builds them programmatically). */
 export function nodeConfig(input: z.input<typeof nodeSchema>): NodeConfig {
@@ -333,7 +398,11 @@ export function loadConfig(file: string): Config {
     if (cfg.cluster.kindBinary?.includes('/')) cfg.cluster.kindBinary = resolve(base, cfg.cluster.kindBinary);
     for (const m of cfg.cluster.extraMounts) m.hostPath = resolve(base, m.hostPath);
   }
-  for (const n of cfg.cluster.provider === 'nodes' ? cfg.cluster.nodes : []) {
+  if (cfg.cluster.provider === 'existing') {
+    cfg.cluster.kubeconfig = resolve(base, cfg.cluster.kubeconfig);
+    if (cfg.cluster.stateDir) cfg.cluster.stateDir = resolve(base, cfg.cluster.stateDir);
+  }
+  for (const n of cfg.cluster.provider === 'nodes' || cfg.cluster.provider === 'existing' ? cfg.cluster.nodes : []) {
     if (n.access.type === 'ssh') {
       n.access.privateKeyPath = resolve(base, n.access.privateKeyPath);
       if (n.access.knownHostsPath) n.access.knownHostsPath = resolve(base, n.access.knownHostsPath);
@@ -351,7 +420,7 @@ export function selectSuites(cfg: Config, only?: string[], skip: string[] = []):
     }
   }
   // The scheduling suite needs a Kubernetes API; by default it runs where the cluster has one.
-  const kube = (cfg.cluster.provider === 'local' && cfg.cluster.kubernetes) || cfg.cluster.provider === 'kind';
+  const kube = (cfg.cluster.provider === 'local' && cfg.cluster.kubernetes) || cfg.cluster.provider === 'kind' || cfg.cluster.provider === 'existing';
   const base = only?.length ? (only as SuiteName[]) : (cfg.suites.include ?? SUITE_NAMES.filter((s) => kube || s !== 'runtimeclass-scheduling'));
   const skipped = new Set([...cfg.suites.skip, ...skip]);
   return SUITE_NAMES.filter((s) => base.includes(s) && !skipped.has(s));

@@ -1,7 +1,8 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import Table from 'cli-table3';
-import type { Config } from './config.ts';
+import { providerFor } from '../clusters/index.ts';
+import type { Config, NodeConfig } from './config.ts';
 import { CriClient } from './cri.ts';
 import { openNode, sh } from './node.ts';
 import { dockerEngine, kindBinarySource } from '../clusters/kind/index.ts';
@@ -60,7 +61,18 @@ export async function doctor(cfg: Config): Promise<boolean> {
       f.push({ check: `node image ${cfg.cluster.nodeImage}`, ok: true, detail: img ? `present (${img.slice(0, 19)})` : 'not in the engine: kind will try to pull it' });
     }
   } else {
-    for (const n of cfg.cluster.nodes) {
+    let nodes: NodeConfig[] = cfg.cluster.provider === 'nodes' ? cfg.cluster.nodes : [];
+    if (cfg.cluster.provider === 'existing') {
+      // The API first: it says which nodes there are; only those with SSH access are checked further.
+      try {
+        const all = await providerFor(cfg).up();
+        f.push({ check: 'Kubernetes API: nodes of the pools', ok: true, detail: all.map((n) => `${n.name} (${n.pool})`).join(', ') });
+        nodes = all.filter((n) => n.access.type !== 'api');
+      } catch (e) {
+        f.push({ check: 'Kubernetes API: nodes of the pools', ok: false, detail: (e as Error).message, fix: 'check cluster.kubeconfig, cluster.context and cluster.pools' });
+      }
+    }
+    for (const n of nodes) {
       const node = openNode(n);
       try {
         const r = await node.exec('command -v ctr && command -v runc && command -v sha256sum', { timeoutMs: 20_000 });

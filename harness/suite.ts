@@ -7,7 +7,7 @@ import { type Config, type NodeConfig, durationMs, effectiveRunscFlags } from '.
 import { CriClient } from './cri.ts';
 import { InfrastructureError } from './errors.ts';
 import { isGVisorNode } from './installer.ts';
-import { openNode, type NodeAccess } from './node.ts';
+import { NoNodeAccess, openNode, type NodeAccess } from './node.ts';
 import { SandboxStartError, runOneShot, type OneShotResult } from './sandbox.ts';
 // Types only: the Kubernetes client (~80 MB per process) is loaded when a run has a cluster API.
 import type * as k8s from '@kubernetes/client-node';
@@ -57,7 +57,7 @@ export class SuiteContext {
   ) {
     this.plan = plan;
     // Workers have their own redaction state: teach it the same secrets the CLI knows.
-    registerKnownSecrets(plan.nodes.flatMap((n) => (n.access.type === 'ssh' ? [n.access.privateKeyPath] : [])));
+    registerKnownSecrets(plan.nodes.flatMap((n) => (n.access.type === 'ssh' ? [n.access.privateKeyPath] : [])), plan.kubeconfig ? [plan.kubeconfig] : []);
   }
 
   get config(): Config {
@@ -128,6 +128,8 @@ export class SuiteContext {
       try {
         await fn(t);
       } catch (e) {
+        // A node reached only through the API (an existing cluster without SSH): the check cannot be asked there.
+        if (e instanceof NoNodeAccess || (e as Error).name === 'NoNodeAccess') return t.skip((e as Error).message);
         await this.attachNodeFiles(n).catch(() => undefined);
         throw e;
       } finally {

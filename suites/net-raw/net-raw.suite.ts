@@ -20,7 +20,11 @@ ctx.eachNode(ctx.gvisorNodes, (n) => {
     const p = parseNetRawProbe(r.output);
     check(p.gvisor, `the "${h}" pod on ${n.name} is not running under gVisor (runtime ${r.runtimeType || 'unknown'}), so net-raw cannot be judged: ${r.output.trim().slice(0, 200)}`);
     check(p.pingExit !== undefined, `the net-raw probe on ${n.name} did not finish: ${r.output.trim().slice(0, 300)}`);
-    const onNode = parseRunscToml((await readNodeFile(ctx.node(n), n.paths.runscConfig)) ?? '')['net-raw'] ?? '(unset)';
+    // Only for the message: a node reached through the API alone still gets its verdict from the pod.
+    const onNode = await readNodeFile(ctx.node(n), n.paths.runscConfig).then(
+      (t) => parseRunscToml(t ?? '')['net-raw'] ?? '(unset)',
+      (e: Error) => (e.name === 'NoNodeAccess' ? '(not readable without SSH)' : Promise.reject(e)),
+    );
     if (want === 'true') {
       check(p.pingExit === 0 && p.received, `net-raw is configured "true" but ping in the sandbox on ${n.name} failed (exit ${p.pingExit}; ${n.paths.runscConfig} has net-raw = "${onNode}"): ${r.output.trim().slice(0, 300)}`);
     } else {
