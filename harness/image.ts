@@ -94,11 +94,11 @@ export async function buildTestImage(busybox = BUSYBOX): Promise<TestImage> {
   return { archive, image, pause };
 }
 
-/** Imports the test image into containerd's k8s.io namespace on a node, once. */
-export async function importTestImage(node: NodeAccess, img: TestImage, socket: string, tmpDir: string): Promise<void> {
+/** Imports the test image into containerd's k8s.io namespace on a node, once; true when it imported it now. */
+export async function importTestImage(node: NodeAccess, img: TestImage, socket: string, tmpDir: string): Promise<boolean> {
   const ctr = `ctr --address ${sh(socket)} -n k8s.io`;
   const have = await node.exec(`${ctr} images ls -q`);
-  if (have.code === 0 && have.stdout.split('\n').includes(img.image) && have.stdout.split('\n').includes(img.pause)) return;
+  if (have.code === 0 && have.stdout.split('\n').includes(img.image) && have.stdout.split('\n').includes(img.pause)) return false;
   const remote = `${tmpDir}/gvisor-e2e-image-${process.pid}-${Date.now()}.tar`;
   await writeNodeFile(node, remote, readFileSync(img.archive), '0600');
   try {
@@ -106,4 +106,5 @@ export async function importTestImage(node: NodeAccess, img: TestImage, socket: 
   } finally {
     await node.exec(`rm -f ${sh(remote)}`);
   }
+  return true;
 }

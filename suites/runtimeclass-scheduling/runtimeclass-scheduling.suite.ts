@@ -34,7 +34,7 @@ describe('cluster', () => {
   const pod = (name: string, command: string[], spec: Partial<k8s.V1PodSpec> = {}) => testPod({ name, namespace: ns, runId: ctx.plan.runId, image: ctx.plan.image.image, command }, spec);
 
   async function runToCompletion(p: k8s.V1Pod): Promise<{ pod: k8s.V1Pod; logs: string }> {
-    const r = await runPodToCompletion(core, p, podTimeout);
+    const r = await runPodToCompletion(kc, p, podTimeout);
     await ctx.attach(`logs of pod ${p.metadata!.name} (node ${r.pod.spec?.nodeName})`, r.logs);
     return r;
   }
