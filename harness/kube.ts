@@ -2,6 +2,7 @@ import * as k8s from '@kubernetes/client-node';
 import type { Config, NodeConfig } from './config.ts';
 import { InfrastructureError, TimeoutError } from './errors.ts';
 import { isGVisorNode } from './installer.ts';
+import { log } from './log.ts';
 import { registerSecret } from './redact.ts';
 import { MANAGED_LABEL, RUN_LABEL, SandboxStartError } from './sandbox.ts';
 import { until } from './wait.ts';
@@ -32,7 +33,7 @@ export function runtimeClass(cfg: Config): k8s.V1RuntimeClass {
 
 /** An API error as one line: what we did, the HTTP code and the Status message (not the whole response). */
 export function apiError(what: string, e: unknown): InfrastructureError {
-  const err = e as { code?: number; body?: unknown; message?: string };
+  const err = e as { code?: number | string; body?: unknown; message?: string };
   let msg = err.message ?? String(e);
   if (typeof err.body === 'string') {
     try {
@@ -41,15 +42,46 @@ export function apiError(what: string, e: unknown): InfrastructureError {
       msg = err.body;
     }
   }
-  return new InfrastructureError(`${what}: ${err.code ? `HTTP ${err.code}: ` : ''}${msg.slice(0, 400)}`);
+  // Only a number is an HTTP status; a string code (ECONNREFUSED) is already in the message.
+  return new InfrastructureError(`${what}: ${typeof err.code === 'number' ? `HTTP ${err.code}: ` : ''}${msg.slice(0, 400)}`);
 }
 
-/** Runs an API call, turning its failure into a one-line InfrastructureError that names the call. */
-export async function api<T>(what: string, call: () => Promise<T>): Promise<T> {
-  try {
-    return await call();
-  } catch (e) {
-    throw apiError(what, e);
+/**
+ * The API server could not be reached or asked us to come back (it is restarting, or overloaded):
+ * worth another try. Any other answer — 404, 409, 422, 403 — is final.
+ */
+export function isTransientApiError(e: unknown): boolean {
+  const err = e as { code?: unknown; cause?: { code?: unknown }; message?: string };
+  if (typeof err.code === 'number') return err.code === 429 || err.code === 502 || err.code === 503 || err.code === 504;
+  const text = `${String(err.code ?? '')} ${String(err.cause?.code ?? '')} ${err.message ?? ''}`;
+  return /ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|socket hang up|other side closed/i.test(text);
+}
+
+/** Backoff of API retries: 250 ms doubling to 4 s, for up to `API_RETRY_MS` in all. */
+export const API_RETRY_MS = 45_000;
+
+/**
+ * Runs an API call, turning its failure into a one-line InfrastructureError that names the call.
+ * Transient failures are retried with backoff. With `created`, a 409 after a retried attempt means
+ * the earlier attempt did create the object before the connection dropped: that is success.
+ */
+export async function api<T>(what: string, call: () => Promise<T>, opts: { created?: boolean; retryMs?: number } = {}): Promise<T> {
+  const deadline = Date.now() + (opts.retryMs ?? API_RETRY_MS);
+  let delay = 250;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await call();
+    } catch (e) {
+      if (opts.created && attempt > 1 && (e as { code?: unknown }).code === 409) return undefined as T;
+      if (!isTransientApiError(e) || Date.now() + delay > deadline) {
+        const err = apiError(what, e);
+        if (attempt > 1) err.message += ` (after ${attempt} attempts)`;
+        throw err;
+      }
+      log('debug', `${what}: ${(e as Error).message}; retrying in ${delay}ms`);
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 4000);
+    }
   }
 }
 
@@ -60,23 +92,16 @@ export async function installKubernetesObjects(kubeconfig: string, cfg: Config, 
   const nodeApi = kc.makeApiClient(k8s.NodeV1Api);
   const merge = k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch);
   // Only nodes that joined the cluster (a local cluster's systemd nodes are node-level only).
-  const registered = new Set((await core.listNode()).items.map((n) => n.metadata?.name));
+  const registered = new Set((await api('listing nodes', () => core.listNode())).items.map((n) => n.metadata?.name));
   for (const n of nodes.filter((x) => registered.has(x.name))) {
     const value = isGVisorNode(cfg, n) ? 'true' : null; // null removes the label from other pools
-    try {
-      await core.patchNode({ name: n.name, body: { metadata: { labels: { [GVISOR_NODE_LABEL]: value } } } }, merge);
-    } catch (e) {
-      throw apiError(`labelling node ${n.name}`, e);
-    }
+    await api(`labelling node ${n.name}`, () => core.patchNode({ name: n.name, body: { metadata: { labels: { [GVISOR_NODE_LABEL]: value } } } }, merge));
   }
   const rc = runtimeClass(cfg);
-  try {
-    await nodeApi.createRuntimeClass({ body: rc });
-  } catch (e) {
-    if ((e as { code?: number }).code !== 409) throw apiError(`creating RuntimeClass ${rc.metadata!.name}`, e);
-    const current = await nodeApi.readRuntimeClass({ name: rc.metadata!.name! });
-    await nodeApi.replaceRuntimeClass({ name: rc.metadata!.name!, body: { ...rc, metadata: { ...rc.metadata, resourceVersion: current.metadata?.resourceVersion } } });
-  }
+  const name = rc.metadata!.name!;
+  const current = await api(`reading RuntimeClass ${name}`, () => nodeApi.readRuntimeClass({ name }).catch((e: { code?: number }) => (e.code === 404 ? undefined : Promise.reject(e))));
+  if (!current) await api(`creating RuntimeClass ${name}`, () => nodeApi.createRuntimeClass({ body: rc }), { created: true });
+  else await api(`updating RuntimeClass ${name}`, () => nodeApi.replaceRuntimeClass({ name, body: { ...rc, metadata: { ...rc.metadata, resourceVersion: current.metadata?.resourceVersion } } }));
 }
 
 
@@ -96,7 +121,7 @@ export async function eventsOf(core: k8s.CoreV1Api, ns: string, name: string): P
 export async function runPodToCompletion(core: k8s.CoreV1Api, p: k8s.V1Pod, timeoutMs: number): Promise<PodRun> {
   const ns = p.metadata!.namespace!;
   const name = p.metadata!.name!;
-  await api(`creating pod ${ns}/${name}`, () => core.createNamespacedPod({ namespace: ns, body: p }));
+  await api(`creating pod ${ns}/${name}`, () => core.createNamespacedPod({ namespace: ns, body: p }), { created: true });
   let last: k8s.V1Pod | undefined;
   const t0 = Date.now();
   try {
@@ -130,7 +155,7 @@ export class UnschedulableError extends Error {
 
 /** A run's namespace, labelled with the run id (for cleanup), ready once its default ServiceAccount exists. */
 export async function createRunNamespace(core: k8s.CoreV1Api, name: string, runId: string): Promise<string> {
-  await api(`creating namespace ${name}`, () => core.createNamespace({ body: { metadata: { name, labels: { [RUN_LABEL]: runId, [MANAGED_LABEL]: 'true' } } } }));
+  await api(`creating namespace ${name}`, () => core.createNamespace({ body: { metadata: { name, labels: { [RUN_LABEL]: runId, [MANAGED_LABEL]: 'true' } } } }), { created: true });
   // Pods need the namespace's default ServiceAccount, which the controller-manager creates.
   await until(`ServiceAccount default in namespace ${name}`, 60_000, () => core.readNamespacedServiceAccount({ name: 'default', namespace: name }).then(() => true, () => false));
   return name;

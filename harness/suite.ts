@@ -201,7 +201,9 @@ export class SuiteContext {
   async close(): Promise<void> {
     if (this.nsP && this.kubeP) {
       const ns = await this.nsP.catch(() => undefined);
-      if (ns) await (await this.kubeP).core.deleteNamespace({ name: ns }).catch(() => undefined);
+      const core = (await this.kubeP).core;
+      // Retried like every API call: an API server restarting at this moment must not leak the namespace.
+      if (ns) await api(`deleting namespace ${ns}`, () => core.deleteNamespace({ name: ns })).catch((e: Error) => console.error(e.message));
     }
     const transcript = [...this.access.values()].flatMap((a) => a.transcript);
     if (transcript.length > 0) {

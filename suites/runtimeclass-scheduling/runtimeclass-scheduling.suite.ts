@@ -28,7 +28,7 @@ describe('cluster', () => {
     await createRunNamespace(core, ns, ctx.plan.runId);
   });
   afterAll(async () => {
-    await core.deleteNamespace({ name: ns }).catch(() => undefined);
+    await api(`deleting namespace ${ns}`, () => core.deleteNamespace({ name: ns })).catch((e: Error) => console.error(e.message));
   });
 
   const pod = (name: string, command: string[], spec: Partial<k8s.V1PodSpec> = {}) => testPod({ name, namespace: ns, runId: ctx.plan.runId, image: ctx.plan.image.image, command }, spec);
@@ -61,17 +61,17 @@ describe('cluster', () => {
 
   it('a gVisor pod pinned to a node outside the pool is not scheduled, and the event says why', async () => {
     // A registered node without the gVisor label (nodes outside the API, like systemd nodes, do not count).
-    const other = (await core.listNode()).items.find((x) => x.metadata?.labels?.[GVISOR_NODE_LABEL] !== 'true')?.metadata?.name;
+    const other = (await api('listing nodes', () => core.listNode())).items.find((x) => x.metadata?.labels?.[GVISOR_NODE_LABEL] !== 'true')?.metadata?.name;
     check(other, 'the cluster has no node outside the gVisor pools to pin to');
     const name = 'rc-pinned';
-    await api(`creating pod ${ns}/${name}`, () => core.createNamespacedPod({ namespace: ns, body: pod(name, ['true'], { runtimeClassName: rc, nodeSelector: { 'kubernetes.io/hostname': other } }) }));
+    await api(`creating pod ${ns}/${name}`, () => core.createNamespacedPod({ namespace: ns, body: pod(name, ['true'], { runtimeClassName: rc, nodeSelector: { 'kubernetes.io/hostname': other } }) }), { created: true });
     let why = '';
     let scheduledOn: string | undefined;
     // Either the scheduler refuses it (the expected answer) or it lands somewhere (wrong): stop at the first.
     await until(`a FailedScheduling event for pod ${ns}/${name}, or its scheduling`, 60_000, async () => {
-      const list = await core.listNamespacedEvent({ namespace: ns, fieldSelector: `involvedObject.name=${name}` });
+      const list = await api(`listing events of pod ${ns}/${name}`, () => core.listNamespacedEvent({ namespace: ns, fieldSelector: `involvedObject.name=${name}` }));
       why = list.items.find((e) => e.reason === 'FailedScheduling')?.message ?? '';
-      scheduledOn = (await core.readNamespacedPod({ name, namespace: ns })).spec?.nodeName;
+      scheduledOn = (await api(`reading pod ${ns}/${name}`, () => core.readNamespacedPod({ name, namespace: ns }))).spec?.nodeName;
       return Boolean(why || scheduledOn);
     });
     check(!scheduledOn, `the pinned gVisor pod was scheduled onto ${scheduledOn}, outside the gVisor pool`);
