@@ -169,8 +169,30 @@ export function testPod(o: { name: string; namespace: string; runId: string; ima
       restartPolicy: 'Never',
       automountServiceAccountToken: false,
       terminationGracePeriodSeconds: 1,
-      containers: [{ name: 'main', image: o.image, imagePullPolicy: 'Never', command: o.command, securityContext: { allowPrivilegeEscalation: false } }],
+      // No capabilities are dropped: the net-raw check must see what the runtime grants by default.
+      containers: [{ name: 'main', image: o.image, imagePullPolicy: 'Never', command: o.command, securityContext: { privileged: false, allowPrivilegeEscalation: false } }],
       ...spec,
     },
   };
+}
+
+/**
+ * What makes a pod more than least privilege, one reason per item ([] = none): the report names
+ * every pod with a reason, so a suite that needs one says so in the open.
+ */
+export function privilegeOf(spec: k8s.V1PodSpec | undefined): string[] {
+  if (!spec) return [];
+  const why: string[] = [];
+  if (spec.hostNetwork) why.push('hostNetwork');
+  if (spec.hostPID) why.push('hostPID');
+  if (spec.hostIPC) why.push('hostIPC');
+  if (spec.automountServiceAccountToken !== false) why.push('mounts a ServiceAccount token');
+  for (const c of [...(spec.initContainers ?? []), ...spec.containers]) {
+    const sc = c.securityContext;
+    if (sc?.privileged) why.push(`container ${c.name}: privileged`);
+    if (sc?.allowPrivilegeEscalation !== false) why.push(`container ${c.name}: allows privilege escalation`);
+    if (sc?.capabilities?.add?.length) why.push(`container ${c.name}: adds capabilities ${sc.capabilities.add.join(', ')}`);
+  }
+  for (const v of spec.volumes ?? []) if (v.hostPath) why.push(`volume ${v.name}: hostPath ${v.hostPath.path}`);
+  return why;
 }

@@ -1,6 +1,7 @@
 import * as allure from 'allure-js-commons';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { it, type TestContext } from 'vitest';
+import { getCurrentTest } from 'vitest/suite';
 import { join } from 'node:path';
 import { redact, registerKnownSecrets } from './redact.ts';
 import { type Config, type NodeConfig, durationMs, effectiveRunscFlags } from './config.ts';
@@ -9,7 +10,7 @@ import { InfrastructureError } from './errors.ts';
 import { isGVisorNode } from './installer.ts';
 import { openNode, type NodeAccess } from './node.ts';
 import { SandboxStartError, runOneShot, type OneShotResult } from './sandbox.ts';
-import { api, createRunNamespace, kubeConfig, runPodToCompletion, testPod } from './kube.ts';
+import { api, createRunNamespace, kubeConfig, privilegeOf, runPodToCompletion, testPod } from './kube.ts';
 import * as k8s from '@kubernetes/client-node';
 import { randomBytes } from 'node:crypto';
 
@@ -44,6 +45,22 @@ export class CheckFailed extends Error {
 
 export function check(ok: unknown, message: string): asserts ok {
   if (!ok) throw new CheckFailed(message);
+}
+
+/** Annotation type under which each pod a check created travels to the report (see report.ts). */
+export const POD_ANNOTATION = 'gvisor-e2e.pod';
+
+export interface PodRecord {
+  pod: string;
+  node: string;
+  handler: string;
+  /** Why it is more than least privilege; [] = it is not. */
+  privileged: string[];
+}
+
+/** Records a pod the running check created, so the report can list pods and name privileged ones. */
+export async function recordPod(r: PodRecord): Promise<void> {
+  await getCurrentTest()?.context.annotate(JSON.stringify(r), POD_ANNOTATION);
 }
 
 export class SuiteContext {
@@ -179,14 +196,12 @@ export class SuiteContext {
       }
       const ns = await this.namespace(k.core);
       const podName = `${name}-${randomBytes(3).toString('hex')}`;
-      const r = await runPodToCompletion(
-        k.core,
-        testPod({ name: podName, namespace: ns, runId: this.plan.runId, image: this.plan.image.image, command }, { nodeName: n.name, runtimeClassName }),
-        durationMs(this.config.timeouts.container) * 2,
-      );
-      return { podId: r.pod.metadata?.uid ?? '', exitCode: r.exitCode, output: r.logs, runtimeType: '', runtimeHandler: handler, reason: r.pod.status?.reason ?? '' };
+      const spec = testPod({ name: podName, namespace: ns, runId: this.plan.runId, image: this.plan.image.image, command }, { nodeName: n.name, runtimeClassName });
+      await recordPod({ pod: `${ns}/${podName}`, node: n.name, handler, privileged: privilegeOf(spec.spec) });
+      const r = await runPodToCompletion(k.core, spec, durationMs(this.config.timeouts.container) * 2);
+      return { podId: r.pod.metadata?.uid ?? '', exitCode: r.exitCode, output: r.logs, runtimeType: '', runtimeHandler: handler, reason: r.pod.status?.reason ?? '', privileged: privilegeOf(spec.spec) };
     }
-    return runOneShot(this.node(n), await this.cri(n), {
+    const r = await runOneShot(this.node(n), await this.cri(n), {
       handler,
       image: this.plan.image.image,
       command,
@@ -195,6 +210,8 @@ export class SuiteContext {
       podLogDir: n.paths.podLogDir,
       timeoutMs: durationMs(this.config.timeouts.container),
     });
+    await recordPod({ pod: `cri:${r.podId.slice(0, 12)}`, node: n.name, handler, privileged: r.privileged });
+    return r;
   }
 
   /** Closes connections and keeps every command run on the nodes (redacted) as evidence. */
