@@ -78,7 +78,7 @@ export async function api<T>(what: string, call: () => Promise<T>, opts: { creat
         if (attempt > 1) err.message += ` (after ${attempt} attempts)`;
         throw err;
       }
-      log('debug', `${what}: ${(e as Error).message}; retrying in ${delay}ms`);
+      log('warn', `${what}: ${(e as Error).message.slice(0, 200)}; retrying in ${delay}ms`);
       await new Promise((r) => setTimeout(r, delay));
       delay = Math.min(delay * 2, 4000);
     }
@@ -118,7 +118,7 @@ export async function eventsOf(core: k8s.CoreV1Api, ns: string, name: string): P
 }
 
 /** Creates a pod, waits for it to finish, returns it with its logs and exit code. */
-export async function runPodToCompletion(core: k8s.CoreV1Api, p: k8s.V1Pod, timeoutMs: number): Promise<PodRun> {
+export async function runPodToCompletion(core: k8s.CoreV1Api, p: k8s.V1Pod, timeoutMs: number, handler?: string): Promise<PodRun> {
   const ns = p.metadata!.namespace!;
   const name = p.metadata!.name!;
   await api(`creating pod ${ns}/${name}`, () => core.createNamespacedPod({ namespace: ns, body: p }), { created: true });
@@ -131,7 +131,8 @@ export async function runPodToCompletion(core: k8s.CoreV1Api, p: k8s.V1Pod, time
         // The runtime refused the sandbox (unknown handler, runsc missing…): the node's answer, at once.
         const list = await core.listNamespacedEvent({ namespace: ns, fieldSelector: `involvedObject.name=${name}` }).catch(() => ({ items: [] as k8s.CoreV1Event[] }));
         const refused = list.items.find((e) => e.reason === 'FailedCreatePodSandBox');
-        if (refused) throw new SandboxStartError(p.spec?.runtimeClassName ?? 'runc', last.spec.nodeName, refused.message ?? '');
+        // The handler when the caller knows it (the RuntimeClass name may differ from it).
+        if (refused) throw new SandboxStartError(handler ?? p.spec?.runtimeClassName ?? 'runc', last.spec.nodeName, refused.message ?? '');
       }
       const sched = last.status?.conditions?.find((c) => c.type === 'PodScheduled');
       if (!last.spec?.nodeName && sched?.status === 'False' && sched.reason === 'Unschedulable' && Date.now() - t0 > 5000) {

@@ -1,7 +1,6 @@
 import * as allure from 'allure-js-commons';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { it, type TestContext } from 'vitest';
-import { getCurrentTest } from 'vitest/suite';
+import { it, TestRunner, type TestContext } from 'vitest';
 import { join } from 'node:path';
 import { redact, registerKnownSecrets } from './redact.ts';
 import { type Config, type NodeConfig, durationMs, effectiveRunscFlags } from './config.ts';
@@ -60,7 +59,7 @@ export interface PodRecord {
 
 /** Records a pod the running check created, so the report can list pods and name privileged ones. */
 export async function recordPod(r: PodRecord): Promise<void> {
-  await getCurrentTest()?.context.annotate(JSON.stringify(r), POD_ANNOTATION);
+  await TestRunner.getCurrentTest()?.context.annotate(JSON.stringify(r), POD_ANNOTATION);
 }
 
 export class SuiteContext {
@@ -198,7 +197,7 @@ export class SuiteContext {
       const podName = `${name}-${randomBytes(3).toString('hex')}`;
       const spec = testPod({ name: podName, namespace: ns, runId: this.plan.runId, image: this.plan.image.image, command }, { nodeName: n.name, runtimeClassName });
       await recordPod({ pod: `${ns}/${podName}`, node: n.name, handler, privileged: privilegeOf(spec.spec) });
-      const r = await runPodToCompletion(k.core, spec, durationMs(this.config.timeouts.container) * 2);
+      const r = await runPodToCompletion(k.core, spec, durationMs(this.config.timeouts.container) * 2, handler);
       return { podId: r.pod.metadata?.uid ?? '', exitCode: r.exitCode, output: r.logs, runtimeType: '', runtimeHandler: handler, reason: r.pod.status?.reason ?? '', privileged: privilegeOf(spec.spec) };
     }
     const r = await runOneShot(this.node(n), await this.cri(n), {
@@ -224,8 +223,14 @@ export class SuiteContext {
     }
     const transcript = [...this.access.values()].flatMap((a) => a.transcript);
     if (transcript.length > 0) {
-      mkdirSync(join(this.plan.runDir, 'transcripts'), { recursive: true });
-      writeFileSync(join(this.plan.runDir, 'transcripts', `${this.suite}.json`), redact(JSON.stringify(transcript, null, 2)));
+      const file = join(this.plan.runDir, 'transcripts', `${this.suite}.json`);
+      try {
+        mkdirSync(join(this.plan.runDir, 'transcripts'), { recursive: true });
+        writeFileSync(file, redact(JSON.stringify(transcript, null, 2)));
+      } catch (e) {
+        // A full disk must be named with its path, not as a bare "ENOSPC … write".
+        throw new InfrastructureError(`cannot write ${file}: ${(e as Error).message}`);
+      }
     }
     for (const c of this.cris.values()) (await c.catch(() => undefined))?.close();
     for (const a of this.access.values()) await a.close();
