@@ -1,5 +1,5 @@
 import { execFileSync, spawnSync } from 'node:child_process';
-import { cpus, totalmem } from 'node:os';
+import { cpus, loadavg, totalmem } from 'node:os';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
@@ -8,6 +8,11 @@ import { openNode } from '../harness/node.ts';
 import { ROOT_DIR } from '../harness/paths.ts';
 import type { RunSummary } from '../harness/report.ts';
 import { down } from '../harness/run.ts';
+import * as k8s from '@kubernetes/client-node';
+import { createRunNamespace, execInPod, kubeConfig, testPod, watchPod } from '../harness/kube.ts';
+import { buildTestImage } from '../harness/image.ts';
+import { buildKubernetes } from '../clusters/kube/build.ts';
+import { providerFor } from '../clusters/index.ts';
 
 // Measures, on the machine it runs on: cold start (cluster up + install until the first suite,
 // with cached binaries), the warm full run of all five suites, and the per-command overhead of
@@ -42,7 +47,7 @@ function summary(): RunSummary {
 
 const result: Record<string, unknown> = {
   date: new Date().toISOString(),
-  machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, memoryGiB: +(totalmem() / 2 ** 30).toFixed(1), kernel: execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim(), node: process.version },
+  machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, memoryGiB: +(totalmem() / 2 ** 30).toFixed(1), loadAverageAtStart: loadavg().map((x) => +x.toFixed(2)), kernel: execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim(), node: process.version },
 };
 try {
   // Cold start: up + install (binaries cached), until the suites could start.
@@ -81,7 +86,33 @@ try {
   const sshMs = (performance.now() - t0) / N;
   await node.close();
   result.execOverhead = { harnessSshExecMs: +harnessMs.toFixed(1), plainSshMs: +sshMs.toFixed(1), ratio: +(harnessMs / sshMs).toFixed(2), note: 'harness reuses one SSH connection; plain ssh connects per command' };
-  result.targets = { warmFullRunUnder60s: (result.warmRunSeconds as number) < 60, execWithin1_2xOfSsh: harnessMs / sshMs <= 1.2 };
+
+  // Per-command overhead in a pod: the harness's exec (API exec subresource from this process) vs
+  // `kubectl exec`, both running `true` in the same long-lived runc pod.
+  const kubeconfig = providerFor(cfg).kubeconfig()!;
+  const kc = kubeConfig(kubeconfig);
+  const core = kc.makeApiClient(k8s.CoreV1Api);
+  const ns = await createRunNamespace(core, `bench-exec-${process.pid}`, 'bench');
+  try {
+    const pod = testPod({ name: 'sleeper', namespace: ns, runId: 'bench', image: (await buildTestImage()).image, command: ['sleep', '3600'] }, { nodeName: 'plain-1' });
+    await core.createNamespacedPod({ namespace: ns, body: pod });
+    await watchPod(kc, ns, 'sleeper', () => `pod ${ns}/sleeper to run`, 120_000, async (p) => p.status?.phase === 'Running');
+    await execInPod(kc, ns, 'sleeper', 'main', ['true']);
+    t0 = performance.now();
+    for (let i = 0; i < N; i++) {
+      const r = await execInPod(kc, ns, 'sleeper', 'main', ['true']);
+      if (r.code !== 0) throw new Error(`exec in pod exited ${r.code}: ${r.stderr}`);
+    }
+    const podMs = (performance.now() - t0) / N;
+    const kubectl = (await buildKubernetes()).kubectl;
+    t0 = performance.now();
+    for (let i = 0; i < N; i++) execFileSync(kubectl, ['--kubeconfig', kubeconfig, 'exec', '-n', ns, 'sleeper', '--', 'true']);
+    const kubectlMs = (performance.now() - t0) / N;
+    result.podExecOverhead = { harnessPodExecMs: +podMs.toFixed(1), kubectlExecMs: +kubectlMs.toFixed(1), ratio: +(podMs / kubectlMs).toFixed(2), note: 'harness: one WebSocket per exec from a running process; kubectl: a process per exec' };
+    result.targets = { warmFullRunUnder60s: (result.warmRunSeconds as number) < 60, execWithin1_2xOfSsh: harnessMs / sshMs <= 1.2, podExecWithin1_2xOfKubectl: podMs / kubectlMs <= 1.2 };
+  } finally {
+    await core.deleteNamespace({ name: ns }).catch(() => undefined);
+  }
 } finally {
   await down(cfg).catch(() => undefined);
 }

@@ -1,10 +1,12 @@
 #!/usr/bin/env -S npx tsx
 import { Command, CommanderError, Option } from 'commander';
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { doctor } from '../harness/doctor.ts';
 import { type Config, loadConfig } from '../harness/config.ts';
 import { applyManifest, loadManifest } from '../harness/manifests.ts';
+import { applyImageBuilderVars, loadImageBuilderVars } from '../harness/imagebuilder.ts';
+import type { RunSummary } from '../harness/report.ts';
 import { ConfigError, ExitCode, InfrastructureError } from '../harness/errors.ts';
 import { log, setVerbose } from '../harness/log.ts';
 import { registerKnownSecrets } from '../harness/redact.ts';
@@ -25,7 +27,8 @@ function config(path: string | undefined): Config {
   const file = configFile(path);
   const manifest = program.opts().manifest as string | undefined;
   const cfg = manifest ? applyManifest(loadConfig(file), loadManifest(manifest)) : loadConfig(file);
-  registerKnownSecrets(cfg.cluster.provider === 'nodes' ? cfg.cluster.nodes.flatMap((n) => (n.access.type === 'ssh' ? [n.access.privateKeyPath] : [])) : []);
+  const c = cfg.cluster;
+  registerKnownSecrets(c.provider === 'local' || c.provider === 'kind' ? [] : c.nodes.flatMap((n) => (n.access.type === 'ssh' ? [n.access.privateKeyPath] : [])), c.provider === 'existing' ? [c.kubeconfig] : []);
   return cfg;
 }
 
@@ -33,6 +36,12 @@ function retriesArg(v: string): number {
   const n = Number(v);
   if (!Number.isInteger(n) || n < 0 || n > 10) throw new ConfigError('command line', [{ path: '--retries', message: `expected a whole number from 0 to 10, got "${v}"` }]);
   return n;
+}
+
+/** The exit code of a run: a failed check outranks a broken one (a definite finding about the product). */
+function verdict(summary: RunSummary): number {
+  if (summary.suites.some((s) => s.counts.failed > 0)) return ExitCode.Failed;
+  return summary.state === 'passed' || summary.state === 'skipped' ? ExitCode.Passed : summary.state === 'failed' ? ExitCode.Failed : ExitCode.Broken;
 }
 
 const program = new Command()
@@ -84,9 +93,28 @@ program
   .addOption(new Option('--retries <n>', 'retry a failing check up to n times (each attempt is kept in the report)').argParser(retriesArg).default(0))
   .action(async (o: { suite?: string[]; skip?: string[]; keep?: boolean; install: boolean; retries: number }) => {
     const summary = await run(config(program.opts().config), { suites: o.suite, skip: o.skip, keep: o.keep, noInstall: !o.install, retries: o.retries, configPath: configFile(program.opts().config) });
-    process.exitCode = summary.state === 'passed' || summary.state === 'skipped' ? ExitCode.Passed : summary.state === 'failed' ? ExitCode.Failed : ExitCode.Broken;
-    // A failed check outranks a broken one: it is a definite finding about the product.
-    if (summary.suites.some((s) => s.counts.failed > 0)) process.exitCode = ExitCode.Failed;
+    process.exitCode = verdict(summary);
+  });
+
+program
+  .command('repro')
+  .description("reproduce a customer's setup: a local Kubernetes cluster with the pools, flags and customizations of a Shoot or ContainerRuntime (and image-builder variables), all suites, a report")
+  .argument('<manifest>', 'a Gardener Shoot or ContainerRuntime manifest')
+  .option('--image-builder <vars>', "the node image's image-builder variables (YAML or JSON)")
+  .option('--keep', 'keep the cluster afterwards')
+  .action(async (manifest: string, o: { imageBuilder?: string; keep?: boolean }) => {
+    // A local cluster of the default shape, unless -c names another local config (its name, stateDir, reportsDir).
+    const file = program.opts().config ?? DEFAULT_CONFIG;
+    const base = loadConfig(file);
+    if (base.cluster.provider !== 'local') throw new ConfigError(file, [{ path: 'cluster.provider', message: `repro makes a local cluster: expected "local", got "${base.cluster.provider}"` }]);
+    base.cluster.kubernetes = true;
+    let cfg = applyManifest(base, loadManifest(manifest));
+    if (o.imageBuilder) cfg = applyImageBuilderVars(cfg, loadImageBuilderVars(o.imageBuilder));
+    const pools = cfg.cluster.provider === 'local' ? cfg.cluster.pools.map((p) => `${p.name}${cfg.gvisor.pools.includes(p.name) ? ' (gVisor)' : ''}`).join(', ') : '';
+    log('info', `repro of ${manifest}: pools ${pools}; handler ${cfg.gvisor.handler} at ${cfg.gvisor.binaryPath}; configFlags ${JSON.stringify(cfg.gvisor.configFlags)}`);
+    const summary = await run(cfg, { keep: o.keep, configPath: file });
+    process.exitCode = verdict(summary);
+    process.stdout.write(`report: ${join(resolve(cfg.reportsDir), summary.runId, 'summary.md')}\n`);
   });
 
 program

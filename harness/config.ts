@@ -4,6 +4,7 @@ import { parseDocument } from 'yaml';
 import { z } from 'zod';
 import { ConfigError } from './errors.ts';
 import { log } from './log.ts';
+import { KIND_NODE_IMAGE } from './versions.ts';
 
 // One YAML file describes the whole run. Unknown keys are errors (a typo must not silently
 // change what is tested); the one deliberate exception is gVisor's configFlags, where we copy
@@ -30,6 +31,8 @@ const sshAccess = z
 
 const localAccess = z.object({ type: z.literal('local') }).strict();
 const dockerAccess = z.object({ type: z.literal('docker'), container: z.string().min(1) }).strict();
+/** A node of an existing cluster reached only through the Kubernetes API (set by the provider, not written by users). */
+const apiAccess = z.object({ type: z.literal('api') }).strict();
 
 export const OS_FAMILIES = ['auto', 'debian', 'ubuntu', 'flatcar', 'azurelinux', 'mariner', 'rhel', 'photon', 'other'] as const;
 
@@ -51,7 +54,7 @@ const nodeSchema = z
     name: z.string().regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'a DNS-1123 name'),
     pool: z.string().min(1),
     labels: z.record(z.string(), z.string()).default({}),
-    access: z.discriminatedUnion('type', [sshAccess, localAccess, dockerAccess]),
+    access: z.discriminatedUnion('type', [sshAccess, localAccess, dockerAccess, apiAccess]),
     osFamily: z.enum(OS_FAMILIES).default('auto'),
     paths: nodePaths.default(nodePaths.parse({})),
     containerd: z
@@ -102,6 +105,48 @@ const containerdSchema = z
   })
   .strict();
 
+const labelValue = z.string().regex(/^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$/, 'a Kubernetes label value (at most 63 characters: alphanumerics, "-", "_", ".")');
+
+/** kind v1alpha4 Mount (the fields kind accepts), for cluster.extraMounts. */
+const kindMount = z
+  .object({
+    hostPath: z.string().min(1),
+    containerPath: z.string().startsWith('/'),
+    readOnly: z.boolean().optional(),
+    propagation: z.enum(['None', 'HostToContainer', 'Bidirectional']).optional(),
+  })
+  .strict();
+
+const kindCluster = z
+  .object({
+    /** "kind": a kind cluster (Kubernetes in Docker containers), made with the kind CLI; needs a running Docker engine. */
+    provider: z.literal('kind'),
+    /** kind cluster name; the node containers are <name>-control-plane, <name>-worker, <name>-worker2, … */
+    name: z.string().regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'a DNS-1123 name (kind: lowercase alphanumerics, "-", ".")').default('gvisor-e2e'),
+    stateDir: z.string().optional(),
+    /** The kindest/node image every node boots (pinned in harness/versions.ts). */
+    nodeImage: z.string().min(1).default(KIND_NODE_IMAGE),
+    /** A kind binary to use; default: `kind` on PATH, else built from its Go module. */
+    kindBinary: z.string().min(1).optional(),
+    /** How long `kind create cluster --wait` waits for the control plane to be Ready. */
+    wait: duration.default('5m'),
+    pools: z
+      .array(
+        z
+          .object({
+            name: labelValue.pipe(z.string().min(1)),
+            nodes: z.number().int().min(1).max(16).default(1),
+            /** Extra node labels for this pool's nodes. */
+            labels: z.record(z.string(), labelValue).default({}),
+          })
+          .strict(),
+      )
+      .min(1),
+    /** Host directories mounted into every node container (kind extraMounts). */
+    extraMounts: z.array(kindMount).default([]),
+  })
+  .strict();
+
 export const SUITE_NAMES = ['runsc-installation', 'sandbox-dmesg', 'net-raw', 'limit-nofile', 'runtimeclass-scheduling'] as const;
 export type SuiteName = (typeof SUITE_NAMES)[number];
 
@@ -144,6 +189,37 @@ export const configSchema = z
             .min(1),
         })
         .strict(),
+      kindCluster,
+      z
+        .object({
+          /** "existing": a Kubernetes cluster the harness did not create (a Gardener shoot); down removes only what the harness made. */
+          provider: z.literal('existing'),
+          name: z.string().regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'a DNS-1123 label').default('existing'),
+          /** Path of the kubeconfig. Its contents are a secret: never logged, redacted from every report. */
+          kubeconfig: z.string().min(1),
+          /** The kubeconfig context to use (default: its current-context). */
+          context: z.string().min(1).optional(),
+          /** The worker pools and how to find their nodes (default: the gVisor pools, by Gardener's pool label). */
+          pools: z
+            .array(
+              z
+                .object({
+                  name: z.string().min(1),
+                  /** A label selector; default `worker.gardener.cloud/pool=<name>`. */
+                  selector: z.string().min(1).optional(),
+                })
+                .strict(),
+            )
+            .min(1)
+            .optional(),
+          /** Node-level access (SSH) for file checks and installing; nodes not listed are reached through the API only. */
+          nodes: z.array(nodeSchema.partial({ pool: true })).default([]),
+          /** Install gVisor (node files over SSH, RuntimeClass, node labels), or only test what is there (a shoot with the extension). */
+          install: z.boolean().default(false),
+          /** Where the record of what the harness created lives (default ~/.local/state/gvisor-e2e/<name>). */
+          stateDir: z.string().optional(),
+        })
+        .strict(),
     ]),
     gvisor: gvisorSchema,
     containerd: containerdSchema.default({ enableLimitNoFile: false }),
@@ -159,9 +235,29 @@ export const configSchema = z
       .strict()
       .default({ command: '60s', container: '60s', containerdRestart: '60s' }),
     reportsDir: z.string().default('reports'),
+    /** Bounded parallelism: suite files run in `suites` workers at once; within a suite, `nodes` nodes are checked at once. */
+    concurrency: z
+      .object({ suites: z.number().int().min(1).max(16).default(2), nodes: z.number().int().min(1).max(64).default(8) })
+      .strict()
+      .default({ suites: 2, nodes: 8 }),
   })
   .strict()
   .superRefine((c, ctx) => {
+    if (c.cluster.provider === 'kind') {
+      const seen = new Set<string>();
+      c.cluster.pools.forEach((p, i) => {
+        if (seen.has(p.name)) ctx.addIssue({ code: 'custom', path: ['cluster', 'pools', i, 'name'], message: `duplicate pool name "${p.name}"` });
+        seen.add(p.name);
+      });
+      c.gvisor.pools.forEach((p, i) => {
+        if (!seen.has(p)) ctx.addIssue({ code: 'custom', path: ['gvisor', 'pools', i], message: `no pool "${p}" in cluster.pools (pools: ${[...seen].join(', ')})` });
+      });
+      return;
+    }
+    if (c.cluster.provider === 'existing') {
+      refineExisting(c.cluster, c.gvisor.pools, ctx);
+      return;
+    }
     if (c.cluster.provider === 'local') {
       // Node names derive from pool names (<pool>-<n>): a repeated pool would make two nodes one.
       const all = c.cluster.pools;
@@ -183,6 +279,9 @@ export const configSchema = z
       });
       return;
     }
+    c.cluster.nodes.forEach((n, i) => {
+      if (n.access.type === 'api') ctx.addIssue({ code: 'custom', path: ['cluster', 'nodes', i, 'access', 'type'], message: 'access "api" is only for nodes of an existing cluster' });
+    });
     const names = new Set<string>();
     c.cluster.nodes.forEach((n, i) => {
       if (names.has(n.name)) ctx.addIssue({ code: 'custom', path: ['cluster', 'nodes', i, 'name'], message: `duplicate node name "${n.name}"` });
@@ -194,10 +293,37 @@ export const configSchema = z
     });
   });
 
+function refineExisting(c: ExistingCluster, gvisorPools: string[], ctx: z.RefinementCtx): void {
+  const pools = c.pools?.map((p) => p.name) ?? gvisorPools;
+  if (c.pools) {
+    gvisorPools.forEach((p, i) => {
+      if (!pools.includes(p)) ctx.addIssue({ code: 'custom', path: ['gvisor', 'pools', i], message: `no pool "${p}" in cluster.pools (pools: ${pools.join(', ')})` });
+    });
+    c.pools.forEach((p, i) => {
+      if (pools.indexOf(p.name) !== i) ctx.addIssue({ code: 'custom', path: ['cluster', 'pools', i, 'name'], message: `duplicate pool "${p.name}"` });
+      if (p.selector !== undefined && !LABEL_SELECTOR.test(p.selector)) {
+        ctx.addIssue({ code: 'custom', path: ['cluster', 'pools', i, 'selector'], message: `"${p.selector}" is not a label selector like "worker.gardener.cloud/pool=gvisor"` });
+      }
+    });
+  }
+  const names = new Set<string>();
+  c.nodes.forEach((n, i) => {
+    if (n.access.type !== 'ssh') ctx.addIssue({ code: 'custom', path: ['cluster', 'nodes', i, 'access', 'type'], message: `expected "ssh": an existing cluster's nodes are reached over SSH (or through the API when not listed)` });
+    if (names.has(n.name)) ctx.addIssue({ code: 'custom', path: ['cluster', 'nodes', i, 'name'], message: `duplicate node name "${n.name}"` });
+    names.add(n.name);
+    if (n.pool !== undefined && !pools.includes(n.pool)) ctx.addIssue({ code: 'custom', path: ['cluster', 'nodes', i, 'pool'], message: `no pool "${n.pool}" (pools: ${pools.join(', ')})` });
+  });
+}
+
+/** key=value / key==value / key!=value / key / !key terms, comma-separated (kubectl's -l syntax without set-based terms). */
+const LABEL_SELECTOR = /^\s*!?[A-Za-z0-9./_-]+(\s*(==?|!=)\s*[A-Za-z0-9._-]*)?(\s*,\s*!?[A-Za-z0-9./_-]+(\s*(==?|!=)\s*[A-Za-z0-9._-]*)?)*\s*$/;
+
 export type Config = z.infer<typeof configSchema>;
 export type NodeConfig = z.infer<typeof nodeSchema>;
 export type NodesCluster = Extract<Config['cluster'], { provider: 'nodes' }>;
 export type LocalCluster = Extract<Config['cluster'], { provider: 'local' }>;
+export type KindCluster = Extract<Config['cluster'], { provider: 'kind' }>;
+export type ExistingCluster = Extract<Config['cluster'], { provider: 'existing' }>;
 
 /** Parses one node entry (the local provider builds them programmatically). */
 export function nodeConfig(input: z.input<typeof nodeSchema>): NodeConfig {
@@ -273,8 +399,17 @@ export function loadConfig(file: string): Config {
   const base = dirname(resolve(file));
   if (cfg.cluster.provider === 'local' && cfg.cluster.stateDir) cfg.cluster.stateDir = resolve(base, cfg.cluster.stateDir);
   if (cfg.cluster.provider === 'local' && cfg.cluster.kubernetesBinDir) cfg.cluster.kubernetesBinDir = resolve(base, cfg.cluster.kubernetesBinDir);
+  if (cfg.cluster.provider === 'kind') {
+    if (cfg.cluster.stateDir) cfg.cluster.stateDir = resolve(base, cfg.cluster.stateDir);
+    if (cfg.cluster.kindBinary?.includes('/')) cfg.cluster.kindBinary = resolve(base, cfg.cluster.kindBinary);
+    for (const m of cfg.cluster.extraMounts) m.hostPath = resolve(base, m.hostPath);
+  }
+  if (cfg.cluster.provider === 'existing') {
+    cfg.cluster.kubeconfig = resolve(base, cfg.cluster.kubeconfig);
+    if (cfg.cluster.stateDir) cfg.cluster.stateDir = resolve(base, cfg.cluster.stateDir);
+  }
   const unreadable: { path: string; message: string }[] = [];
-  (cfg.cluster.provider === 'nodes' ? cfg.cluster.nodes : []).forEach((n, i) => {
+  (cfg.cluster.provider === 'nodes' || cfg.cluster.provider === 'existing' ? cfg.cluster.nodes : []).forEach((n, i) => {
     if (n.access.type === 'ssh') {
       n.access.privateKeyPath = resolve(base, n.access.privateKeyPath);
       if (n.access.knownHostsPath) n.access.knownHostsPath = resolve(base, n.access.knownHostsPath);
@@ -303,7 +438,7 @@ export function selectSuites(cfg: Config, only?: string[], skip: string[] = []):
     }
   }
   // The scheduling suite needs a Kubernetes API; by default it runs where the cluster has one.
-  const kube = cfg.cluster.provider === 'local' && cfg.cluster.kubernetes;
+  const kube = (cfg.cluster.provider === 'local' && cfg.cluster.kubernetes) || cfg.cluster.provider === 'kind' || cfg.cluster.provider === 'existing';
   const base = only?.length ? (only as SuiteName[]) : (cfg.suites.include ?? SUITE_NAMES.filter((s) => kube || s !== 'runtimeclass-scheduling'));
   const skipped = new Set([...cfg.suites.skip, ...skip]);
   const selected = SUITE_NAMES.filter((s) => base.includes(s) && !skipped.has(s));

@@ -155,6 +155,52 @@ export class CriClient {
     return r.status;
   }
 
+  /**
+   * Waits for a container to exit, woken by the CRI's container event stream (containerd 1.7+)
+   * rather than by polling; a status read every second stays as the safety net, and is all there
+   * is where the runtime does not serve events (containerd 1.6).
+   */
+  async waitForExit(id: string, what: string, timeoutMs: number): Promise<ContainerStatus> {
+    const stream = (this.client as unknown as { GetContainerEvents?: (req: object) => grpc.ClientReadableStream<{ container_id: string; container_event_type: string }> }).GetContainerEvents?.call(this.client, {});
+    try {
+      return await new Promise<ContainerStatus>((resolve, reject) => {
+        let done = false;
+        let reading = false;
+        const finish = (err: unknown, st?: ContainerStatus) => {
+          if (done) return;
+          done = true;
+          clearTimeout(timer);
+          clearInterval(ticker);
+          if (err) reject(err);
+          else resolve(st!);
+        };
+        const look = () => {
+          if (done || reading) return;
+          reading = true;
+          this.containerStatus(id).then(
+            (st) => {
+              reading = false;
+              if (st.state === 'CONTAINER_EXITED') finish(undefined, st);
+            },
+            (e: unknown) => {
+              reading = false;
+              finish(e);
+            },
+          );
+        };
+        stream?.on('data', (ev) => {
+          if (ev.container_id === id && ev.container_event_type === 'CONTAINER_STOPPED_EVENT') look();
+        });
+        stream?.on('error', () => undefined); // UNIMPLEMENTED on containerd 1.6, CANCELLED on close: the ticker covers both
+        const timer = setTimeout(() => finish(new TimeoutError(what, timeoutMs)), timeoutMs);
+        const ticker = setInterval(look, 1000);
+        look(); // it may have exited before the stream was open
+      });
+    } finally {
+      stream?.cancel();
+    }
+  }
+
   async execSync(id: string, cmd: string[], timeoutS = 30): Promise<{ stdout: string; stderr: string; exit_code: number }> {
     const r = await this.call<{ stdout: Buffer; stderr: Buffer; exit_code: number }>('ExecSync', { container_id: id, cmd, timeout: timeoutS }, (timeoutS + 10) * 1000);
     return { stdout: r.stdout.toString('utf8'), stderr: r.stderr.toString('utf8'), exit_code: r.exit_code };

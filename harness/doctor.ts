@@ -1,9 +1,11 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import Table from 'cli-table3';
-import type { Config } from './config.ts';
+import { providerFor } from '../clusters/index.ts';
+import type { Config, NodeConfig } from './config.ts';
 import { CriClient } from './cri.ts';
 import { openNode, sh } from './node.ts';
+import { dockerEngine, kindBinarySource } from '../clusters/kind/index.ts';
 
 // Says what this machine and the nodes lack for the chosen cluster, and how to get it —
 // before a long run fails half way.
@@ -49,8 +51,28 @@ export async function doctor(cfg: Config): Promise<boolean> {
       f.push(file('/usr/lib/cni/bridge', 'containernetworking-plugins', 'pod network'));
     }
     if (kinds.has('systemd')) f.push(tool('systemd-nspawn', 'systemd-container', 'systemd nodes'), tool('debootstrap', 'debootstrap', 'systemd node rootfs'));
+  } else if (cfg.cluster.provider === 'kind') {
+    f.push(tool('docker', 'docker.io', 'kind drives a Docker engine'));
+    const engine = await dockerEngine();
+    f.push({ check: 'Docker engine (docker info)', ok: engine.ok, detail: engine.detail, fix: engine.ok ? undefined : 'start dockerd (apt-get install docker.io), set DOCKER_HOST, or use provider local' });
+    f.push({ check: 'kind CLI', ok: true, detail: kindBinarySource(cfg.cluster, which('kind')) });
+    if (engine.ok) {
+      const img = execFileSync('sh', ['-c', `docker image inspect --format '{{.Id}}' ${sh(cfg.cluster.nodeImage)} 2>/dev/null || true`], { encoding: 'utf8' }).trim();
+      f.push({ check: `node image ${cfg.cluster.nodeImage}`, ok: true, detail: img ? `present (${img.slice(0, 19)})` : 'not in the engine: kind will try to pull it' });
+    }
   } else {
-    for (const n of cfg.cluster.nodes) {
+    let nodes: NodeConfig[] = cfg.cluster.provider === 'nodes' ? cfg.cluster.nodes : [];
+    if (cfg.cluster.provider === 'existing') {
+      // The API first: it says which nodes there are; only those with SSH access are checked further.
+      try {
+        const all = await providerFor(cfg).up();
+        f.push({ check: 'Kubernetes API: nodes of the pools', ok: true, detail: all.map((n) => `${n.name} (${n.pool})`).join(', ') });
+        nodes = all.filter((n) => n.access.type !== 'api');
+      } catch (e) {
+        f.push({ check: 'Kubernetes API: nodes of the pools', ok: false, detail: (e as Error).message, fix: 'check cluster.kubeconfig, cluster.context and cluster.pools' });
+      }
+    }
+    for (const n of nodes) {
       const node = openNode(n);
       try {
         const r = await node.exec('command -v ctr && command -v runc && command -v sha256sum', { timeoutMs: 20_000 });

@@ -103,24 +103,27 @@ export async function buildTestImage(busybox = BUSYBOX): Promise<TestImage> {
 export const TRANSIENT_CTR_ERROR =
   /connection refused|no such file or directory.*\.sock|transport is closing|code = Unavailable|error reading from server: EOF|context deadline exceeded|ref .* locked|unavailable: ref|already exists|failed to commit|failed to acquire lease/i;
 
-/** Imports the test image into containerd's k8s.io namespace on a node, once; transient ctr errors are retried with backoff. */
-export async function importTestImage(node: NodeAccess, img: TestImage, socket: string, tmpDir: string, delaysMs = [1000, 2000, 4000]): Promise<void> {
+/**
+ * Imports the test image into containerd's k8s.io namespace on a node, once; true when it imported
+ * it now. Transient ctr errors are retried with backoff.
+ */
+export async function importTestImage(node: NodeAccess, img: TestImage, socket: string, tmpDir: string, delaysMs = [1000, 2000, 4000]): Promise<boolean> {
   const ctr = `ctr --address ${sh(socket)} -n k8s.io`;
   const imported = async () => {
     const have = await node.exec(`${ctr} images ls -q`);
     const names = have.stdout.split('\n');
     return have.code === 0 && names.includes(img.image) && names.includes(img.pause);
   };
-  if (await imported()) return;
+  if (await imported()) return false;
   const remote = `${tmpDir}/gvisor-e2e-image-${process.pid}-${Date.now()}.tar`;
   await writeNodeFile(node, remote, readFileSync(img.archive), '0600');
   try {
     for (let attempt = 0; ; attempt++) {
       const r = await node.exec(`${ctr} images import ${sh(remote)}`, { timeoutMs: 180_000 });
-      if (r.code === 0) return;
+      if (r.code === 0) return true;
       const err = (r.stderr.trim() || r.stdout.trim()).slice(0, 500);
       // A racing importer may have finished the job.
-      if (await imported()) return;
+      if (await imported()) return true;
       if (!TRANSIENT_CTR_ERROR.test(err) || attempt >= delaysMs.length) {
         throw new InfrastructureError(`[${node.name}] importing the test image with \`ctr images import\` failed${attempt ? ` (after ${attempt + 1} attempts)` : ''}: exit ${r.code}: ${err}`);
       }

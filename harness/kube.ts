@@ -1,4 +1,5 @@
 import * as k8s from '@kubernetes/client-node';
+import { Writable } from 'node:stream';
 import type { Config, NodeConfig } from './config.ts';
 import { InfrastructureError, TimeoutError } from './errors.ts';
 import { isGVisorNode } from './installer.ts';
@@ -117,36 +118,95 @@ export async function eventsOf(core: k8s.CoreV1Api, ns: string, name: string): P
   return list.items.map((e) => `${e.reason}: ${e.message}`).join(' | ') || '(none)';
 }
 
-/** Creates a pod, waits for it to finish, returns it with its logs and exit code. */
-export async function runPodToCompletion(core: k8s.CoreV1Api, p: k8s.V1Pod, timeoutMs: number, handler?: string): Promise<PodRun> {
+/**
+ * Follows one pod with a watch until decide() says it is done (or throws to give up). decide() is
+ * also re-run every `tickMs` on the last state seen, for conditions that depend on time or on
+ * other objects (events). A watch the server closes is re-opened; the wait ends at `timeoutMs`.
+ */
+export function watchPod(kc: k8s.KubeConfig, ns: string, name: string, what: () => string, timeoutMs: number, decide: (pod: k8s.V1Pod) => Promise<boolean>, tickMs = 1000): Promise<k8s.V1Pod> {
+  return new Promise<k8s.V1Pod>((resolve, reject) => {
+    let last: k8s.V1Pod | undefined;
+    let finished = false;
+    let deciding = false;
+    let controller: AbortController | undefined;
+    const finish = (err: unknown, pod?: k8s.V1Pod) => {
+      if (finished) return;
+      finished = true;
+      clearTimeout(timer);
+      clearInterval(ticker);
+      controller?.abort();
+      if (err) reject(err);
+      else resolve(pod!);
+    };
+    const evaluate = async () => {
+      if (!last || deciding || finished) return;
+      deciding = true;
+      const pod = last;
+      try {
+        if (await decide(pod)) finish(undefined, pod);
+      } catch (e) {
+        finish(e);
+      } finally {
+        deciding = false;
+      }
+    };
+    const open = () => {
+      new k8s.Watch(kc)
+        .watch(
+          `/api/v1/namespaces/${ns}/pods`,
+          { fieldSelector: `metadata.name=${name}` },
+          (type, obj: k8s.V1Pod) => {
+            if (type === 'ADDED' || type === 'MODIFIED') {
+              last = obj;
+              void evaluate();
+            }
+          },
+          () => {
+            // Closed by the server (its watch timeout) or by a broken connection: open it again.
+            if (!finished) setTimeout(() => !finished && open(), 200);
+          },
+        )
+        .then(
+          (c) => (finished ? c.abort() : (controller = c)),
+          () => !finished && setTimeout(() => !finished && open(), 500),
+        );
+    };
+    const timer = setTimeout(() => finish(new TimeoutError(what(), timeoutMs)), timeoutMs);
+    const ticker = setInterval(() => void evaluate(), tickMs);
+    open();
+  });
+}
+
+/** Creates a pod, waits (by watching it) for it to finish, returns it with its logs and exit code. */
+export async function runPodToCompletion(kc: k8s.KubeConfig, p: k8s.V1Pod, timeoutMs: number, handler?: string): Promise<PodRun> {
+  const core = kc.makeApiClient(k8s.CoreV1Api);
   const ns = p.metadata!.namespace!;
   const name = p.metadata!.name!;
   await api(`creating pod ${ns}/${name}`, () => core.createNamespacedPod({ namespace: ns, body: p }), { created: true });
-  let last: k8s.V1Pod | undefined;
   const t0 = Date.now();
+  let last: k8s.V1Pod;
   try {
-    await until(`pod ${ns}/${name} to finish`, timeoutMs, async () => {
-      last = await api(`reading pod ${ns}/${name}`, () => core.readNamespacedPod({ name, namespace: ns }));
-      if (last.status?.phase === 'Pending' && last.spec?.nodeName && Date.now() - t0 > 3000) {
+    last = await watchPod(kc, ns, name, () => `pod ${ns}/${name} to finish`, timeoutMs, async (pod) => {
+      if (pod.status?.phase === 'Pending' && pod.spec?.nodeName && Date.now() - t0 > 3000) {
         // The runtime refused the sandbox (unknown handler, runsc missing…): the node's answer, at once.
         const list = await core.listNamespacedEvent({ namespace: ns, fieldSelector: `involvedObject.name=${name}` }).catch(() => ({ items: [] as k8s.CoreV1Event[] }));
         const refused = list.items.find((e) => e.reason === 'FailedCreatePodSandBox');
         // The handler when the caller knows it (the RuntimeClass name may differ from it).
-        if (refused) throw new SandboxStartError(handler ?? p.spec?.runtimeClassName ?? 'runc', last.spec.nodeName, refused.message ?? '');
+        if (refused) throw new SandboxStartError(handler ?? p.spec?.runtimeClassName ?? 'runc', pod.spec.nodeName, refused.message ?? '');
       }
-      const sched = last.status?.conditions?.find((c) => c.type === 'PodScheduled');
-      if (!last.spec?.nodeName && sched?.status === 'False' && sched.reason === 'Unschedulable' && Date.now() - t0 > 5000) {
+      const sched = pod.status?.conditions?.find((c) => c.type === 'PodScheduled');
+      if (!pod.spec?.nodeName && sched?.status === 'False' && sched.reason === 'Unschedulable' && Date.now() - t0 > 5000) {
         throw new UnschedulableError(`pod ${ns}/${name} cannot be scheduled: ${sched.message ?? ''}`);
       }
-      return last.status?.phase === 'Succeeded' || last.status?.phase === 'Failed';
+      return pod.status?.phase === 'Succeeded' || pod.status?.phase === 'Failed';
     });
   } catch (e) {
     if (!(e instanceof TimeoutError)) throw e;
     throw new TimeoutError(`pod ${ns}/${name} to finish (events: ${await eventsOf(core, ns, name)})`, timeoutMs);
   }
   const logs = await api(`reading logs of pod ${ns}/${name}`, () => core.readNamespacedPodLog({ name, namespace: ns, container: 'main' }));
-  const exitCode = last?.status?.containerStatuses?.[0]?.state?.terminated?.exitCode ?? -1;
-  return { pod: last!, logs, exitCode };
+  const exitCode = last.status?.containerStatuses?.[0]?.state?.terminated?.exitCode ?? -1;
+  return { pod: last, logs, exitCode };
 }
 
 /** The scheduler refuses a pod: the cluster's answer (labels, RuntimeClass), not an infrastructure fault. */
@@ -175,6 +235,34 @@ export function testPod(o: { name: string; namespace: string; runId: string; ima
       ...spec,
     },
   };
+}
+
+/**
+ * Runs a command in a running pod's container through the API's exec subresource (what `kubectl
+ * exec` does, over one WebSocket per command from this process). Used for checks that must look
+ * from inside a long-lived pod, and by the benchmark that compares it with `kubectl exec`.
+ */
+export async function execInPod(kc: k8s.KubeConfig, ns: string, pod: string, container: string, command: string[], timeoutMs = 60_000): Promise<{ code: number; stdout: string; stderr: string }> {
+  let stdout = '';
+  let stderr = '';
+  const sink = (f: (s: string) => void) => new Writable({ write: (chunk: Buffer, _enc, cb) => (f(chunk.toString()), cb()) });
+  return new Promise((resolve, reject) => {
+    let code = -1;
+    const timer = setTimeout(() => reject(new TimeoutError(`exec of "${command.join(' ')}" in pod ${ns}/${pod}`, timeoutMs)), timeoutMs);
+    new k8s.Exec(kc)
+      .exec(ns, pod, container, command, sink((s) => (stdout += s)), sink((s) => (stderr += s)), null, false, (status) => {
+        // Success has no details; a non-zero exit is a Failure whose causes carry ExitCode.
+        code = status.status === 'Success' ? 0 : Number(status.details?.causes?.find((c) => c.reason === 'ExitCode')?.message ?? -1);
+      })
+      .then(
+        (ws) => {
+          // The socket closes after the last output and the status frame.
+          ws.on('close', () => (clearTimeout(timer), resolve({ code, stdout, stderr })));
+          ws.on('error', (e: Error) => (clearTimeout(timer), reject(apiError(`exec in pod ${ns}/${pod}`, e))));
+        },
+        (e: unknown) => (clearTimeout(timer), reject(apiError(`exec in pod ${ns}/${pod}`, e))),
+      );
+  });
 }
 
 /**

@@ -130,8 +130,13 @@ export function applyManifest(cfg: Config, spec: GVisorSpec): Config {
       ...others.map((name) => ({ name, nodes: 1, kind: 'host' as const, osFamily: 'auto' as const })),
       ...systemd,
     ];
+  } else if (out.cluster.provider === 'existing') {
+    // An existing cluster's pools are found through the API; named pools must include the manifest's.
+    const named = out.cluster.pools?.map((p) => p.name);
+    const missing = named ? spec.pools.filter((p) => !named.includes(p)) : [];
+    if (missing.length) throw new ConfigError(spec.source, [{ path: 'workerPool', message: `cluster.pools of the config has no pool(s) ${missing.join(', ')}` }]);
   } else {
-    const have = new Set(out.cluster.nodes.map((n) => n.pool));
+    const have = new Set(out.cluster.provider === 'kind' ? out.cluster.pools.map((p) => p.name) : out.cluster.nodes.map((n) => n.pool));
     const missing = spec.pools.filter((p) => !have.has(p));
     if (missing.length) throw new ConfigError(spec.source, [{ path: 'workerPool', message: `no node of the config is in pool(s) ${missing.join(', ')}` }]);
   }

@@ -342,8 +342,33 @@ export class SshNode extends BaseNode {
   }
 }
 
+/** A check needed the node's own filesystem or processes, and the node is reachable only through the Kubernetes API. */
+export class NoNodeAccess extends Error {
+  override readonly name = 'NoNodeAccess';
+}
+
+/**
+ * A node of an existing cluster with no SSH access: pods still reach it through the API (the
+ * suites' oneShot), but nothing runs on the node itself. A check that needs the node fails with
+ * NoNodeAccess, which the suites report as skipped with this reason.
+ */
+class ApiOnlyNode extends BaseNode {
+  private refuse(): never {
+    throw new NoNodeAccess(`needs the node's own filesystem, and ${this.name} has no SSH access (add it to cluster.nodes to check this)`);
+  }
+  protected async run(): Promise<ExecResult> {
+    this.refuse();
+  }
+  async openUnixSocket(): Promise<Duplex> {
+    this.refuse();
+  }
+  async close(): Promise<void> {}
+}
+
 export function openNode(cfg: NodeConfig): NodeAccess {
   switch (cfg.access.type) {
+    case 'api':
+      return new ApiOnlyNode(cfg);
     case 'ssh':
       return new SshNode(cfg);
     case 'local':

@@ -29,22 +29,23 @@ export function redact(text: string): string {
 
 const SECRET_ENV = /(TOKEN|SECRET|PASSWORD|PASSWD|PRIVATE_KEY|API_KEY|CREDENTIAL)/i;
 
-/** Registers secrets this process can see: secret-looking environment variables, KUBECONFIG credentials, SSH keys. */
-export function registerKnownSecrets(privateKeyPaths: string[] = []): void {
+/** Registers secrets this process can see: secret-looking environment variables, KUBECONFIG credentials, SSH keys, the config's kubeconfig. */
+export function registerKnownSecrets(privateKeyPaths: string[] = [], kubeconfigPaths: string[] = []): void {
   for (const [k, v] of Object.entries(process.env)) {
     if (v && SECRET_ENV.test(k)) {
       registerSecret(v);
       registerKeyLines(v);
     }
   }
-  for (const file of (process.env.KUBECONFIG ?? '').split(':').filter(Boolean)) {
+  for (const file of [...(process.env.KUBECONFIG ?? '').split(':').filter(Boolean), ...kubeconfigPaths]) {
     let text: string;
     try {
       text = readFileSync(file, 'utf8');
     } catch {
       continue;
     }
-    for (const m of text.matchAll(/^\s*(?:token|password|client-key-data|client-certificate-data):\s*["']?([^\s"']+)/gm)) registerSecret(m[1]);
+    // YAML or JSON (a kubeconfig written by client libraries is one line of JSON).
+    for (const m of text.matchAll(/["']?\b(?:token|password|client-key-data|client-certificate-data)["']?\s*:\s*["']?([^\s"',}]+)/g)) registerSecret(m[1]);
   }
   for (const p of privateKeyPaths) {
     try {

@@ -11,8 +11,8 @@ import { buildKubernetes } from '../clusters/kube/build.ts';
 import { type Config, type NodeConfig, type SuiteName, durationMs, effectiveRunscFlags, selectSuites } from './config.ts';
 import { buildTestImage, importTestImage, type TestImage } from './image.ts';
 import { installNode, isGVisorNode, uninstallNode } from './installer.ts';
-import { installKubernetesObjects } from './kube.ts';
 import { log, step } from './log.ts';
+import { ConfigError } from './errors.ts';
 import { openNode } from './node.ts';
 import { CriClient } from './cri.ts';
 import { removeLeftoverPods } from './sandbox.ts';
@@ -74,23 +74,40 @@ export interface InstallOutcome {
 
 export async function install(cfg: Config, nodes: NodeConfig[]): Promise<InstallOutcome> {
   effectiveRunscFlags(cfg.gvisor.configFlags); // warns once about ignored flags
-  const needBins = nodes.some((n) => isGVisorNode(cfg, n));
+  const needBins = (cfg.cluster.provider !== 'existing' || cfg.cluster.install) && nodes.some((n) => isGVisorNode(cfg, n));
   const bins = needBins ? await gvisorBinaries(cfg.gvisor) : undefined;
   const image = await step('build the busybox test image', () => buildTestImage());
-  const kubeconfig = providerFor(cfg).kubeconfig();
-  await mapLimit(nodes, 4, async (n) => {
+  const provider = providerFor(cfg);
+  const kubeconfig = provider.kubeconfig();
+  // An existing cluster: install only with `install: true`, and only where the harness can reach the node.
+  const installFiles = cfg.cluster.provider !== 'existing' || cfg.cluster.install;
+  const unreachable = nodes.filter((n) => n.access.type === 'api');
+  if (installFiles && unreachable.some((n) => isGVisorNode(cfg, n))) {
+    const names = unreachable.filter((n) => isGVisorNode(cfg, n)).map((n) => n.name);
+    throw new ConfigError('config', [{ path: 'cluster.nodes', message: `install: true needs SSH access to every gVisor-pool node; none for ${names.join(', ')}` }]);
+  }
+  if (unreachable.length) log('info', `not reachable except through the API (nothing installed, test image not imported): ${unreachable.map((n) => n.name).join(', ')}`);
+  await mapLimit(nodes.filter((n) => n.access.type !== 'api'), 4, async (n) => {
     const node = openNode(n);
     try {
-      await step(`install on ${n.name} (pool ${n.pool}${isGVisorNode(cfg, n) ? ', gVisor' : ''})`, async () => {
-        const r = await installNode(node, cfg, bins);
-        log('info', `[${n.name}] ${r.changed.length ? `changed: ${r.changed.join(', ')}` : 'already up to date'} (os ${r.facts.osFamily}${r.facts.systemd ? ', systemd' : ''})`);
-        await importTestImage(node, image, n.paths.containerdSocket, n.paths.tmpDir);
+      await step(`${installFiles ? 'install on' : 'import the test image on'} ${n.name} (pool ${n.pool}${isGVisorNode(cfg, n) ? ', gVisor' : ''})`, async () => {
+        if (installFiles) {
+          const r = await installNode(node, cfg, bins);
+          log('info', `[${n.name}] ${r.changed.length ? `changed: ${r.changed.join(', ')}` : 'already up to date'} (os ${r.facts.osFamily}${r.facts.systemd ? ', systemd' : ''})`);
+          if (r.changed.length) provider.recordOnNode?.(n.name, 'files');
+        }
+        if (await importTestImage(node, image, n.paths.containerdSocket, n.paths.tmpDir)) provider.recordOnNode?.(n.name, 'image');
       });
     } finally {
       await node.close();
     }
   });
-  if (kubeconfig) await step(`RuntimeClass "${cfg.gvisor.runtimeClassName}" and node labels`, () => installKubernetesObjects(kubeconfig, cfg, nodes));
+  // The Kubernetes client is loaded only for clusters with an API (it costs ~80 MB per process).
+  if (kubeconfig && installFiles) {
+    await step(`RuntimeClass "${cfg.gvisor.runtimeClassName}" and node labels`, async () =>
+      provider.installKubernetesObjects ? provider.installKubernetesObjects(nodes) : (await import('./kube.ts')).installKubernetesObjects(kubeconfig, cfg, nodes),
+    );
+  }
   return { bins, image };
 }
 
@@ -150,7 +167,9 @@ export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteN
         testTimeout,
         hookTimeout: testTimeout,
         pool: 'forks',
-        maxWorkers: 4,
+        // Bounded: suite files in `suites` workers, nodes within a suite `nodes` at a time.
+        maxWorkers: cfg.concurrency.suites,
+        maxConcurrency: cfg.concurrency.nodes,
         fileParallelism: true,
         passWithNoTests: true,
         retry: retries,
@@ -212,7 +231,8 @@ export async function warm(): Promise<void> {
 /** up → install → suites → (down). The main job. */
 export async function run(cfg: Config, opts: RunOptions = {}): Promise<RunSummary> {
   const suites = selectSuites(cfg, opts.suites, opts.skip);
-  const created = cfg.cluster.provider === 'local';
+  // Clusters the harness made are removed after the run; from an existing one, down removes only what this harness made there.
+  const created = cfg.cluster.provider === 'local' || cfg.cluster.provider === 'kind' || cfg.cluster.provider === 'existing';
   let cleaned = false;
   const cleanup = async () => {
     if (cleaned || !created || opts.keep) return;

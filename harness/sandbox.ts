@@ -1,6 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { CriClient, CriError, type ContainerStatus } from './cri.ts';
-import { until } from './wait.ts';
+import { CriClient, CriError } from './cri.ts';
 import { readNodeFile, sh, type NodeAccess } from './node.ts';
 
 // One-shot containers in a fresh pod sandbox: the node-level equivalent of `kubectl run --rm`.
@@ -107,21 +106,15 @@ export async function runOneShot(node: NodeAccess, cri: CriClient, o: OneShotOpt
     };
     const cid = await cri.createContainer(podId, containerConfig, sandboxConfig);
     await cri.startContainer(cid);
-    let st: ContainerStatus | undefined;
-    await until(
-      `container ${podName}/main (${o.command.join(' ')}) to exit on ${node.name}`,
-      o.timeoutMs,
-      async () => (st = await cri.containerStatus(cid)).state === 'CONTAINER_EXITED',
-      100,
-    );
+    const st = await cri.waitForExit(cid, `container ${podName}/main (${o.command.join(' ')}) to exit on ${node.name}`, o.timeoutMs);
     const log = (await readNodeFile(node, `${logDir}/main.log`)) ?? '';
     return {
       podId,
-      exitCode: st!.exit_code,
+      exitCode: st.exit_code,
       output: parseCriLog(log),
       runtimeType: info.runtimeType ?? '',
       runtimeHandler: info.runtimeHandler ?? info.sandboxMetadata?.RuntimeHandler ?? '',
-      reason: st!.reason,
+      reason: st.reason,
       privileged: criPrivilegeOf(sandboxConfig, containerConfig),
     };
   } finally {

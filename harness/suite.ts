@@ -1,16 +1,16 @@
 import * as allure from 'allure-js-commons';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { it, TestRunner, type TestContext } from 'vitest';
+import { describe, it, TestRunner, type TestContext } from 'vitest';
 import { join } from 'node:path';
 import { redact, registerKnownSecrets } from './redact.ts';
 import { type Config, type NodeConfig, durationMs, effectiveRunscFlags } from './config.ts';
 import { CriClient } from './cri.ts';
 import { InfrastructureError } from './errors.ts';
 import { isGVisorNode } from './installer.ts';
-import { openNode, type NodeAccess } from './node.ts';
+import { NoNodeAccess, openNode, type NodeAccess } from './node.ts';
 import { SandboxStartError, runOneShot, type OneShotResult } from './sandbox.ts';
-import { api, createRunNamespace, kubeConfig, privilegeOf, runPodToCompletion, testPod } from './kube.ts';
-import * as k8s from '@kubernetes/client-node';
+// Types only: the Kubernetes client (~80 MB per process) is loaded when a run has a cluster API.
+import type * as k8s from '@kubernetes/client-node';
 import { randomBytes } from 'node:crypto';
 
 // What a suite file sees: the run plan the CLI wrote, node access opened once per suite file,
@@ -73,7 +73,7 @@ export class SuiteContext {
   ) {
     this.plan = plan;
     // Workers have their own redaction state: teach it the same secrets the CLI knows.
-    registerKnownSecrets(plan.nodes.flatMap((n) => (n.access.type === 'ssh' ? [n.access.privateKeyPath] : [])));
+    registerKnownSecrets(plan.nodes.flatMap((n) => (n.access.type === 'ssh' ? [n.access.privateKeyPath] : [])), plan.kubeconfig ? [plan.kubeconfig] : []);
   }
 
   get config(): Config {
@@ -114,11 +114,21 @@ export class SuiteContext {
   }
 
   /**
+   * One describe block per node, titled with the node's name (the report groups by it). The blocks
+   * run concurrently, at most `concurrency.nodes` at a time (vitest's maxConcurrency).
+   */
+  eachNode(nodes: NodeConfig[], fn: (n: NodeConfig) => void): void {
+    describe.concurrent.each(nodes.map((n) => [n.name, n] as const))('%s', (_name, n) => fn(n));
+  }
+
+  /**
    * Declares one check on one node: an `it` whose Allure result carries the suite, node, pool and
    * gVisor settings, the commands it ran (redacted), and on failure the node's actual files.
    */
   test(n: NodeConfig, title: string, fn: (t: TestContext) => Promise<void>): void {
-    it(title, async (t) => {
+    // One node's checks run in order (they share its connection and transcript); nodes run side
+    // by side (see eachNode).
+    it.sequential(title, async (t) => {
       const node = this.node(n);
       const mark = node.transcript.length;
       await allure.epic('gVisor node conformance');
@@ -134,6 +144,8 @@ export class SuiteContext {
       try {
         await fn(t);
       } catch (e) {
+        // A node reached only through the API (an existing cluster without SSH): the check cannot be asked there.
+        if (e instanceof NoNodeAccess || (e as Error).name === 'NoNodeAccess') return t.skip((e as Error).message);
         await this.attachNodeFiles(n).catch(() => undefined);
         throw e;
       } finally {
@@ -158,27 +170,28 @@ export class SuiteContext {
     }
   }
 
-  private kubeP?: Promise<{ core: k8s.CoreV1Api; nodeApi: k8s.NodeV1Api; registered: Set<string> }>;
+  private kubeP?: Promise<{ kube: typeof import('./kube.ts'); kc: k8s.KubeConfig; core: k8s.CoreV1Api; nodeApi: k8s.NodeV1Api; registered: Set<string> }>;
   private nsP?: Promise<string>;
 
   /** The API, when node `n` is a kubelet's node: then its pods must come through the API (a kubelet kills pods it does not know). */
   private async kubeFor(n: NodeConfig) {
     if (!this.plan.kubeconfig) return undefined;
     this.kubeP ??= (async () => {
-      const kc = kubeConfig(this.plan.kubeconfig!);
-      const core = kc.makeApiClient(k8s.CoreV1Api);
-      const registered = new Set((await api('listing nodes', () => core.listNode())).items.map((x) => x.metadata?.name ?? ''));
-      return { core, nodeApi: kc.makeApiClient(k8s.NodeV1Api), registered };
+      const [kube, { CoreV1Api, NodeV1Api }] = await Promise.all([import('./kube.ts'), import('@kubernetes/client-node')]);
+      const kc = kube.kubeConfig(this.plan.kubeconfig!);
+      const core = kc.makeApiClient(CoreV1Api);
+      const registered = new Set((await kube.api('listing nodes', () => core.listNode())).items.map((x) => x.metadata?.name ?? ''));
+      return { kube, kc, core, nodeApi: kc.makeApiClient(NodeV1Api), registered };
     })();
     const k = await this.kubeP;
     return k.registered.has(n.name) ? k : undefined;
   }
 
   /** This suite's namespace (created once, labelled, deleted by close()). */
-  private namespace(core: k8s.CoreV1Api): Promise<string> {
+  private namespace(kube: typeof import('./kube.ts'), core: k8s.CoreV1Api): Promise<string> {
     this.nsP ??= (async () => {
       const ns = `gvisor-e2e-${this.plan.runId}-${this.suite}`.toLowerCase().slice(0, 63).replace(/-+$/, '');
-      return createRunNamespace(core, ns, this.plan.runId);
+      return kube.createRunNamespace(core, ns, this.plan.runId);
     })();
     return this.nsP;
   }
@@ -189,16 +202,17 @@ export class SuiteContext {
     if (k) {
       let runtimeClassName: string | undefined;
       if (handler !== 'runc') {
-        const classes = await api('listing RuntimeClasses', () => k.nodeApi.listRuntimeClass());
+        const classes = await k.kube.api('listing RuntimeClasses', () => k.nodeApi.listRuntimeClass());
         runtimeClassName = classes.items.find((c) => c.handler === handler)?.metadata?.name;
         if (!runtimeClassName) throw new SandboxStartError(handler, n.name, `no RuntimeClass in the cluster has handler "${handler}"`);
       }
-      const ns = await this.namespace(k.core);
+      const ns = await this.namespace(k.kube, k.core);
       const podName = `${name}-${randomBytes(3).toString('hex')}`;
-      const spec = testPod({ name: podName, namespace: ns, runId: this.plan.runId, image: this.plan.image.image, command }, { nodeName: n.name, runtimeClassName });
-      await recordPod({ pod: `${ns}/${podName}`, node: n.name, handler, privileged: privilegeOf(spec.spec) });
-      const r = await runPodToCompletion(k.core, spec, durationMs(this.config.timeouts.container) * 2, handler);
-      return { podId: r.pod.metadata?.uid ?? '', exitCode: r.exitCode, output: r.logs, runtimeType: '', runtimeHandler: handler, reason: r.pod.status?.reason ?? '', privileged: privilegeOf(spec.spec) };
+      const spec = k.kube.testPod({ name: podName, namespace: ns, runId: this.plan.runId, image: this.plan.image.image, command }, { nodeName: n.name, runtimeClassName });
+      const privileged = k.kube.privilegeOf(spec.spec);
+      await recordPod({ pod: `${ns}/${podName}`, node: n.name, handler, privileged });
+      const r = await k.kube.runPodToCompletion(k.kc, spec, durationMs(this.config.timeouts.container) * 2, handler);
+      return { podId: r.pod.metadata?.uid ?? '', exitCode: r.exitCode, output: r.logs, runtimeType: '', runtimeHandler: handler, reason: r.pod.status?.reason ?? '', privileged };
     }
     const r = await runOneShot(this.node(n), await this.cri(n), {
       handler,
@@ -217,9 +231,9 @@ export class SuiteContext {
   async close(): Promise<void> {
     if (this.nsP && this.kubeP) {
       const ns = await this.nsP.catch(() => undefined);
-      const core = (await this.kubeP).core;
+      const { kube, core } = await this.kubeP;
       // Retried like every API call: an API server restarting at this moment must not leak the namespace.
-      if (ns) await api(`deleting namespace ${ns}`, () => core.deleteNamespace({ name: ns })).catch((e: Error) => console.error(e.message));
+      if (ns) await kube.api(`deleting namespace ${ns}`, () => core.deleteNamespace({ name: ns })).catch((e: Error) => console.error(e.message));
     }
     const transcript = [...this.access.values()].flatMap((a) => a.transcript);
     if (transcript.length > 0) {

@@ -13,3 +13,9 @@ export const CONTAINERD_MODULE_VERSION = 'v2.2.9';
 export const KUBERNETES_VERSION = 'v1.35.4';
 /** go.etcd.io/etcd/server/v3: the etcd 3.6 line Kubernetes 1.35 pairs with, newest patch served. */
 export const ETCD_VERSION = 'v3.6.16';
+/** sigs.k8s.io/kind: the kind CLI the kind provider drives (built from its Go module when not on PATH). */
+export const KIND_VERSION = 'v0.33.0';
+/** kind's node image for the pinned Kubernetes minor (configurable: cluster.nodeImage). kind v0.33.0's own default
+ *  is kindest/node:v1.37.0. No registry is reachable here, so neither this tag nor its digest could be checked:
+ *  where you can, pin the image (with @sha256) that kind's release notes list for 1.35. */
+export const KIND_NODE_IMAGE = `kindest/node:${KUBERNETES_VERSION}`;

@@ -1,4 +1,4 @@
-import { afterAll, describe } from 'vitest';
+import { afterAll } from 'vitest';
 import { nodeFacts, type NodeFacts } from '../../harness/installer.ts';
 import { readNodeFile } from '../../harness/node.ts';
 import { parseNofile, parseSystemdLimit } from '../../harness/probes.ts';
@@ -15,7 +15,7 @@ const CONTAINERD_PID = 'for p in $(pidof containerd); do [ "$(readlink /proc/$p/
 afterAll(() => ctx.close());
 const enable = ctx.config.containerd.enableLimitNoFile;
 
-describe.each(ctx.nodes.map((n) => [n.name, n] as const))('%s', (_name, n) => {
+ctx.eachNode(ctx.nodes, (n) => {
   const dropIn = `${n.paths.systemdUnitDir}/${LIMIT_NOFILE_DROPIN}`;
   let factsP: Promise<NodeFacts> | undefined;
   const facts = () => (factsP ??= nodeFacts(ctx.node(n)));

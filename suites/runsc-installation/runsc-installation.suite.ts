@@ -1,5 +1,5 @@
 import { parse as parseToml } from 'smol-toml';
-import { afterAll, describe } from 'vitest';
+import { afterAll } from 'vitest';
 import { readNodeFile, sh } from '../../harness/node.ts';
 import { findRuntime, parseRunscToml, type TomlTable } from '../../harness/render.ts';
 import { SuiteContext, check } from '../../harness/suite.ts';
@@ -25,7 +25,7 @@ async function containerdConfig(n: (typeof ctx.gvisorNodes)[number]): Promise<To
   }
 }
 
-describe.each(ctx.gvisorNodes.map((n) => [n.name, n] as const))('%s', (_name, n) => {
+ctx.eachNode(ctx.gvisorNodes, (n) => {
   ctx.test(n, `runsc is installed at ${runsc} and executable`, async () => {
     // The mode and type go into the message: "not executable" alone does not say what is there instead.
     const r = await ctx.node(n).exec(
@@ -90,7 +90,7 @@ describe.each(ctx.gvisorNodes.map((n) => [n.name, n] as const))('%s', (_name, n)
   });
 });
 
-describe.each(ctx.otherNodes.map((n) => [n.name, n] as const))('%s', (_name, n) => {
+ctx.eachNode(ctx.otherNodes, (n) => {
   ctx.test(n, `(outside the gVisor pools) has no runsc at ${runsc}`, async () => {
     const r = await ctx.node(n).exec(`[ -e ${sh(runsc)} ]`);
     check(r.code !== 0, `${n.name} (pool "${n.pool}") has ${runsc}, but gVisor must only be on pools ${g.pools.join(', ')}`);

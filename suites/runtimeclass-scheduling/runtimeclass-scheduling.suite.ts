@@ -37,7 +37,7 @@ describe('cluster', () => {
 
   async function runToCompletion(p: k8s.V1Pod): Promise<{ pod: k8s.V1Pod; logs: string }> {
     await record(p);
-    const r = await runPodToCompletion(core, p, podTimeout);
+    const r = await runPodToCompletion(kc, p, podTimeout);
     await ctx.attach(`logs of pod ${p.metadata!.name} (node ${r.pod.spec?.nodeName})`, r.logs);
     return r;
   }

@@ -1,4 +1,4 @@
-import { afterAll, describe } from 'vitest';
+import { afterAll } from 'vitest';
 import { gvisorBootLog } from '../../harness/probes.ts';
 import { SuiteContext, check } from '../../harness/suite.ts';
 
@@ -9,7 +9,7 @@ const ctx = new SuiteContext('sandbox-dmesg');
 afterAll(() => ctx.close());
 const h = ctx.gvisor.handler;
 
-describe.each(ctx.gvisorNodes.map((n) => [n.name, n] as const))('%s', (_name, n) => {
+ctx.eachNode(ctx.gvisorNodes, (n) => {
   ctx.test(n, `dmesg in a "${h}" container shows the gVisor boot log ending in "Ready!"`, async () => {
     const r = await ctx.oneShot(n, h, 'dmesg-gvisor', ['dmesg']);
     await ctx.attach(`dmesg in a "${h}" pod (runtime ${r.runtimeType || 'unknown'})`, r.output);

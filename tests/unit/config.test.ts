@@ -152,6 +152,13 @@ describe('parseConfig: errors name the source and the field', () => {
     expect(e.message).toContain('cluster.nodes[0]: unknown key(s) "acess"');
   });
 
+  it('concurrency defaults to 2 suite workers and 8 nodes at once; 0 is rejected at its path', () => {
+    expect(parseConfig(NODES_MIN, 'c.yaml').concurrency).toEqual({ suites: 2, nodes: 8 });
+    expect(parseConfig(nodesConfig({ top: 'concurrency:\n  nodes: 32' }), 'c.yaml').concurrency).toEqual({ suites: 2, nodes: 32 });
+    const e = configError(() => parseConfig(nodesConfig({ top: 'concurrency:\n  nodes: 0' }), 'c.yaml'));
+    expect(e.issues.map((i) => i.path)).toContain('concurrency.nodes');
+  });
+
   it('an unknown top-level key and an unknown gvisor key are rejected', () => {
     const e = configError(() => parseConfig(nodesConfig({ gvisor: '  pools: [gvisor]\n  handlr: gvisor', top: 'reportDir: out' }), 'c.yaml'));
     expect(e.message).toContain('gvisor: unknown key(s) "handlr"');

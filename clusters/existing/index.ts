@@ -1,0 +1,266 @@
+import * as k8s from '@kubernetes/client-node';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { type Config, type ExistingCluster, type NodeConfig, nodeConfig } from '../../harness/config.ts';
+import { ConfigError, InfrastructureError } from '../../harness/errors.ts';
+import { isGVisorNode, uninstallNode } from '../../harness/installer.ts';
+import { api, apiError, GVISOR_NODE_LABEL, runtimeClass } from '../../harness/kube.ts';
+import { log, step } from '../../harness/log.ts';
+import { buildTestImage } from '../../harness/image.ts';
+import { type NodeAccess, openNode, sh } from '../../harness/node.ts';
+import { registerSecret } from '../../harness/redact.ts';
+import { MANAGED_LABEL, RUN_LABEL } from '../../harness/sandbox.ts';
+import { POOL_LABEL } from '../kube/kubelet.ts';
+import { defaultStateDir } from '../local/index.ts';
+
+// A Kubernetes cluster the harness did not create — typically a Gardener shoot that already runs
+// the runtime-gvisor extension. `up` only reads it (the nodes of each worker pool, from the API);
+// `down` removes only what the harness made: the suites' namespaces (they carry the run label),
+// and the RuntimeClass, node labels and node files the harness itself created. Those are recorded
+// in <stateDir>/state.json the moment they exist (a RuntimeClass by uid), so a RuntimeClass or a
+// label that was there before is never touched, and `down` after a crash still knows what to undo.
+//
+// Nodes listed in cluster.nodes are reached over SSH, like the `nodes` provider. The others are
+// reached through the API only: the suites' pods still land on them (as pods pinned to the node),
+// but a check that needs the node's own files is reported as skipped, naming why. We deliberately
+// do not start a privileged hostPath pod (`kubectl debug node`-style) there: on a customer's
+// cluster that is a privileged workload the PodSecurity admission of a shoot may refuse, and a
+// harness that tests sandboxing should not quietly escape it.
+
+/** Marks objects this harness created on a cluster it does not own (the state file is what counts). */
+export const CREATED_BY_ANNOTATION = 'gvisor-e2e.dev/created-by';
+
+interface State {
+  cluster: string;
+  /** RuntimeClasses the harness created, by uid: a same-named object made by someone else later is left alone. */
+  runtimeClasses: { name: string; uid: string }[];
+  /** Node labels the harness added (removed on down only while they still have the value it set). */
+  nodeLabels: { node: string; key: string; value: string }[];
+  /** Nodes whose files `install` changed (over SSH); `down` undoes that install on them. */
+  installedNodes: string[];
+  /** Nodes where the harness imported its test image (removed again by down). */
+  imageNodes?: string[];
+}
+
+export class ExistingProvider {
+  readonly kind = 'existing';
+  readonly stateDir: string;
+  constructor(
+    private readonly spec: ExistingCluster,
+    private readonly cfg: Config,
+  ) {
+    this.stateDir = spec.stateDir ?? defaultStateDir(spec.name);
+  }
+
+  private get stateFile(): string {
+    return join(this.stateDir, 'state.json');
+  }
+  private readState(): State {
+    if (!existsSync(this.stateFile)) return { cluster: this.spec.name, runtimeClasses: [], nodeLabels: [], installedNodes: [] };
+    return JSON.parse(readFileSync(this.stateFile, 'utf8')) as State;
+  }
+  private writeState(s: State): void {
+    mkdirSync(this.stateDir, { recursive: true, mode: 0o700 });
+    writeFileSync(this.stateFile, JSON.stringify(s, null, 2), { mode: 0o600 });
+  }
+  private get contextKubeconfig(): string {
+    return join(this.stateDir, 'kubeconfig');
+  }
+
+  /** Loads the user's kubeconfig (never echoing it) and registers its credentials for redaction. */
+  private load(): k8s.KubeConfig {
+    const kc = new k8s.KubeConfig();
+    try {
+      kc.loadFromFile(this.spec.kubeconfig);
+    } catch (e) {
+      // The parser's message may quote the file, which holds credentials: name only the kind of error.
+      const code = (e as NodeJS.ErrnoException).code;
+      throw new ConfigError('config', [{ path: 'cluster.kubeconfig', message: `${this.spec.kubeconfig} ${code ? `cannot be read (${code})` : 'is not a valid kubeconfig'}` }]);
+    }
+    for (const u of kc.getUsers()) {
+      registerSecret(u.token);
+      registerSecret(u.password);
+      registerSecret(u.keyData);
+      registerSecret(u.certData);
+    }
+    if (this.spec.context) {
+      const names = kc.getContexts().map((c) => c.name);
+      if (!names.includes(this.spec.context)) {
+        throw new ConfigError('config', [{ path: 'cluster.context', message: `no context "${this.spec.context}" in ${this.spec.kubeconfig} (contexts: ${names.join(', ') || 'none'})` }]);
+      }
+      kc.setCurrentContext(this.spec.context);
+    }
+    if (!kc.getCurrentCluster()) throw new ConfigError('config', [{ path: 'cluster.kubeconfig', message: `${this.spec.kubeconfig} has no current context with a cluster; set cluster.context` }]);
+    return kc;
+  }
+
+  /**
+   * The kubeconfig the rest of the harness uses. With `context`, a copy whose current-context is
+   * that one (0600, in the state dir, removed by down): every consumer then loads a plain path.
+   */
+  kubeconfig(): string {
+    if (!this.spec.context) return this.spec.kubeconfig;
+    const kc = this.load();
+    mkdirSync(this.stateDir, { recursive: true, mode: 0o700 });
+    writeFileSync(this.contextKubeconfig, kc.exportConfig(), { mode: 0o600 });
+    return this.contextKubeconfig;
+  }
+
+  private core(): k8s.CoreV1Api {
+    return this.load().makeApiClient(k8s.CoreV1Api);
+  }
+
+  async up(): Promise<NodeConfig[]> {
+    const core = this.core();
+    const pools = this.spec.pools ?? this.cfg.gvisor.pools.map((name) => ({ name, selector: undefined }));
+    const poolOf = new Map<string, string>();
+    const found: k8s.V1Node[] = [];
+    for (const [i, p] of pools.entries()) {
+      const selector = p.selector ?? `${POOL_LABEL}=${p.name}`;
+      const list = await api(`listing nodes of pool ${p.name} (${selector})`, () => core.listNode({ labelSelector: selector }));
+      const where = this.spec.pools ? `cluster.pools[${i}]${p.selector ? '.selector' : ''}` : `gvisor.pools[${i}]`;
+      if (list.items.length === 0) throw new ConfigError('config', [{ path: where, message: `no node of the cluster matches "${selector}" (pool "${p.name}")` }]);
+      for (const n of list.items) {
+        const name = n.metadata!.name!;
+        const other = poolOf.get(name);
+        if (other) throw new ConfigError('config', [{ path: where, message: `node ${name} matches both pool "${other}" and pool "${p.name}"; make the selectors disjoint` }]);
+        poolOf.set(name, p.name);
+        found.push(n);
+      }
+    }
+    this.spec.nodes.forEach((n, i) => {
+      const pool = poolOf.get(n.name);
+      if (!pool) throw new ConfigError('config', [{ path: `cluster.nodes[${i}].name`, message: `no node "${n.name}" in the pools (${[...poolOf.keys()].join(', ')})` }]);
+      if (n.pool !== undefined && n.pool !== pool) throw new ConfigError('config', [{ path: `cluster.nodes[${i}].pool`, message: `node ${n.name} is in pool "${pool}" (by its labels), not "${n.pool}"` }]);
+    });
+    const nodes = found.map((k) => {
+      const name = k.metadata!.name!;
+      const pool = poolOf.get(name)!;
+      const ssh = this.spec.nodes.find((n) => n.name === name);
+      return ssh ? nodeConfig({ ...ssh, pool }) : nodeConfig({ name, pool, access: { type: 'api' } });
+    });
+    for (const n of nodes) log('info', `  ${n.name}: pool ${n.pool}, ${n.access.type === 'ssh' ? 'SSH' : 'API only (node-level file checks are skipped)'}`);
+    return nodes;
+  }
+
+  /** Notes that `install` changed files on a node or imported the test image there (down undoes it there, and only there). */
+  recordOnNode(node: string, what: 'files' | 'image'): void {
+    const s = this.readState();
+    const list = what === 'files' ? s.installedNodes : (s.imageNodes ??= []);
+    if (!list.includes(node)) list.push(node);
+    this.writeState(s);
+  }
+
+  /**
+   * What the extension leaves in the cluster: the RuntimeClass and the node label on the gVisor
+   * pool. Creates only what is missing, and records it; what exists is tested as it is.
+   */
+  async installKubernetesObjects(nodes: NodeConfig[]): Promise<void> {
+    const kc = this.load();
+    const core = kc.makeApiClient(k8s.CoreV1Api);
+    const nodeApi = kc.makeApiClient(k8s.NodeV1Api);
+    const merge = k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch);
+    const state = this.readState();
+    for (const n of nodes.filter((x) => isGVisorNode(this.cfg, x))) {
+      const node = await api(`reading node ${n.name}`, () => core.readNode({ name: n.name }));
+      const have = node.metadata?.labels?.[GVISOR_NODE_LABEL];
+      if (have === 'true') continue;
+      if (have !== undefined) {
+        log('warn', `node ${n.name} has ${GVISOR_NODE_LABEL}=${have}; left as it is (the harness changes only what it added)`);
+        continue;
+      }
+      await api(`labelling node ${n.name}`, () => core.patchNode({ name: n.name, body: { metadata: { labels: { [GVISOR_NODE_LABEL]: 'true' } } } }, merge));
+      state.nodeLabels.push({ node: n.name, key: GVISOR_NODE_LABEL, value: 'true' });
+      this.writeState(state);
+      log('info', `labelled node ${n.name} ${GVISOR_NODE_LABEL}=true (removed again by down)`);
+    }
+    const rc = runtimeClass(this.cfg);
+    const name = rc.metadata!.name!;
+    const current = await nodeApi.readRuntimeClass({ name }).catch((e: { code?: number }) => {
+      if (e.code === 404) return undefined;
+      throw new InfrastructureError(`reading RuntimeClass ${name}: ${(e as Error).message}`);
+    });
+    if (current) {
+      if (current.handler !== rc.handler) log('warn', `RuntimeClass ${name} exists with handler "${current.handler}" (config: "${rc.handler}"); left as it is`);
+      return;
+    }
+    rc.metadata!.annotations = { [CREATED_BY_ANNOTATION]: this.spec.name };
+    const made = await api(`creating RuntimeClass ${name}`, () => nodeApi.createRuntimeClass({ body: rc }));
+    state.runtimeClasses.push({ name, uid: made.metadata!.uid! });
+    this.writeState(state);
+    log('info', `created RuntimeClass ${name} (removed again by down)`);
+  }
+
+  /** Runs fn over SSH on a node of cluster.nodes (down's undo), or says what is left where there is no access. */
+  private async onNode(name: string, what: string, fn: (node: NodeAccess, n: NodeConfig) => Promise<void>): Promise<void> {
+    const spec = this.spec.nodes.find((x) => x.name === name);
+    if (!spec) {
+      log('warn', `${what} on node ${name} stay: it is no longer in cluster.nodes; run down with its SSH access to undo that`);
+      return;
+    }
+    const n = nodeConfig({ ...spec, pool: spec.pool ?? '-' });
+    const node = openNode(n);
+    try {
+      await fn(node, n);
+    } finally {
+      await node.close();
+    }
+  }
+
+  async down(): Promise<void> {
+    const kc = this.load();
+    const core = kc.makeApiClient(k8s.CoreV1Api);
+    const nodeApi = kc.makeApiClient(k8s.NodeV1Api);
+    const state = this.readState();
+    // The suites' namespaces: only gvisor-e2e creates namespaces with these labels.
+    const nss = await api('listing the harness namespaces', () => core.listNamespace({ labelSelector: `${RUN_LABEL},${MANAGED_LABEL}=true` }));
+    for (const ns of nss.items.filter((x) => x.status?.phase !== 'Terminating')) {
+      await api(`deleting namespace ${ns.metadata!.name}`, () => core.deleteNamespace({ name: ns.metadata!.name! })).catch(notFound);
+      log('info', `deleted namespace ${ns.metadata!.name}`);
+    }
+    for (const rc of [...state.runtimeClasses]) {
+      // The uid precondition: a RuntimeClass someone re-created under the same name is not ours.
+      await nodeApi.deleteRuntimeClass({ name: rc.name, body: { preconditions: { uid: rc.uid } } }).catch((e: { code?: number }) => {
+        if (e.code === 409) log('warn', `RuntimeClass ${rc.name} was replaced by someone else since the harness created it; left as it is`);
+        else if (e.code !== 404) throw new InfrastructureError(`deleting RuntimeClass ${rc.name}: ${(e as Error).message}`);
+      });
+      state.runtimeClasses = state.runtimeClasses.filter((x) => x !== rc);
+      this.writeState(state);
+      log('info', `deleted RuntimeClass ${rc.name}`);
+    }
+    const json = k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.JsonPatch);
+    for (const l of [...state.nodeLabels]) {
+      const node = await core.readNode({ name: l.node }).catch((e: { code?: number }) => (e.code === 404 ? undefined : Promise.reject(apiError(`reading node ${l.node}`, e))));
+      if (node?.metadata?.labels?.[l.key] === l.value) {
+        // A JSON patch with a test op: the label goes only if it still has the value we set.
+        const path = `/metadata/labels/${l.key.replace(/~/g, '~0').replace(/\//g, '~1')}`;
+        await api(`removing label ${l.key} from node ${l.node}`, () => core.patchNode({ name: l.node, body: [{ op: 'test', path, value: l.value }, { op: 'remove', path }] }, json));
+        log('info', `removed label ${l.key} from node ${l.node}`);
+      }
+      state.nodeLabels = state.nodeLabels.filter((x) => x !== l);
+      this.writeState(state);
+    }
+    for (const name of [...(state.imageNodes ?? [])]) {
+      await this.onNode(name, 'the test image', async (node, n) => {
+        const img = await buildTestImage();
+        await node.exec(`ctr --address ${sh(n.paths.containerdSocket)} -n k8s.io images rm ${sh(img.image)} ${sh(img.pause)}`);
+        log('info', `[${name}] removed the test image`);
+      });
+      state.imageNodes = state.imageNodes!.filter((x) => x !== name);
+      this.writeState(state);
+    }
+    for (const name of [...state.installedNodes]) {
+      await this.onNode(name, 'the files install changed', async (node) => {
+        const undone = await step(`uninstall from ${name}`, () => uninstallNode(node, this.cfg));
+        log('info', `[${name}] restored/removed: ${undone.join(', ') || 'nothing'}`);
+      });
+      state.installedNodes = state.installedNodes.filter((x) => x !== name);
+      this.writeState(state);
+    }
+    rmSync(this.stateDir, { recursive: true, force: true });
+  }
+}
+
+function notFound(e: unknown): void {
+  if (!/HTTP 404/.test((e as Error).message)) throw e;
+}

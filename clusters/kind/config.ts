@@ -1,0 +1,72 @@
+import { stringify } from 'yaml';
+import type { Config, KindCluster } from '../../harness/config.ts';
+import { GVISOR_NODE_LABEL } from '../../harness/kube.ts';
+import { runtimeEntry, runtimesPath } from '../../harness/render.ts';
+import { stringify as stringifyToml } from 'smol-toml';
+
+// Pure rendering of kind's v1alpha4 cluster config (sigs.k8s.io/kind pkg/apis/config/v1alpha4):
+// one control plane, then the workers of each pool in order. kind names workers by position
+// (<name>-worker, <name>-worker2, …), so the same order tells which container is in which pool.
+
+/** Node label naming a kind node's worker pool (what the local provider's kubelets carry too). */
+export const POOL_LABEL = 'gvisor-e2e.dev/pool';
+/** The path inside kind node containers where containerd reads its config; kind nodes use config version 2. */
+export const KIND_CONTAINERD_CONFIG_VERSION = 2;
+
+export interface KindWorker {
+  /** The node container's (and Kubernetes node's) name. */
+  name: string;
+  pool: string;
+  gvisor: boolean;
+}
+
+/** The workers kind will make for these pools, with the names kind gives them. */
+export function kindWorkers(spec: KindCluster, gvisorPools: string[]): KindWorker[] {
+  let n = 0;
+  return spec.pools.flatMap((p) =>
+    Array.from({ length: p.nodes }, () => {
+      n++;
+      return { name: `${spec.name}-worker${n === 1 ? '' : n}`, pool: p.name, gvisor: gvisorPools.includes(p.name) };
+    }),
+  );
+}
+
+/**
+ * The containerdConfigPatches entry registering the gVisor handler. kind applies a patch only when
+ * its `version` matches the node's config.toml (version 2 on kind nodes), and applies it to EVERY
+ * node: it has no per-node containerd patches.
+ */
+export function runscHandlerPatch(cfg: Config, runscConfigPath = '/etc/containerd/runsc.toml'): string {
+  const g = cfg.gvisor;
+  const path = [...runtimesPath(KIND_CONTAINERD_CONFIG_VERSION), g.handler];
+  const doc: Record<string, unknown> = { version: KIND_CONTAINERD_CONFIG_VERSION };
+  let cur = doc;
+  for (const p of path.slice(0, -1)) cur = (cur[p] = {}) as Record<string, unknown>;
+  cur[g.handler] = runtimeEntry({ handler: g.handler, binaryPath: g.binaryPath, shim: g.shim, runscConfigPath });
+  return stringifyToml(doc);
+}
+
+/** kind's v1alpha4 Cluster object for the config. */
+export function kindConfig(cfg: Config & { cluster: KindCluster }): Record<string, unknown> {
+  const spec = cfg.cluster;
+  const workers = kindWorkers(spec, cfg.gvisor.pools);
+  const mounts = spec.extraMounts.map((m) => ({ ...m }));
+  const nodes: Record<string, unknown>[] = [{ role: 'control-plane', image: spec.nodeImage }];
+  for (const w of workers) {
+    const pool = spec.pools.find((p) => p.name === w.pool)!;
+    // The Gardener label is put on gVisor pools at creation (the RuntimeClass selects on it);
+    // the installer sets it again through the API, idempotently.
+    const labels: Record<string, string> = { ...pool.labels, [POOL_LABEL]: w.pool, ...(w.gvisor ? { [GVISOR_NODE_LABEL]: 'true' } : {}) };
+    nodes.push({ role: 'worker', image: spec.nodeImage, labels, ...(mounts.length ? { extraMounts: mounts } : {}) });
+  }
+  const out: Record<string, unknown> = { kind: 'Cluster', apiVersion: 'kind.x-k8s.io/v1alpha4', name: spec.name, nodes };
+  // kind patches every node's containerd alike. Registering the handler that way is right only when
+  // every worker is in a gVisor pool; otherwise nodes outside the pools must have none of it
+  // (runsc-installation checks that), and the installer registers it per node instead.
+  if (workers.every((w) => w.gvisor)) out.containerdConfigPatches = [runscHandlerPatch(cfg)];
+  return out;
+}
+
+export function renderKindConfig(cfg: Config & { cluster: KindCluster }): string {
+  return stringify(kindConfig(cfg), { lineWidth: 0 });
+}

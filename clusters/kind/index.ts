@@ -1,0 +1,227 @@
+import { execFile } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { buildKind, cacheRoot } from '../../harness/binaries.ts';
+import { type Config, type KindCluster, type NodeConfig, durationMs, nodeConfig } from '../../harness/config.ts';
+import { InfrastructureError } from '../../harness/errors.ts';
+import { buildTestImage, type TestImage } from '../../harness/image.ts';
+import { log, step } from '../../harness/log.ts';
+import { KIND_VERSION } from '../../harness/versions.ts';
+import { defaultStateDir } from '../local/index.ts';
+import { kindWorkers, renderKindConfig, type KindWorker } from './config.ts';
+
+// A kind cluster: Kubernetes nodes as Docker containers, made and removed with the kind CLI.
+// The harness writes kind's config (pools → labelled workers, the gVisor handler patch), lets
+// kind create the cluster with its kubeconfig in our state dir, loads the locally built test
+// image with `kind load`, and hands back the worker containers as `docker exec` nodes: the
+// generic installer then puts runsc, its shim and runsc.toml there like on any other node.
+// On a failed `up`, kind's own diagnostics (`kind export logs`) go to the reports dir first
+// (`--retain` keeps kind from deleting the nodes itself before we could collect them).
+
+export interface CommandResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+/** Runs argv[0] with argv[1..]; never throws for a non-zero exit (tests inject a recorder). */
+export type Runner = (argv: string[], opts?: { timeoutMs?: number }) => Promise<CommandResult>;
+
+export const defaultRunner: Runner = (argv, opts = {}) =>
+  new Promise((res) => {
+    execFile(argv[0]!, argv.slice(1), { timeout: opts.timeoutMs ?? 60_000, killSignal: 'SIGKILL', maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
+      const e = err as (NodeJS.ErrnoException & { code?: number | string; killed?: boolean }) | null;
+      const code = !e ? 0 : typeof e.code === 'number' ? e.code : 127;
+      const why = e && e.killed ? `\n(killed after ${(opts.timeoutMs ?? 60_000) / 1000}s)` : e && typeof e.code === 'string' ? `\n${e.message}` : '';
+      res({ code, stdout: String(stdout), stderr: String(stderr) + why });
+    });
+  });
+
+/** kind's own error (from its "ERROR:" line on), without its progress lines and warnings. */
+export function kindError(r: CommandResult): string {
+  const out = r.stderr.trim() || r.stdout.trim();
+  const at = out.indexOf('ERROR:');
+  return (at >= 0 ? out.slice(at) : out).trim().slice(-1500);
+}
+
+function firstLine(r: CommandResult): string {
+  return (r.stderr.trim() || r.stdout.trim()).split('\n').filter(Boolean).slice(-1)[0] ?? `exit ${r.code}`;
+}
+
+/** Whether a Docker engine answers (`docker info`), in the words a user needs when it does not. */
+export async function dockerEngine(run: Runner = defaultRunner): Promise<{ ok: boolean; detail: string }> {
+  const r = await run(['docker', 'info', '--format', '{{.ServerVersion}}'], { timeoutMs: 20_000 });
+  if (r.code === 0 && r.stdout.trim()) return { ok: true, detail: `Docker engine ${r.stdout.trim()}${process.env.DOCKER_HOST ? ` at ${process.env.DOCKER_HOST}` : ''}` };
+  const why = r.code === 127 && /ENOENT/.test(r.stderr) ? 'the docker CLI is not installed' : firstLine(r);
+  return { ok: false, detail: `no Docker engine is running (docker info: ${why}); the kind provider needs one: start dockerd or use provider local` };
+}
+
+/** The kind binary: the configured one, else `kind` on PATH, else built from its Go module (cached). */
+export async function kindBinary(spec: KindCluster, run: Runner = defaultRunner): Promise<string> {
+  if (spec.kindBinary) return spec.kindBinary;
+  const r = await run(['sh', '-c', 'command -v kind']);
+  if (r.code === 0 && r.stdout.trim()) return r.stdout.trim();
+  return buildKind(KIND_VERSION);
+}
+
+/** Where kind comes from, without building it (for doctor). */
+export function kindBinarySource(spec: KindCluster, onPath: string | undefined): string {
+  if (spec.kindBinary) return spec.kindBinary;
+  if (onPath) return onPath;
+  const cached = join(cacheRoot(), 'kind', KIND_VERSION, 'kind');
+  return existsSync(cached) ? cached : `not built yet: built from sigs.k8s.io/kind@${KIND_VERSION} on first use (needs go)`;
+}
+
+interface State {
+  provider: 'kind';
+  cluster: string;
+  kubeconfig: string;
+  nodes: KindWorker[];
+}
+
+export interface KindProviderOptions {
+  run?: Runner;
+  /** The kind binary (tests); default: see kindBinary(). */
+  kind?: string;
+  testImage?: () => Promise<TestImage>;
+}
+
+export class KindProvider {
+  readonly kind = 'kind';
+  readonly stateDir: string;
+  private readonly spec: KindCluster;
+  private readonly run: Runner;
+  private kindBin?: string;
+
+  constructor(
+    private readonly cfg: Config & { cluster: KindCluster },
+    private readonly opts: KindProviderOptions = {},
+  ) {
+    this.spec = cfg.cluster;
+    this.stateDir = this.spec.stateDir ?? defaultStateDir(this.spec.name);
+    this.run = opts.run ?? defaultRunner;
+    this.kindBin = opts.kind;
+  }
+
+  private get stateFile(): string {
+    return join(this.stateDir, 'state.json');
+  }
+  private readState(): State | undefined {
+    if (!existsSync(this.stateFile)) return undefined;
+    const s = JSON.parse(readFileSync(this.stateFile, 'utf8')) as State;
+    // The local provider keeps its state under the same <name> by default: never mistake one for the other.
+    if (s.provider !== 'kind') throw new InfrastructureError(`${this.stateFile} belongs to another provider's cluster "${s.cluster}": run \`down\` with that config first, or pick another cluster.name or stateDir`);
+    return s;
+  }
+
+  kubeconfig(): string | undefined {
+    return this.readState()?.kubeconfig;
+  }
+
+  private async kindCmd(args: string[], timeoutMs = 120_000): Promise<CommandResult> {
+    this.kindBin ??= await kindBinary(this.spec, this.run);
+    log('debug', `$ kind ${args.join(' ')}`);
+    return this.run([this.kindBin, ...args], { timeoutMs });
+  }
+
+  private async mustKind(args: string[], timeoutMs?: number): Promise<string> {
+    const r = await this.kindCmd(args, timeoutMs);
+    if (r.code !== 0) throw new InfrastructureError(`kind ${args.slice(0, 2).join(' ')} (cluster "${this.spec.name}") exited ${r.code}: ${kindError(r)}`);
+    return r.stdout;
+  }
+
+  private async requireEngine(): Promise<void> {
+    const e = await dockerEngine(this.run);
+    if (!e.ok) throw new InfrastructureError(e.detail);
+  }
+
+  private async clusterExists(): Promise<boolean> {
+    return (await this.mustKind(['get', 'clusters'])).split('\n').includes(this.spec.name);
+  }
+
+  private async liveNodes(): Promise<string[]> {
+    return (await this.mustKind(['get', 'nodes', '--name', this.spec.name])).split('\n').map((s) => s.trim()).filter(Boolean);
+  }
+
+  private toNodeConfig(w: KindWorker): NodeConfig {
+    // kind nodes run systemd as PID 1 with a containerd unit: the default restart command applies.
+    return nodeConfig({ name: w.name, pool: w.pool, access: { type: 'docker', container: w.name } });
+  }
+
+  async up(): Promise<NodeConfig[]> {
+    await this.requireEngine();
+    const workers = kindWorkers(this.spec, this.cfg.gvisor.pools);
+    const existing = this.readState();
+    if (existing && (await this.clusterExists())) {
+      const live = await this.liveNodes();
+      const same = existing.nodes.length === workers.length && workers.every((w, i) => existing.nodes[i]?.name === w.name && existing.nodes[i]?.pool === w.pool);
+      if (same && workers.every((w) => live.includes(w.name))) {
+        log('info', `kind cluster "${this.spec.name}" is up (${workers.length} workers, state ${this.stateDir})`);
+        return workers.map((w) => this.toNodeConfig(w));
+      }
+      log('info', `kind cluster "${this.spec.name}" differs from the config: removing it first`);
+      await this.down();
+    } else if (await this.clusterExists()) {
+      // A cluster of that name that we have no record of is not ours to replace.
+      throw new InfrastructureError(`a kind cluster "${this.spec.name}" exists that gvisor-e2e did not record (no ${this.stateFile}): delete it (\`kind delete cluster --name ${this.spec.name}\`) or pick another cluster.name`);
+    }
+
+    mkdirSync(this.stateDir, { recursive: true, mode: 0o700 });
+    const configFile = join(this.stateDir, 'kind-config.yaml');
+    const kubeconfig = join(this.stateDir, 'kubeconfig');
+    writeFileSync(configFile, renderKindConfig(this.cfg));
+    // kind writes credentials into the kubeconfig: create it private before kind fills it.
+    writeFileSync(kubeconfig, '', { mode: 0o600 });
+    // Recorded before creating, so that `down` after a crash still deletes the cluster.
+    const state: State = { provider: 'kind', cluster: this.spec.name, kubeconfig, nodes: workers };
+    writeFileSync(this.stateFile, JSON.stringify(state, null, 2), { mode: 0o600 });
+    try {
+      const wait = this.spec.wait;
+      await step(`kind create cluster "${this.spec.name}" (${workers.length} workers, ${this.spec.nodeImage})`, () =>
+        this.mustKind(['create', 'cluster', '--name', this.spec.name, '--config', configFile, '--kubeconfig', kubeconfig, '--wait', wait, '--retain'], durationMs(wait) + 300_000),
+      );
+      chmodSync(kubeconfig, 0o600);
+      const live = await this.liveNodes();
+      const missing = workers.filter((w) => !live.includes(w.name));
+      if (missing.length) throw new InfrastructureError(`kind made nodes ${live.join(', ')}, not the expected ${missing.map((w) => w.name).join(', ')}`);
+      const image = await (this.opts.testImage ?? (() => step('build the busybox test image', () => buildTestImage())))();
+      await step(`kind load image-archive (test image) into ${workers.length} workers`, () =>
+        this.mustKind(['load', 'image-archive', image.archive, '--name', this.spec.name, '--nodes', workers.map((w) => w.name).join(',')], 300_000),
+      );
+    } catch (e) {
+      log('error', `bringing up kind cluster "${this.spec.name}" failed; exporting its logs, then deleting it`);
+      const logs = (await this.clusterExists().catch(() => true))
+        ? await this.exportLogs().catch((x: Error) => `none: kind export logs failed: ${x.message}`)
+        : 'none: kind made no node';
+      await this.down().catch((x: Error) => log('error', `deleting kind cluster "${this.spec.name}" failed: ${x.message}`));
+      throw new InfrastructureError(`kind cluster "${this.spec.name}": ${(e as Error).message} (kind logs: ${logs})`, { cause: e });
+    }
+    return workers.map((w) => this.toNodeConfig(w));
+  }
+
+  /** `kind export logs` (journal, kubelet, containerd per node) into the reports dir; returns the directory. */
+  async exportLogs(): Promise<string> {
+    const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '');
+    const dir = resolve(this.cfg.reportsDir, 'kind-logs', `${this.spec.name}-${stamp}`);
+    mkdirSync(dir, { recursive: true });
+    const r = await this.kindCmd(['export', 'logs', dir, '--name', this.spec.name], 300_000);
+    if (r.code === 0) return dir;
+    // kind fails the export when one command of many failed (a node without crictl, say): keep what it got.
+    if (readdirSync(dir).length > 0) return `${dir} (partial: ${kindError(r).split('\n')[0]!.slice(0, 300)})`;
+    rmSync(dir, { recursive: true, force: true });
+    throw new InfrastructureError(`kind export logs: ${kindError(r)}`);
+  }
+
+  async down(): Promise<void> {
+    const state = this.readState();
+    // Only a cluster this harness recorded is deleted (the record is written before kind creates it).
+    if (!state) return;
+    const engine = await dockerEngine(this.run);
+    if (!engine.ok) {
+      // Without an engine there are no node containers to delete; a recorded cluster cannot be checked.
+      throw new InfrastructureError(`${engine.detail} (cluster "${this.spec.name}" is recorded in ${this.stateDir}; run down again with the engine up)`);
+    }
+    // kind deletes an absent cluster without error, so this is safe to repeat.
+    await step(`kind delete cluster "${this.spec.name}"`, () => this.mustKind(['delete', 'cluster', '--name', this.spec.name, '--kubeconfig', state.kubeconfig]));
+    rmSync(this.stateDir, { recursive: true, force: true });
+  }
+}
