@@ -241,6 +241,31 @@ describe('a full disk in the reports directory', () => {
   });
 });
 
+describe('an SSH connection lost under a running command', () => {
+  it('is an infrastructure error, not the exit code 255 of the command', async () => {
+    const n = nodes.find((x) => x.pool === 'plain')!;
+    const node = openNode(n);
+    try {
+      expect((await node.exec('true')).code).toBe(0);
+      const rec = JSON.parse(readFileSync(join(S, 'nodes', n.name, 'node.json'), 'utf8')) as { mntNs: string; sshdPid: number };
+      const running = node.exec('sleep 20');
+      await new Promise((r) => setTimeout(r, 1000));
+      // The per-connection sshd processes, not the listener: the node stays reachable for later tests.
+      const sessions = pids((p) => Number(p) !== rec.sshdPid && readlinkSync(`/proc/${p}/ns/mnt`) === rec.mntNs && readFileSync(`/proc/${p}/comm`, 'utf8').trim() === 'sshd');
+      expect(sessions.length).toBeGreaterThan(0);
+      for (const p of sessions) process.kill(p, 'SIGKILL');
+      const e = await running.then(
+        (r) => new Error(`resolved with exit ${r.code}`),
+        (x: Error) => x,
+      );
+      expect(e.name).toBe('InfrastructureError');
+      expect(e.message).toBe(`[${n.name}] SSH connection lost while running \`sleep 20\` (no exit status)`);
+    } finally {
+      await node.close();
+    }
+  });
+});
+
 describe('sshd of a node stopped while the suites run (last: the node stays unreachable)', () => {
   it('the run is broken (exit 2) naming the node and the SSH error, ends in time, and `down` still removes everything', async () => {
     const nodeJson = JSON.parse(readFileSync(join(S, 'nodes', 'gvisor-1', 'node.json'), 'utf8')) as { mntNs: string };
