@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { accessSync, constants, readFileSync } from 'node:fs';
 import { resolve, dirname } from 'node:path';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
@@ -290,6 +290,11 @@ export const configSchema = z
       return;
     }
     if (c.cluster.provider === 'local') {
+      // Node names derive from pool names (<pool>-<n>): a repeated pool would make two nodes one.
+      const all = c.cluster.pools;
+      all.forEach((p, i) => {
+        if (all.findIndex((q) => q.name === p.name) < i) ctx.addIssue({ code: 'custom', path: ['cluster', 'pools', i, 'name'], message: `duplicate pool name "${p.name}"` });
+      });
       const pools = new Set(c.cluster.pools.map((p) => p.name));
       c.gvisor.pools.forEach((p, i) => {
         if (!pools.has(p)) ctx.addIssue({ code: 'custom', path: ['gvisor', 'pools', i], message: `no pool "${p}" in cluster.pools (pools: ${[...pools].join(', ')})` });
@@ -408,7 +413,8 @@ export function parseConfig(text: string, source: string): Config {
   if (doc.errors.length > 0) {
     throw new ConfigError(
       source,
-      doc.errors.map((e) => ({ path: e.linePos ? `line ${e.linePos[0].line}, column ${e.linePos[0].col}` : '', message: e.message.split('\n')[0] ?? e.message })),
+      // The path already names the line; drop the parser's own " at line N, column M:" suffix.
+      doc.errors.map((e) => ({ path: e.linePos ? `line ${e.linePos[0].line}, column ${e.linePos[0].col}` : '', message: (e.message.split('\n')[0] ?? e.message).replace(/ at line \d+, column \d+:?$/, '') })),
     );
   }
   const result = configSchema.safeParse(doc.toJS());
@@ -447,19 +453,40 @@ export function loadConfig(file: string): Config {
     cfg.cluster.kubeconfig = resolve(base, cfg.cluster.kubeconfig);
     if (cfg.cluster.stateDir) cfg.cluster.stateDir = resolve(base, cfg.cluster.stateDir);
   }
-  for (const n of cfg.cluster.provider === 'nodes' || cfg.cluster.provider === 'existing' ? cfg.cluster.nodes : []) {
+  const unreadable: { path: string; message: string }[] = [];
+  (cfg.cluster.provider === 'nodes' || cfg.cluster.provider === 'existing' ? cfg.cluster.nodes : []).forEach((n, i) => {
     if (n.access.type === 'ssh') {
       n.access.privateKeyPath = resolve(base, n.access.privateKeyPath);
       if (n.access.knownHostsPath) n.access.knownHostsPath = resolve(base, n.access.knownHostsPath);
+      // A key or known_hosts file that is not there is a mistake in the config (exit 64), not a broken node.
+      for (const field of ['privateKeyPath', 'knownHostsPath'] as const) {
+        const p = n.access[field];
+        if (!p) continue;
+        try {
+          accessSync(p, constants.R_OK);
+        } catch (e) {
+          unreadable.push({ path: `cluster.nodes[${i}].access.${field}`, message: `cannot read ${p}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` });
+        }
+      }
     }
-  }
+  });
   if (cfg.cluster.provider === 'vm') {
-    for (const h of cfg.cluster.hosts) {
+    cfg.cluster.hosts.forEach((h, i) => {
       h.privateKeyPath = resolve(base, h.privateKeyPath);
       if (h.knownHostsPath) h.knownHostsPath = resolve(base, h.knownHostsPath);
-    }
+      for (const field of ['privateKeyPath', 'knownHostsPath'] as const) {
+        const p = h[field];
+        if (!p) continue;
+        try {
+          accessSync(p, constants.R_OK);
+        } catch (e) {
+          unreadable.push({ path: `cluster.hosts[${i}].${field}`, message: `cannot read ${p}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` });
+        }
+      }
+    });
     if (cfg.cluster.kubeconfig) cfg.cluster.kubeconfig = resolve(base, cfg.cluster.kubeconfig);
   }
+  if (unreadable.length) throw new ConfigError(file, unreadable);
   if (cfg.gvisor.source.type === 'dir') cfg.gvisor.source.path = resolve(base, cfg.gvisor.source.path);
   return cfg;
 }
@@ -479,5 +506,10 @@ export function selectSuites(cfg: Config, only?: string[], skip: string[] = []):
     (cfg.cluster.provider === 'vm' && Boolean(cfg.cluster.kubeconfig));
   const base = only?.length ? (only as SuiteName[]) : (cfg.suites.include ?? SUITE_NAMES.filter((s) => kube || s !== 'runtimeclass-scheduling'));
   const skipped = new Set([...cfg.suites.skip, ...skip]);
-  return SUITE_NAMES.filter((s) => base.includes(s) && !skipped.has(s));
+  const selected = SUITE_NAMES.filter((s) => base.includes(s) && !skipped.has(s));
+  // A run that checks nothing would "pass": contradictory selections are a usage error instead.
+  if (selected.length === 0) {
+    throw new ConfigError('command line', [{ path: '--suite/--skip', message: `no suite left to run: selected ${base.join(', ') || '(none)'}, skipped ${[...skipped].join(', ')}` }]);
+  }
+  return selected;
 }

@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { create as tarCreate } from 'tar';
 import { cacheRoot } from './binaries.ts';
 import { InfrastructureError } from './errors.ts';
-import { mustExec, sh, writeNodeFile, type NodeAccess } from './node.ts';
+import { log } from './log.ts';
+import { sh, writeNodeFile, type NodeAccess } from './node.ts';
 
 // No registry is reachable from test nodes, so the one image the suites need is built here
 // from Debian's busybox-static as an OCI layout archive and imported with `ctr`. The same
@@ -94,17 +95,42 @@ export async function buildTestImage(busybox = BUSYBOX): Promise<TestImage> {
   return { archive, image, pause };
 }
 
-/** Imports the test image into containerd's k8s.io namespace on a node, once; true when it imported it now. */
-export async function importTestImage(node: NodeAccess, img: TestImage, socket: string, tmpDir: string): Promise<boolean> {
+/**
+ * ctr failures that say "not now" rather than "never": containerd restarting (socket refused, gRPC
+ * unavailable), or a concurrent import of the same blobs (an ingest lock, a content commit that
+ * already exists). Anything else — a corrupt archive, no space — fails at once.
+ */
+export const TRANSIENT_CTR_ERROR =
+  /connection refused|no such file or directory.*\.sock|transport is closing|code = Unavailable|error reading from server: EOF|context deadline exceeded|ref .* locked|unavailable: ref|already exists|failed to commit|failed to acquire lease/i;
+
+/**
+ * Imports the test image into containerd's k8s.io namespace on a node, once; true when it imported
+ * it now. Transient ctr errors are retried with backoff.
+ */
+export async function importTestImage(node: NodeAccess, img: TestImage, socket: string, tmpDir: string, delaysMs = [1000, 2000, 4000]): Promise<boolean> {
   const ctr = `ctr --address ${sh(socket)} -n k8s.io`;
-  const have = await node.exec(`${ctr} images ls -q`);
-  if (have.code === 0 && have.stdout.split('\n').includes(img.image) && have.stdout.split('\n').includes(img.pause)) return false;
+  const imported = async () => {
+    const have = await node.exec(`${ctr} images ls -q`);
+    const names = have.stdout.split('\n');
+    return have.code === 0 && names.includes(img.image) && names.includes(img.pause);
+  };
+  if (await imported()) return false;
   const remote = `${tmpDir}/gvisor-e2e-image-${process.pid}-${Date.now()}.tar`;
   await writeNodeFile(node, remote, readFileSync(img.archive), '0600');
   try {
-    await mustExec(node, `${ctr} images import ${sh(remote)}`, { timeoutMs: 180_000 });
+    for (let attempt = 0; ; attempt++) {
+      const r = await node.exec(`${ctr} images import ${sh(remote)}`, { timeoutMs: 180_000 });
+      if (r.code === 0) return true;
+      const err = (r.stderr.trim() || r.stdout.trim()).slice(0, 500);
+      // A racing importer may have finished the job.
+      if (await imported()) return true;
+      if (!TRANSIENT_CTR_ERROR.test(err) || attempt >= delaysMs.length) {
+        throw new InfrastructureError(`[${node.name}] importing the test image with \`ctr images import\` failed${attempt ? ` (after ${attempt + 1} attempts)` : ''}: exit ${r.code}: ${err}`);
+      }
+      log('warn', `[${node.name}] ctr images import: ${err.split('\n')[0]}; retrying in ${delaysMs[attempt]}ms`);
+      await new Promise((res) => setTimeout(res, delaysMs[attempt]));
+    }
   } finally {
     await node.exec(`rm -f ${sh(remote)}`);
   }
-  return true;
 }

@@ -313,7 +313,13 @@ export class SshNode extends BaseNode {
         });
         stream.on('close', () => {
           clearTimeout(timer);
-          res({ stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(errb).toString('utf8'), code: code ?? 255, durationMs: Date.now() - t0 });
+          // sshd always sends exit-status or exit-signal: a channel closed without either means the
+          // connection died under the command (sshd stopped, host gone), not that the command failed.
+          if (code === null) {
+            rej(new InfrastructureError(`[${this.name}] SSH connection lost while running \`${redact(command).slice(0, 120)}\` (no exit status)`));
+            return;
+          }
+          res({ stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(errb).toString('utf8'), code, durationMs: Date.now() - t0 });
         });
         stream.end(opts.stdin ?? '');
       });

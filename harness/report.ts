@@ -31,6 +31,15 @@ export interface SuiteSummary {
   firstFailure?: string;
 }
 
+export interface PodSummary {
+  suite: string;
+  node: string;
+  pod: string;
+  handler: string;
+  /** Why the pod had more than least privilege; [] = it had not. */
+  privileged: string[];
+}
+
 export interface RunSummary {
   runId: string;
   cluster: string;
@@ -39,7 +48,12 @@ export interface RunSummary {
   durationMs: number;
   suites: SuiteSummary[];
   checks: CheckResult[];
+  /** Every pod the checks created, so privileged ones are named (see suite.ts recordPod). */
+  pods: { total: number; privileged: PodSummary[] };
 }
+
+/** Must match suite.ts POD_ANNOTATION (not imported: suite.ts pulls in vitest's test API). */
+const POD_ANNOTATION = 'gvisor-e2e.pod';
 
 /** Errors that mean "the node answered wrong"; anything else means we could not ask. */
 const PRODUCT_ERRORS = new Set(['AssertionError', 'SandboxStartError', 'CriError', 'UnschedulableError']);
@@ -63,6 +77,7 @@ function worst(states: State[]): State {
 
 export function summarize(runId: string, cluster: string, startedAt: Date, modules: readonly TestModule[], suiteNames: string[]): RunSummary {
   const checks: CheckResult[] = [];
+  const pods: PodSummary[] = [];
   const suites = new Map<string, SuiteSummary>();
   for (const name of suiteNames) suites.set(name, { name, state: 'skipped', durationMs: 0, counts: zero(), nodes: {} });
   for (const m of modules) {
@@ -81,7 +96,16 @@ export function summarize(runId: string, cluster: string, startedAt: Date, modul
       const state: State = r.state === 'passed' ? 'passed' : r.state === 'failed' ? classify(r.errors) : 'skipped';
       const message = r.state === 'failed' ? redact((r.errors ?? []).map((e) => e.message).join('; ')) : r.state === 'skipped' && r.note ? redact(r.note) : undefined;
       const d = t.diagnostic();
-      checks.push({ suite, node, name: t.name, state, durationMs: d?.duration ?? 0, message, notes: t.annotations().map((a) => redact(a.message)), attempts: (d?.retryCount ?? 0) + 1 });
+      const annotations = t.annotations();
+      for (const a of annotations.filter((x) => x.type === POD_ANNOTATION)) {
+        try {
+          pods.push({ suite, ...(JSON.parse(a.message) as Omit<PodSummary, 'suite'>) });
+        } catch {
+          /* not ours */
+        }
+      }
+      const notes = annotations.filter((a) => a.type !== POD_ANNOTATION).map((a) => redact(a.message));
+      checks.push({ suite, node, name: t.name, state, durationMs: d?.duration ?? 0, message, notes, attempts: (d?.retryCount ?? 0) + 1 });
     }
   }
   for (const c of checks) {
@@ -100,6 +124,7 @@ export function summarize(runId: string, cluster: string, startedAt: Date, modul
     durationMs: Date.now() - startedAt.getTime(),
     suites: list,
     checks,
+    pods: { total: pods.length, privileged: pods.filter((p) => p.privileged.length > 0) },
   };
 }
 
@@ -140,6 +165,13 @@ export function markdown(summary: RunSummary): string {
     '| suite | node | passed | failed | broken | skipped |',
     '|---|---|---|---|---|---|',
     ...summary.suites.flatMap((s) => Object.entries(s.nodes).map(([n, c]) => `| ${s.name} | ${n} | ${c.passed} | ${c.failed} | ${c.broken} | ${c.skipped} |`)),
+    '',
+    '## Pods',
+    '',
+    summary.pods.privileged.length === 0
+      ? `The checks created ${summary.pods.total} pod(s), none privileged (no privileged container, host namespace, added capability, privilege escalation, hostPath or ServiceAccount token).`
+      : `The checks created ${summary.pods.total} pod(s); these had more than least privilege:`,
+    ...summary.pods.privileged.map((p) => `- \`${p.suite}\` [${p.node}] ${p.pod} (${p.handler}): ${p.privileged.join('; ')}`),
     '',
     '## Checks',
     '',

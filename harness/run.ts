@@ -20,6 +20,7 @@ import { removeLeftoverPods } from './sandbox.ts';
 import { SummaryReporter, summarize, table, writeReports, type RunSummary } from './report.ts';
 import { PLAN_ENV, type RunPlan } from './suite.ts';
 import { ROOT_DIR } from './paths.ts';
+import { InfrastructureError } from './errors.ts';
 import { writeHtmlReports } from './allure.ts';
 
 // The verbs of the CLI, as functions: up (cluster), install (gVisor + containerd customizations),
@@ -137,7 +138,7 @@ export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteN
   const runId = newRunId();
   const reportsRoot = resolve(cfg.reportsDir);
   const runDir = join(reportsRoot, runId);
-  mkdirSync(runDir, { recursive: true });
+  writingReports(runDir, () => mkdirSync(runDir, { recursive: true }));
   const plan: RunPlan = {
     runId,
     runDir,
@@ -183,7 +184,9 @@ export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteN
     rmSync(planFile, { force: true });
   }
   const summary = summarize(runId, cfg.cluster.name, startedAt, reporter.modules, suites);
-  writeReports(runDir, summary);
+  // The verdict is printed before the reports are written, so a full disk does not hide it.
+  process.stdout.write(`\n${table(summary)}\n`);
+  writingReports(runDir, () => writeReports(runDir, summary));
   const html = await step('write HTML reports (Allure)', () => writeHtmlReports(runDir, runId, summary.suites.map((s) => s.name)));
   const latest = join(reportsRoot, 'latest');
   try {
@@ -192,9 +195,22 @@ export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteN
   } catch {
     /* a reports dir on a filesystem without symlinks */
   }
-  process.stdout.write(`\n${table(summary)}\n`);
   log('info', `reports: ${runDir} (summary.md, summary.json, junit/, ${html.length ? 'html/index.html' : 'no HTML'})`);
   return summary;
+}
+
+/**
+ * A report that cannot be written (full disk, read-only or missing directory) breaks the run: the
+ * error names the path and the errno, not just "ENOSPC: no space left on device, write".
+ */
+function writingReports<T>(runDir: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    if (!err.code) throw e;
+    throw new InfrastructureError(`cannot write the reports to ${err.path ?? runDir}: ${err.code}${err.code === 'ENOSPC' ? ' (no space left on device)' : ''}: ${err.message}`, { cause: e });
+  }
 }
 
 function isSymlink(p: string): boolean {

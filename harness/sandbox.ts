@@ -30,6 +30,31 @@ export interface OneShotResult {
   runtimeType: string;
   runtimeHandler: string;
   reason: string;
+  /** Why the pod was more than least privilege ([] = it was not), for the report. */
+  privileged: string[];
+}
+
+interface CriSecurity {
+  linux?: {
+    security_context?: {
+      privileged?: boolean;
+      no_new_privs?: boolean;
+      namespace_options?: Record<string, string>;
+      capabilities?: { add_capabilities?: string[] };
+    };
+  };
+}
+
+/** The CRI counterpart of kube.ts privilegeOf(): host namespaces, privileged, added capabilities, no no_new_privs. */
+export function criPrivilegeOf(sandbox: CriSecurity, container: CriSecurity): string[] {
+  const why: string[] = [];
+  for (const [ns, mode] of Object.entries(sandbox.linux?.security_context?.namespace_options ?? {})) if (mode === 'NODE') why.push(`host ${ns} namespace`);
+  if (sandbox.linux?.security_context?.privileged) why.push('privileged sandbox');
+  const sc = container.linux?.security_context;
+  if (sc?.privileged) why.push('privileged container');
+  if (!sc?.no_new_privs) why.push('allows privilege escalation (no_new_privs unset)');
+  if (sc?.capabilities?.add_capabilities?.length) why.push(`adds capabilities ${sc.capabilities.add_capabilities.join(', ')}`);
+  return why;
 }
 
 /** Parses CRI log lines: "<RFC3339Nano> <stdout|stderr> <F|P> <text>"; P parts are joined. */
@@ -71,18 +96,15 @@ export async function runOneShot(node: NodeAccess, cri: CriClient, o: OneShotOpt
     const info = ps.info.info
       ? (JSON.parse(ps.info.info) as { runtimeHandler?: string; runtimeType?: string; sandboxMetadata?: { RuntimeHandler?: string } })
       : {};
-    const cid = await cri.createContainer(
-      podId,
-      {
-        metadata: { name: 'main', attempt: 0 },
-        image: { image: o.image },
-        command: o.command,
-        log_path: 'main.log',
-        labels,
-        linux: { security_context: { run_as_user: { value: 0 }, no_new_privs: true } },
-      },
-      sandboxConfig,
-    );
+    const containerConfig = {
+      metadata: { name: 'main', attempt: 0 },
+      image: { image: o.image },
+      command: o.command,
+      log_path: 'main.log',
+      labels,
+      linux: { security_context: { run_as_user: { value: 0 }, no_new_privs: true } },
+    };
+    const cid = await cri.createContainer(podId, containerConfig, sandboxConfig);
     await cri.startContainer(cid);
     const st = await cri.waitForExit(cid, `container ${podName}/main (${o.command.join(' ')}) to exit on ${node.name}`, o.timeoutMs);
     const log = (await readNodeFile(node, `${logDir}/main.log`)) ?? '';
@@ -93,6 +115,7 @@ export async function runOneShot(node: NodeAccess, cri: CriClient, o: OneShotOpt
       runtimeType: info.runtimeType ?? '',
       runtimeHandler: info.runtimeHandler ?? info.sandboxMetadata?.RuntimeHandler ?? '',
       reason: st.reason,
+      privileged: criPrivilegeOf(sandboxConfig, containerConfig),
     };
   } finally {
     if (podId) {

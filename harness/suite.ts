@@ -1,6 +1,6 @@
 import * as allure from 'allure-js-commons';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { describe, it, type TestContext } from 'vitest';
+import { describe, it, TestRunner, type TestContext } from 'vitest';
 import { join } from 'node:path';
 import { redact, registerKnownSecrets } from './redact.ts';
 import { type Config, type NodeConfig, durationMs, effectiveRunscFlags } from './config.ts';
@@ -44,6 +44,22 @@ export class CheckFailed extends Error {
 
 export function check(ok: unknown, message: string): asserts ok {
   if (!ok) throw new CheckFailed(message);
+}
+
+/** Annotation type under which each pod a check created travels to the report (see report.ts). */
+export const POD_ANNOTATION = 'gvisor-e2e.pod';
+
+export interface PodRecord {
+  pod: string;
+  node: string;
+  handler: string;
+  /** Why it is more than least privilege; [] = it is not. */
+  privileged: string[];
+}
+
+/** Records a pod the running check created, so the report can list pods and name privileged ones. */
+export async function recordPod(r: PodRecord): Promise<void> {
+  await TestRunner.getCurrentTest()?.context.annotate(JSON.stringify(r), POD_ANNOTATION);
 }
 
 export class SuiteContext {
@@ -192,14 +208,13 @@ export class SuiteContext {
       }
       const ns = await this.namespace(k.kube, k.core);
       const podName = `${name}-${randomBytes(3).toString('hex')}`;
-      const r = await k.kube.runPodToCompletion(
-        k.kc,
-        k.kube.testPod({ name: podName, namespace: ns, runId: this.plan.runId, image: this.plan.image.image, command }, { nodeName: n.name, runtimeClassName }),
-        durationMs(this.config.timeouts.container) * 2,
-      );
-      return { podId: r.pod.metadata?.uid ?? '', exitCode: r.exitCode, output: r.logs, runtimeType: '', runtimeHandler: handler, reason: r.pod.status?.reason ?? '' };
+      const spec = k.kube.testPod({ name: podName, namespace: ns, runId: this.plan.runId, image: this.plan.image.image, command }, { nodeName: n.name, runtimeClassName });
+      const privileged = k.kube.privilegeOf(spec.spec);
+      await recordPod({ pod: `${ns}/${podName}`, node: n.name, handler, privileged });
+      const r = await k.kube.runPodToCompletion(k.kc, spec, durationMs(this.config.timeouts.container) * 2, handler);
+      return { podId: r.pod.metadata?.uid ?? '', exitCode: r.exitCode, output: r.logs, runtimeType: '', runtimeHandler: handler, reason: r.pod.status?.reason ?? '', privileged };
     }
-    return runOneShot(this.node(n), await this.cri(n), {
+    const r = await runOneShot(this.node(n), await this.cri(n), {
       handler,
       image: this.plan.image.image,
       command,
@@ -208,18 +223,28 @@ export class SuiteContext {
       podLogDir: n.paths.podLogDir,
       timeoutMs: durationMs(this.config.timeouts.container),
     });
+    await recordPod({ pod: `cri:${r.podId.slice(0, 12)}`, node: n.name, handler, privileged: r.privileged });
+    return r;
   }
 
   /** Closes connections and keeps every command run on the nodes (redacted) as evidence. */
   async close(): Promise<void> {
     if (this.nsP && this.kubeP) {
       const ns = await this.nsP.catch(() => undefined);
-      if (ns) await (await this.kubeP).core.deleteNamespace({ name: ns }).catch(() => undefined);
+      const { kube, core } = await this.kubeP;
+      // Retried like every API call: an API server restarting at this moment must not leak the namespace.
+      if (ns) await kube.api(`deleting namespace ${ns}`, () => core.deleteNamespace({ name: ns })).catch((e: Error) => console.error(e.message));
     }
     const transcript = [...this.access.values()].flatMap((a) => a.transcript);
     if (transcript.length > 0) {
-      mkdirSync(join(this.plan.runDir, 'transcripts'), { recursive: true });
-      writeFileSync(join(this.plan.runDir, 'transcripts', `${this.suite}.json`), redact(JSON.stringify(transcript, null, 2)));
+      const file = join(this.plan.runDir, 'transcripts', `${this.suite}.json`);
+      try {
+        mkdirSync(join(this.plan.runDir, 'transcripts'), { recursive: true });
+        writeFileSync(file, redact(JSON.stringify(transcript, null, 2)));
+      } catch (e) {
+        // A full disk must be named with its path, not as a bare "ENOSPC … write".
+        throw new InfrastructureError(`cannot write ${file}: ${(e as Error).message}`);
+      }
     }
     for (const c of this.cris.values()) (await c.catch(() => undefined))?.close();
     for (const a of this.access.values()) await a.close();

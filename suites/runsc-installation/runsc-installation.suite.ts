@@ -27,9 +27,14 @@ async function containerdConfig(n: (typeof ctx.gvisorNodes)[number]): Promise<To
 
 ctx.eachNode(ctx.gvisorNodes, (n) => {
   ctx.test(n, `runsc is installed at ${runsc} and executable`, async () => {
-    const r = await ctx.node(n).exec(`if [ ! -e ${sh(runsc)} ]; then echo missing; elif [ ! -x ${sh(runsc)} ] || [ -d ${sh(runsc)} ]; then echo not-executable; else echo ok; fi`);
-    check(r.stdout.trim() !== 'missing', `runsc is missing on ${n.name}: expected an executable at ${runsc}`);
-    check(r.stdout.trim() === 'ok', `runsc at ${runsc} on ${n.name} is not an executable file`);
+    // The mode and type go into the message: "not executable" alone does not say what is there instead.
+    const r = await ctx.node(n).exec(
+      `if [ ! -e ${sh(runsc)} ]; then echo missing; elif [ ! -x ${sh(runsc)} ] || [ -d ${sh(runsc)} ]; then echo "not-executable $(stat -c '%A %a %F' ${sh(runsc)})"; else echo ok; fi`,
+    );
+    const out = r.stdout.trim();
+    check(out !== 'missing', `runsc is missing on ${n.name}: expected an executable at ${runsc}`);
+    const [, symbolic, octal, ...type] = out.split(' ');
+    check(out === 'ok', `runsc at ${runsc} on ${n.name} is not an executable file: mode ${symbolic} (0${octal}), ${type.join(' ')}`);
   });
 
   ctx.test(n, `runsc runs and reports version ${ctx.plan.expectedVersion || '(any)'}`, async () => {

@@ -1,9 +1,9 @@
 import * as k8s from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, it } from 'vitest';
-import { api, createRunNamespace, GVISOR_NODE_LABEL, kubeConfig, runPodToCompletion, testPod } from '../../harness/kube.ts';
+import { api, createRunNamespace, GVISOR_NODE_LABEL, kubeConfig, privilegeOf, runPodToCompletion, testPod } from '../../harness/kube.ts';
 import { until } from '../../harness/wait.ts';
 import { gvisorBootLog, NET_RAW_PROBE, parseNetRawProbe } from '../../harness/probes.ts';
-import { SuiteContext, check } from '../../harness/suite.ts';
+import { SuiteContext, check, recordPod } from '../../harness/suite.ts';
 
 // Through Kubernetes: a pod asking for the gVisor RuntimeClass lands only on the gVisor pool and
 // runs under runsc; one without it runs under runc; one pinned elsewhere is not scheduled, and the
@@ -28,12 +28,15 @@ describe('cluster', () => {
     await createRunNamespace(core, ns, ctx.plan.runId);
   });
   afterAll(async () => {
-    await core.deleteNamespace({ name: ns }).catch(() => undefined);
+    await api(`deleting namespace ${ns}`, () => core.deleteNamespace({ name: ns })).catch((e: Error) => console.error(e.message));
   });
 
   const pod = (name: string, command: string[], spec: Partial<k8s.V1PodSpec> = {}) => testPod({ name, namespace: ns, runId: ctx.plan.runId, image: ctx.plan.image.image, command }, spec);
 
+  const record = (p: k8s.V1Pod) => recordPod({ pod: `${ns}/${p.metadata!.name}`, node: p.spec?.nodeName ?? '(scheduler)', handler: p.spec?.runtimeClassName ?? 'runc', privileged: privilegeOf(p.spec) });
+
   async function runToCompletion(p: k8s.V1Pod): Promise<{ pod: k8s.V1Pod; logs: string }> {
+    await record(p);
     const r = await runPodToCompletion(kc, p, podTimeout);
     await ctx.attach(`logs of pod ${p.metadata!.name} (node ${r.pod.spec?.nodeName})`, r.logs);
     return r;
@@ -61,17 +64,19 @@ describe('cluster', () => {
 
   it('a gVisor pod pinned to a node outside the pool is not scheduled, and the event says why', async () => {
     // A registered node without the gVisor label (nodes outside the API, like systemd nodes, do not count).
-    const other = (await core.listNode()).items.find((x) => x.metadata?.labels?.[GVISOR_NODE_LABEL] !== 'true')?.metadata?.name;
+    const other = (await api('listing nodes', () => core.listNode())).items.find((x) => x.metadata?.labels?.[GVISOR_NODE_LABEL] !== 'true')?.metadata?.name;
     check(other, 'the cluster has no node outside the gVisor pools to pin to');
     const name = 'rc-pinned';
-    await api(`creating pod ${ns}/${name}`, () => core.createNamespacedPod({ namespace: ns, body: pod(name, ['true'], { runtimeClassName: rc, nodeSelector: { 'kubernetes.io/hostname': other } }) }));
+    const pinned = pod(name, ['true'], { runtimeClassName: rc, nodeSelector: { 'kubernetes.io/hostname': other } });
+    await record(pinned);
+    await api(`creating pod ${ns}/${name}`, () => core.createNamespacedPod({ namespace: ns, body: pinned }), { created: true });
     let why = '';
     let scheduledOn: string | undefined;
     // Either the scheduler refuses it (the expected answer) or it lands somewhere (wrong): stop at the first.
     await until(`a FailedScheduling event for pod ${ns}/${name}, or its scheduling`, 60_000, async () => {
-      const list = await core.listNamespacedEvent({ namespace: ns, fieldSelector: `involvedObject.name=${name}` });
+      const list = await api(`listing events of pod ${ns}/${name}`, () => core.listNamespacedEvent({ namespace: ns, fieldSelector: `involvedObject.name=${name}` }));
       why = list.items.find((e) => e.reason === 'FailedScheduling')?.message ?? '';
-      scheduledOn = (await core.readNamespacedPod({ name, namespace: ns })).spec?.nodeName;
+      scheduledOn = (await api(`reading pod ${ns}/${name}`, () => core.readNamespacedPod({ name, namespace: ns }))).spec?.nodeName;
       return Boolean(why || scheduledOn);
     });
     check(!scheduledOn, `the pinned gVisor pod was scheduled onto ${scheduledOn}, outside the gVisor pool`);

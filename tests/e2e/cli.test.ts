@@ -55,6 +55,47 @@ describe('bad input', () => {
   });
 });
 
+describe('bad input: a sample of the corpus (tests/unit/fixtures/bad) through the CLI', () => {
+  const bad = join(import.meta.dirname, '../unit/fixtures/bad');
+  const local = join(import.meta.dirname, '../../fixtures/local.yaml');
+
+  it.each([
+    ['config/wrong-type-port.yaml', 'cluster.nodes[0].access.port: Invalid input: expected number, received string'],
+    ['config/gvisor-pool-not-in-cluster-local.yaml', 'gvisor.pools[0]: no pool "gvisr" in cluster.pools (pools: gvisor)'],
+    ['config/configflags-boolean.yaml', 'gvisor.configFlags.net-raw: Invalid input: expected string, received boolean'],
+  ])('config %s: exit 64 with file, field and expectation', (file, message) => {
+    const r = cli(['--config', join(bad, file), 'up']);
+    expect(r.code, r.stderr).toBe(64);
+    expect(r.stderr).toContain(`${join(bad, file)}: ${message}`);
+  });
+
+  it.each([
+    ['manifest/shoot-container-runtimes-not-list.yaml', 'spec.provider.workers[0].cri.containerRuntimes: Invalid input: expected array, received object'],
+    ['manifest/cr-provider-config-no-kind.yaml', 'spec.providerConfig.kind: Invalid input: expected "GVisorConfiguration"'],
+  ])('manifest %s: exit 64 with file, field and expectation', (file, message) => {
+    const r = cli(['--config', local, '--manifest', join(bad, file), 'up']);
+    expect(r.code, r.stderr).toBe(64);
+    expect(r.stderr).toContain(`${join(bad, file)}: ${message}`);
+  });
+});
+
+describe('bad command-line arguments: exit 64 with the reason, before anything is started', () => {
+  const local = join(import.meta.dirname, '../../fixtures/local.yaml');
+  it.each([
+    [['run', '--frobnicate'], "unknown option '--frobnicate'"],
+    [['run', '--config'], "option '-c, --config <file>' argument missing"],
+    [['--config', local, 'run', '--suite'], "option '-s, --suite <name...>' argument missing"],
+    [['--config', local, 'run', 'extra'], "too many arguments for 'run'"],
+    [['--config', local, 'run', '--suite', 'net-raw', '--skip', 'net-raw'], 'command line: --suite/--skip: no suite left to run: selected net-raw, skipped net-raw'],
+  ])('%j', (args, message) => {
+    const r = cli(args);
+    expect(r.code, r.stderr).toBe(64);
+    expect(r.stderr).toContain(message);
+    // Rejected before any step began: no cluster was brought up.
+    expect(r.stderr).not.toContain('▶');
+  });
+});
+
 describe('infrastructure broken', () => {
   it('an unusable SSH key is named in a "broken" result', () => {
     const key = join(dir, 'bad-key');

@@ -118,7 +118,7 @@ describe('each suite fails on a broken node, naming the cause', () => {
     try {
       const r = runSuites(['runsc-installation']);
       expect(r.code).toBe(1);
-      expect(failures(r.summary, 'runsc-installation').map((f) => f.message)).toContain('runsc at /var/bin/containerruntimes/runsc on gvisor-1 is not an executable file');
+      expect(failures(r.summary, 'runsc-installation').map((f) => f.message)).toContain('runsc at /var/bin/containerruntimes/runsc on gvisor-1 is not an executable file: mode -rw-r--r-- (0644), regular file');
     } finally {
       await sh(gv, 'chmod +x /var/bin/containerruntimes/runsc');
     }

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -262,6 +262,9 @@ describe('loadConfig', () => {
 
   it('resolves relative paths against the file directory', () => {
     const file = join(dir, 'nodes.yaml');
+    mkdirSync(join(dir, 'keys'), { recursive: true });
+    writeFileSync(join(dir, 'keys/id_ed25519'), '');
+    writeFileSync(join(dir, 'keys/known_hosts'), '');
     writeFileSync(file, `${NODES_MIN}  source:\n    type: dir\n    path: bin\n`);
     const c = loadConfig(file);
     if (c.cluster.provider !== 'nodes' || c.cluster.nodes[0]!.access.type !== 'ssh') throw new Error('unreachable');
@@ -277,10 +280,12 @@ describe('loadConfig', () => {
     if (c.cluster.provider !== 'local') throw new Error('unreachable');
     expect(c.cluster.stateDir).toBe(join(dir, 'state'));
     const abs = join(dir, 'abs.yaml');
-    writeFileSync(abs, NODES_MIN.replace('keys/id_ed25519', '/etc/keys/id'));
+    const key = join(dir, 'abs-key');
+    writeFileSync(key, '');
+    writeFileSync(abs, NODES_MIN.replace('keys/id_ed25519', key).replace('keys/known_hosts', key));
     const c2 = loadConfig(abs);
     if (c2.cluster.provider !== 'nodes' || c2.cluster.nodes[0]!.access.type !== 'ssh') throw new Error('unreachable');
-    expect(c2.cluster.nodes[0]!.access.privateKeyPath).toBe('/etc/keys/id');
+    expect(c2.cluster.nodes[0]!.access.privateKeyPath).toBe(key);
   });
 
   it('a missing file is a ConfigError naming the file', () => {
@@ -358,6 +363,12 @@ describe('selectSuites', () => {
     expect(e1.message).toContain('unknown suite "netraw"');
     const e2 = configError(() => selectSuites(base, undefined, ['dmesg']));
     expect(e2.message).toContain('unknown suite "dmesg"');
+  });
+
+  it('a selection that leaves nothing to run is a ConfigError, not an empty pass', () => {
+    const e = configError(() => selectSuites(base, ['net-raw'], ['net-raw']));
+    expect(e.message).toBe('command line: --suite/--skip: no suite left to run: selected net-raw, skipped net-raw');
+    expect(() => selectSuites(withSuites({ include: ['limit-nofile'], skip: ['limit-nofile'] }))).toThrow('no suite left to run');
   });
 
   it('unknown suite names in the config file are rejected by the schema', () => {

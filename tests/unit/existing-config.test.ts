@@ -78,6 +78,8 @@ gvisor: { pools: [gvisor] }
     const dir = mkdtempSync(join(tmpdir(), 'gvisor-e2e-existing-cfg-'));
     const file = join(dir, 'c.yaml');
     writeFileSync(file, EXISTING(`  kubeconfig: sub/kc\n  nodes: [{ name: n1, access: { type: ssh, host: h, privateKeyPath: id, knownHostsPath: kh } }]`));
+    // loadConfig checks that key files exist (a missing one is a usage error).
+    for (const f of ['id', 'kh']) writeFileSync(join(dir, f), '');
     const c = loadConfig(file);
     expect(c.cluster.provider === 'existing' && [c.cluster.kubeconfig, c.cluster.nodes[0]!.access]).toEqual([
       join(dir, 'sub/kc'),

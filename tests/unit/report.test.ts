@@ -1,5 +1,7 @@
 import { AssertionError } from 'node:assert';
 import { describe, expect, it } from 'vitest';
+import { privilegeOf, testPod } from '../../harness/kube.ts';
+import { criPrivilegeOf } from '../../harness/sandbox.ts';
 import { CriError } from '../../harness/cri.ts';
 import { ConfigError, ExitCode, InfrastructureError, isInfrastructureError, TimeoutError } from '../../harness/errors.ts';
 import { classify, markdown, suiteOf, table, type RunSummary } from '../../harness/report.ts';
@@ -114,6 +116,7 @@ const SUMMARY: RunSummary = {
     { suite: 'net-raw', node: 'node-1', name: 'ping is refused', state: 'failed', durationMs: 200, message: 'output a | b\nsecond line', notes: [], attempts: 1 },
     { suite: 'sandbox-dmesg', node: 'node-2', name: 'boots', state: 'passed', durationMs: 300, notes: [], attempts: 1 },
   ],
+  pods: { total: 3, privileged: [] },
 };
 
 describe('markdown', () => {
@@ -150,6 +153,39 @@ describe('markdown', () => {
     expect(lines).toContain('- PASS `net-raw` [node-1] ping works');
     expect(lines).toContain('- FAIL `net-raw` [node-1] ping is refused — output a | b second line');
     expect(lines).toContain('- PASS `sandbox-dmesg` [node-2] boots');
+  });
+});
+
+describe('pods and their privileges', () => {
+  it('a run without privileged pods says so, with the count', () => {
+    expect(markdown(SUMMARY)).toContain('The checks created 3 pod(s), none privileged');
+  });
+
+  it('privileged pods are named with the suite, node and why', () => {
+    const md = markdown({ ...SUMMARY, pods: { total: 2, privileged: [{ suite: 'net-raw', node: 'node-1', pod: 'ns/probe-1', handler: 'runsc', privileged: ['container main: privileged', 'hostNetwork'] }] } });
+    expect(md).toContain('The checks created 2 pod(s); these had more than least privilege:');
+    expect(md).toContain('- `net-raw` [node-1] ns/probe-1 (runsc): container main: privileged; hostNetwork');
+  });
+
+  it("the suites' own pod specs are least privilege", () => {
+    const spec = testPod({ name: 'p', namespace: 'n', runId: 'r', image: 'i', command: ['true'] }, { runtimeClassName: 'gvisor' }).spec;
+    expect(privilegeOf(spec)).toEqual([]);
+    expect(criPrivilegeOf({ linux: { security_context: { namespace_options: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } } } }, { linux: { security_context: { no_new_privs: true } } })).toEqual([]);
+  });
+
+  it('privilegeOf / criPrivilegeOf name each excess', () => {
+    expect(
+      privilegeOf({
+        hostNetwork: true,
+        containers: [{ name: 'c', securityContext: { privileged: true, capabilities: { add: ['NET_ADMIN'] } } }],
+        volumes: [{ name: 'root', hostPath: { path: '/' } }],
+      }),
+    ).toEqual(['hostNetwork', 'mounts a ServiceAccount token', 'container c: privileged', 'container c: allows privilege escalation', 'container c: adds capabilities NET_ADMIN', 'volume root: hostPath /']);
+    expect(criPrivilegeOf({ linux: { security_context: { namespace_options: { network: 'NODE' } } } }, { linux: { security_context: { privileged: true } } })).toEqual([
+      'host network namespace',
+      'privileged container',
+      'allows privilege escalation (no_new_privs unset)',
+    ]);
   });
 });
 

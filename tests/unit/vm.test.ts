@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
@@ -96,6 +96,10 @@ describe('config: provider vm', () => {
   it('relative key, known_hosts and kubeconfig paths resolve against the config file; a kubeconfig enables the scheduling suite', () => {
     const dir = mkdtempSync(join(tmpdir(), 'gvisor-e2e-unit-vm-'));
     try {
+      // loadConfig checks that key files are readable (a missing one is a usage error).
+      mkdirSync(join(dir, 'keys'));
+      writeFileSync(join(dir, 'keys/id_ed25519'), 'key', { mode: 0o600 });
+      writeFileSync(join(dir, 'keys/known_hosts'), '');
       writeFileSync(join(dir, 'c.yaml'), vmConfig(HOST, '  kubeconfig: kube/admin.conf'));
       const c = loadConfig(join(dir, 'c.yaml'));
       if (c.cluster.provider !== 'vm') throw new Error(c.cluster.provider);
@@ -103,6 +107,24 @@ describe('config: provider vm', () => {
       expect(c.cluster.hosts[0]!.knownHostsPath).toBe(join(dir, 'keys/known_hosts'));
       expect(c.cluster.kubeconfig).toBe(join(dir, 'kube/admin.conf'));
       expect(selectSuites(c)).toContain('runtimeclass-scheduling');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('config: provider vm key files', () => {
+  it('a host key file that cannot be read is a usage error naming the host field', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'gvisor-e2e-unit-vm-'));
+    try {
+      writeFileSync(join(dir, 'c.yaml'), vmConfig(HOST));
+      let err: unknown;
+      try {
+        loadConfig(join(dir, 'c.yaml'));
+      } catch (e) {
+        err = e;
+      }
+      expect(String((err as Error)?.message)).toMatch(/cluster\.hosts\[0\]\.privateKeyPath: cannot read .*keys\/id_ed25519: ENOENT/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
