@@ -63,6 +63,7 @@ function rssKiB(pid: number): number {
 }
 
 const results: Record<string, unknown>[] = [];
+const loadAverageAtStart = loadavg().map((x) => +x.toFixed(2));
 for (const n of sizes) {
   const dir = mkdtempSync(join(tmpdir(), 'gvisor-e2e-fanout-'));
   const cfg = join(dir, 'c.yaml');
@@ -95,7 +96,7 @@ for (const n of sizes) {
 }
 const out = {
   date: new Date().toISOString(),
-  machine: { cpus: cpus().length, memoryGiB: +(totalmem() / 2 ** 30).toFixed(1) },
+  machine: { cpus: cpus().length, memoryGiB: +(totalmem() / 2 ** 30).toFixed(1), loadAverageAtStart },
   fanout: results,
 };
 const file = join(ROOT_DIR, 'bench', 'results', `fanout-${new Date().toISOString().slice(0, 10)}.json`);
