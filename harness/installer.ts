@@ -147,9 +147,8 @@ export async function installNode(node: NodeAccess, cfg: Config, bins: GVisorBin
   return { node: node.name, inPool, changed, facts };
 }
 
-/** Restores every file the installer replaced and removes every file it created. */
-export async function uninstallNode(node: NodeAccess, cfg: Config): Promise<string[]> {
-  const state = await loadState(node);
+/** Puts back the backups of replaced files and removes created ones, as a state record lists them; returns the paths. */
+export async function restoreRecordedFiles(node: NodeAccess, state: { replaced: { path: string; backup: string }[]; created: string[] }): Promise<string[]> {
   const undone: string[] = [];
   for (const r of state.replaced) {
     await mustExec(node, `if [ -f ${sh(r.backup)} ]; then mv -f ${sh(r.backup)} ${sh(r.path)}; fi`);
@@ -159,6 +158,13 @@ export async function uninstallNode(node: NodeAccess, cfg: Config): Promise<stri
     await mustExec(node, `rm -f ${sh(c)}`);
     undone.push(c);
   }
+  return undone;
+}
+
+/** Restores every file the installer replaced and removes every file it created. */
+export async function uninstallNode(node: NodeAccess, cfg: Config): Promise<string[]> {
+  const state = await loadState(node);
+  const undone = await restoreRecordedFiles(node, state);
   for (const d of [...(state.dirs ?? [])].sort((a, b) => b.length - a.length)) await node.exec(`rmdir ${sh(d)} 2>/dev/null`);
   await node.exec(`rm -f ${sh(STATE_FILE)}; rmdir ${sh(cfg.gvisor.binaryPath)} "$(dirname ${sh(STATE_FILE)})" 2>/dev/null; true`);
   if (undone.length > 0) await restartContainerd(node, cfg);

@@ -4,7 +4,7 @@ import { buildContainerd } from '../../harness/binaries.ts';
 import { type Config, type NodeConfig, type VmCluster, type VmHost, nodeConfig } from '../../harness/config.ts';
 import { InfrastructureError } from '../../harness/errors.ts';
 import { buildTestImage } from '../../harness/image.ts';
-import { restartContainerd } from '../../harness/installer.ts';
+import { restartContainerd, restoreRecordedFiles } from '../../harness/installer.ts';
 import { log, step } from '../../harness/log.ts';
 import { knownHostKeys, mustExec, readNodeFile, sh, SshNode, writeNodeFile, type NodeAccess } from '../../harness/node.ts';
 
@@ -263,18 +263,10 @@ export async function provisionHost(node: NodeAccess, cfg: Config, sandboxImage:
 export async function unprovisionHost(node: NodeAccess, cfg: Config): Promise<string[]> {
   const state = await loadState(node);
   if (!state) return [];
-  const undone: string[] = [];
   await node.exec('systemctl stop containerd', { timeoutMs: 60_000 });
   // Shims of the provisioned containerd (pods `down` could not remove) live in its state dir.
   await node.exec(`for p in /proc/[0-9]*; do case "$(readlink $p/cwd 2>/dev/null)" in ${CONTAINERD_STATE}/*) kill -9 "\${p#/proc/}";; esac; done; true`);
-  for (const r of state.replaced) {
-    await mustExec(node, `if [ -f ${sh(r.backup)} ]; then mv -f ${sh(r.backup)} ${sh(r.path)}; fi`);
-    undone.push(r.path);
-  }
-  for (const c of state.created) {
-    await mustExec(node, `rm -f ${sh(c)}`);
-    undone.push(c);
-  }
+  const undone = await restoreRecordedFiles(node, state);
   if (state.enabled) await node.exec('systemctl disable containerd');
   await mustExec(node, 'systemctl daemon-reload');
   // What the provisioned containerd and its shims made under /run/containerd (e.g. the runsc shim's root).

@@ -1,16 +1,14 @@
 import * as k8s from '@kubernetes/client-node';
-import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLUSTER_MARKER, clusterNetwork } from '../../clusters/kube/controlplane.ts';
 import { LocalProvider } from '../../clusters/local/index.ts';
 import { type Config, type LocalCluster, type NodeConfig, parseConfig } from '../../harness/config.ts';
 import { GVISOR_NODE_LABEL, kubeConfig } from '../../harness/kube.ts';
 import { RUN_LABEL } from '../../harness/sandbox.ts';
 import { down, install, up } from '../../harness/run.ts';
-import { cli, latestSummary, localCluster, scratch, stateRoot, writeConfig } from './helpers.ts';
+import { cli, latestSummary, localCluster, scratch, stateRoot, writeConfig, expectLocalClusterGone, suiteStates, ALL_SUITES_PASSED } from './helpers.ts';
 
 // `provider: existing` against a real Kubernetes cluster the test made with the local provider (and
 // installed gVisor on, as the extension would have): the harness gets only a kubeconfig with a
@@ -89,18 +87,8 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await down(localCfg);
-  const S = join(stateRoot(), name);
-  expect(existsSync(S)).toBe(false);
+  expectLocalClusterGone(name);
   expect(existsSync(existingState)).toBe(false);
-  const marked = readdirSync('/proc').filter((p) => {
-    try {
-      return readFileSync(`/proc/${p}/environ`, 'latin1').includes(`${CLUSTER_MARKER}=${S}\0`);
-    } catch {
-      return false;
-    }
-  });
-  expect(marked).toEqual([]);
-  expect(execFileSync('ip', ['-o', 'link', 'show'], { encoding: 'utf8' })).not.toContain(clusterNetwork(S).bridge);
 });
 
 describe('provider: existing, on a cluster the harness did not create', () => {
@@ -108,13 +96,7 @@ describe('provider: existing, on a cluster the harness did not create', () => {
     const r = cli(['--config', existingConfig(false), 'run']);
     expect(r.code, r.stderr.slice(-3000)).toBe(0);
     const s = latestSummary(reports);
-    expect(s.suites.map((x) => [x.name, x.state])).toEqual([
-      ['runsc-installation', 'passed'],
-      ['sandbox-dmesg', 'passed'],
-      ['net-raw', 'passed'],
-      ['limit-nofile', 'passed'],
-      ['runtimeclass-scheduling', 'passed'],
-    ]);
+    expect(suiteStates(s)).toEqual(ALL_SUITES_PASSED);
     // The gVisor node (SSH) got every node-level check; plain-1 (API only) got them as skipped, with the reason.
     expect(s.checks.filter((c) => c.node === 'gvisor-1' && c.suite === 'runsc-installation').every((c) => c.state === 'passed')).toBe(true);
     const plain = s.checks.filter((c) => c.node === 'plain-1');

@@ -1,9 +1,11 @@
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { stringify } from 'yaml';
 import type { RunSummary } from '../../harness/report.ts';
+import { expect } from 'vitest';
+import { CLUSTER_MARKER, clusterNetwork } from '../../clusters/kube/controlplane.ts';
 
 export const ROOT = resolve(import.meta.dirname, '../..');
 
@@ -68,4 +70,33 @@ export function sshNodeConfig(nodeName: string, access: object, reports: string)
     gvisor: { pools: ['gvisor'] },
     reportsDir: reports,
   };
+}
+
+/** The five suites, all passed: what a good cluster's summary shows. */
+export const ALL_SUITES_PASSED = [
+  ['runsc-installation', 'passed'],
+  ['sandbox-dmesg', 'passed'],
+  ['net-raw', 'passed'],
+  ['limit-nofile', 'passed'],
+  ['runtimeclass-scheduling', 'passed'],
+];
+
+/** Per suite: [name, state], to compare with ALL_SUITES_PASSED. */
+export function suiteStates(s: RunSummary): string[][] {
+  return s.suites.map((x) => [x.name, x.state]);
+}
+
+/** After `down` of the local cluster `name`: no state dir, no process with its marker, no network link of its bridge. */
+export function expectLocalClusterGone(name: string): void {
+  const S = join(stateRoot(), name);
+  expect(existsSync(S)).toBe(false);
+  const marked = readdirSync('/proc').filter((p) => {
+    try {
+      return readFileSync(`/proc/${p}/environ`, 'latin1').includes(`${CLUSTER_MARKER}=${S}\0`);
+    } catch {
+      return false;
+    }
+  });
+  expect(marked).toEqual([]);
+  expect(execFileSync('ip', ['-o', 'link', 'show'], { encoding: 'utf8' })).not.toContain(clusterNetwork(S).bridge);
 }

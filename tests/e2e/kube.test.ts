@@ -1,14 +1,11 @@
 import * as k8s from '@kubernetes/client-node';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLUSTER_MARKER, clusterNetwork } from '../../clusters/kube/controlplane.ts';
 import { LocalProvider } from '../../clusters/local/index.ts';
 import { type Config, type LocalCluster, type NodeConfig, parseConfig } from '../../harness/config.ts';
 import { GVISOR_NODE_LABEL, kubeConfig } from '../../harness/kube.ts';
 import { down, install, up } from '../../harness/run.ts';
-import { cli, failures, latestSummary, localCluster, scratch, stateRoot, writeConfig } from './helpers.ts';
-import { execFileSync } from 'node:child_process';
+import { cli, failures, latestSummary, localCluster, scratch, writeConfig, expectLocalClusterGone } from './helpers.ts';
 
 // The embedded Kubernetes cluster: etcd + kube-apiserver + controller-manager + scheduler as
 // processes, a kubelet in each host node. gVisor is installed like the extension does it
@@ -40,17 +37,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await down(cfg);
-  const S = join(stateRoot(), name);
-  expect(existsSync(S)).toBe(false);
-  const marked = readdirSync('/proc').filter((p) => {
-    try {
-      return readFileSync(`/proc/${p}/environ`, 'latin1').includes(`${CLUSTER_MARKER}=${S}\0`);
-    } catch {
-      return false;
-    }
-  });
-  expect(marked).toEqual([]);
-  expect(execFileSync('ip', ['-o', 'link', 'show'], { encoding: 'utf8' })).not.toContain(clusterNetwork(S).bridge);
+  expectLocalClusterGone(name);
 });
 
 describe('a real Kubernetes cluster with gVisor installed like the extension does', () => {
