@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { buildContainerd, cacheRoot } from '../../harness/binaries.ts';
 import { type LocalCluster, type NodeConfig, nodeConfig } from '../../harness/config.ts';
 import { InfrastructureError } from '../../harness/errors.ts';
@@ -103,26 +103,26 @@ export class LocalProvider {
       log('info', `cluster "${this.spec.name}" is stale or differs from the config: removing it first`);
       await this.down();
     }
-    mkdirSync(join(this.stateDir, 'ssh'), { recursive: true, mode: 0o700 });
-    execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', `gvisor-e2e-${this.spec.name}`, '-f', this.keyPath]);
-    const pub = readFileSync(`${this.keyPath}.pub`, 'utf8');
-    const state: State = { cluster: this.spec.name, nodes: [] };
-    this.writeState(state);
-    const image = await buildTestImage();
-    const needHost = wanted.some((w) => w.pool.kind === 'host');
-    const needSystemd = wanted.some((w) => w.pool.kind === 'systemd');
-    const containerd = needHost ? await buildContainerd() : undefined;
-    const kube = this.spec.kubernetes ? (this.spec.kubernetesBinDir ? kubeBinariesFromDir(this.spec.kubernetesBinDir) : await buildKubernetes()) : undefined;
-    const cp = kube ? await step('start the Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)', () => ControlPlane.start(this.stateDir, kube)) : undefined;
-    if (cp) {
-      state.kubeconfig = cp.adminKubeconfig;
-      this.writeState(state);
-    }
-    let hostIndex = 0;
-    const rootfs = needSystemd
-      ? await step('prepare the Debian rootfs for systemd nodes', () => ensureNspawnRootfs({ cacheDir: join(cacheRoot(), 'rootfs'), onProgress: (m) => log('info', `  ${m}`) }))
-      : undefined;
     try {
+      mkdirSync(join(this.stateDir, 'ssh'), { recursive: true, mode: 0o700 });
+      execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', `gvisor-e2e-${this.spec.name}`, '-f', this.keyPath]);
+      const pub = readFileSync(`${this.keyPath}.pub`, 'utf8');
+      const state: State = { cluster: this.spec.name, nodes: [] };
+      this.writeState(state);
+      const image = await buildTestImage();
+      const needHost = wanted.some((w) => w.pool.kind === 'host');
+      const needSystemd = wanted.some((w) => w.pool.kind === 'systemd');
+      const containerd = needHost ? await buildContainerd() : undefined;
+      const kube = this.spec.kubernetes ? (this.spec.kubernetesBinDir ? kubeBinariesFromDir(this.spec.kubernetesBinDir) : await buildKubernetes()) : undefined;
+      const cp = kube ? await step('start the Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)', () => ControlPlane.start(this.stateDir, kube)) : undefined;
+      if (cp) {
+        state.kubeconfig = cp.adminKubeconfig;
+        this.writeState(state);
+      }
+      let hostIndex = 0;
+      const rootfs = needSystemd
+        ? await step('prepare the Debian rootfs for systemd nodes', () => ensureNspawnRootfs({ cacheDir: join(cacheRoot(), 'rootfs'), onProgress: (m) => log('info', `  ${m}`) }))
+        : undefined;
       for (const w of wanted) {
         const dir = join(this.stateDir, 'nodes', w.name);
         const sshPort = await freePort();
@@ -149,16 +149,30 @@ export class LocalProvider {
         this.writeState(state);
         writeFileSync(this.knownHostsPath, state.nodes.map((n) => n.knownHostsLine).join('\n') + '\n', { mode: 0o600 });
       }
+      return state.nodes.map((n) => this.toNodeConfig(n));
     } catch (e) {
       log('error', `bringing up cluster "${this.spec.name}" failed; removing what was made`);
       await this.down().catch(() => undefined);
-      throw e instanceof InfrastructureError ? e : new InfrastructureError(`local cluster: ${(e as Error).message}`, { cause: e });
+      if (e instanceof InfrastructureError) throw e;
+      const msg = (e as Error).message;
+      // A full disk is the state directory's problem, not the nodes': say where (a write's own error has no path).
+      if ((e as NodeJS.ErrnoException).code === 'ENOSPC' || /no space left on device/i.test(msg)) {
+        throw new InfrastructureError(`local cluster: no space left in the state directory ${this.stateDir} (ENOSPC): ${msg.trim().split('\n').slice(-1)[0]}`, { cause: e });
+      }
+      throw new InfrastructureError(`local cluster: ${msg}`, { cause: e });
     }
-    return state.nodes.map((n) => this.toNodeConfig(n));
   }
 
   async down(): Promise<void> {
-    const state = this.readState();
+    let state: State | undefined;
+    try {
+      state = this.readState();
+    } catch {
+      // A state file cut short (a full disk): the host nodes' own records still say what to stop.
+      const nodesDir = join(this.stateDir, 'nodes');
+      const dirs = existsSync(nodesDir) ? readdirSync(nodesDir).map((d) => join(nodesDir, d)) : [];
+      state = { cluster: this.spec.name, nodes: dirs.map((d) => ({ name: basename(d), pool: '', kind: 'host' as const, stateDir: d, sshPort: 0, knownHostsLine: '', osFamily: 'auto' })) };
+    }
     for (const n of state?.nodes ?? []) {
       await step(`stop node ${n.name}`, async () => {
         if (n.kind === 'host') {

@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -52,6 +52,38 @@ async function interruptWhen(name: string, signal: NodeJS.Signals, ready: (stder
 }
 
 describe('cleanup', () => {
+  it('a full disk in the state directory: `up` is broken (exit 2) naming the directory and ENOSPC, and nothing is left', () => {
+    const name = `full${process.pid}`;
+    const mnt = scratch('full-state');
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mnt]);
+    try {
+      spawnSync('dd', ['if=/dev/zero', `of=${join(mnt, 'filler')}`, 'bs=64k']); // until ENOSPC
+      const S = join(mnt, name);
+      const cfg = writeConfig(scratch('full-state-cfg'), 'c.yaml', {
+        apiVersion: 'gvisor-e2e.dev/v1alpha1',
+        kind: 'Config',
+        cluster: { provider: 'local', name, stateDir: S, pools: [{ name: 'gvisor', kind: 'host' }] },
+        gvisor: { pools: ['gvisor'] },
+        reportsDir: scratch('full-state-reports'),
+      });
+      const r = cli(['--config', cfg, 'up']);
+      expect(r.code, r.stderr.slice(-2000)).toBe(2);
+      expect(r.stderr).toContain(`no space left in the state directory ${S} (ENOSPC)`);
+      expect(existsSync(S)).toBe(false);
+      const marked = readdirSync('/proc').filter((p) => {
+        try {
+          return readFileSync(`/proc/${p}/environ`, 'latin1').includes(`=${S}`);
+        } catch {
+          return false;
+        }
+      });
+      expect(marked).toEqual([]);
+    } finally {
+      execFileSync('umount', [mnt]);
+    }
+    expect(readFileSync('/proc/mounts', 'utf8')).not.toContain(mnt);
+  });
+
   it('a failed `up` (a kubelet that will not start) removes every node and the control plane it made', async () => {
     const { buildKubernetes } = await import('../../clusters/kube/build.ts');
     const real = await buildKubernetes();
