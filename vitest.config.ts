@@ -5,6 +5,7 @@ import { defineConfig } from 'vitest/config';
 // one file at a time because they share that cluster.
 export default defineConfig({
   test: {
+    globalSetup: ['tests/global-setup.ts'],
     projects: [
       { test: { name: 'unit', include: ['tests/unit/**/*.test.ts'] } },
       {

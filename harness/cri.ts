@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -24,6 +24,16 @@ async function runtimeServiceCtor(): Promise<grpc.ServiceClientConstructor> {
     return pkg.runtime.v1.RuntimeService;
   })();
   return serviceCtor;
+}
+
+const TUNNEL_PREFIX = 'gvisor-e2e-cri-';
+
+/** Removes tunnel socket dirs whose process died without close() (a killed run); the pid is in the name. */
+function sweepStaleTunnelDirs(): void {
+  for (const e of readdirSync(tmpdir())) {
+    const pid = e.startsWith(TUNNEL_PREFIX) ? Number(e.slice(TUNNEL_PREFIX.length).split('-')[0]) : NaN;
+    if (Number.isInteger(pid) && pid > 0 && !existsSync(`/proc/${pid}`)) rmSync(join(tmpdir(), e), { recursive: true, force: true });
+  }
 }
 
 export interface ContainerStatus {
@@ -56,7 +66,8 @@ export class CriClient {
       // Connect to the node first, so an SSH problem surfaces as itself, not as "CRI unavailable".
       await node.exec('true');
       // A private local socket (0700 dir) whose every connection is forwarded to the node's socket.
-      const dir = mkdtempSync(join(tmpdir(), 'gvisor-e2e-cri-'));
+      sweepStaleTunnelDirs();
+      const dir = mkdtempSync(join(tmpdir(), `${TUNNEL_PREFIX}${process.pid}-`));
       const local = join(dir, 'cri.sock');
       const server: Server = createServer((conn) => {
         node.openUnixSocket(socket).then(
