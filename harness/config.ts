@@ -275,14 +275,7 @@ export const configSchema = z
   .strict()
   .superRefine((c, ctx) => {
     if (c.cluster.provider === 'kind') {
-      const seen = new Set<string>();
-      c.cluster.pools.forEach((p, i) => {
-        if (seen.has(p.name)) ctx.addIssue({ code: 'custom', path: ['cluster', 'pools', i, 'name'], message: `duplicate pool name "${p.name}"` });
-        seen.add(p.name);
-      });
-      c.gvisor.pools.forEach((p, i) => {
-        if (!seen.has(p)) ctx.addIssue({ code: 'custom', path: ['gvisor', 'pools', i], message: `no pool "${p}" in cluster.pools (pools: ${[...seen].join(', ')})` });
-      });
+      checkPoolList(c.cluster.pools, c.gvisor.pools, ctx);
       return;
     }
     if (c.cluster.provider === 'existing') {
@@ -291,14 +284,7 @@ export const configSchema = z
     }
     if (c.cluster.provider === 'local') {
       // Node names derive from pool names (<pool>-<n>): a repeated pool would make two nodes one.
-      const all = c.cluster.pools;
-      all.forEach((p, i) => {
-        if (all.findIndex((q) => q.name === p.name) < i) ctx.addIssue({ code: 'custom', path: ['cluster', 'pools', i, 'name'], message: `duplicate pool name "${p.name}"` });
-      });
-      const pools = new Set(c.cluster.pools.map((p) => p.name));
-      c.gvisor.pools.forEach((p, i) => {
-        if (!pools.has(p)) ctx.addIssue({ code: 'custom', path: ['gvisor', 'pools', i], message: `no pool "${p}" in cluster.pools (pools: ${[...pools].join(', ')})` });
-      });
+      checkPoolList(c.cluster.pools, c.gvisor.pools, ctx);
       c.cluster.pools.forEach((p, i) => {
         if (c.gvisor.pools.includes(p.name) && p.kind === 'systemd') {
           ctx.addIssue({
@@ -336,12 +322,25 @@ export const configSchema = z
     });
   });
 
+/** cluster.pools as kind and local clusters declare them: names unique, and every gVisor pool among them. */
+function checkPoolList(pools: { name: string }[], gvisorPools: string[], ctx: z.RefinementCtx): void {
+  const names = pools.map((p) => p.name);
+  names.forEach((n, i) => {
+    if (names.indexOf(n) < i) ctx.addIssue({ code: 'custom', path: ['cluster', 'pools', i, 'name'], message: `duplicate pool name "${n}"` });
+  });
+  gvisorPoolsAmong([...new Set(names)], gvisorPools, ctx);
+}
+
+function gvisorPoolsAmong(names: string[], gvisorPools: string[], ctx: z.RefinementCtx): void {
+  gvisorPools.forEach((p, i) => {
+    if (!names.includes(p)) ctx.addIssue({ code: 'custom', path: ['gvisor', 'pools', i], message: `no pool "${p}" in cluster.pools (pools: ${names.join(', ')})` });
+  });
+}
+
 function refineExisting(c: ExistingCluster, gvisorPools: string[], ctx: z.RefinementCtx): void {
   const pools = c.pools?.map((p) => p.name) ?? gvisorPools;
   if (c.pools) {
-    gvisorPools.forEach((p, i) => {
-      if (!pools.includes(p)) ctx.addIssue({ code: 'custom', path: ['gvisor', 'pools', i], message: `no pool "${p}" in cluster.pools (pools: ${pools.join(', ')})` });
-    });
+    gvisorPoolsAmong(pools, gvisorPools, ctx);
     c.pools.forEach((p, i) => {
       if (pools.indexOf(p.name) !== i) ctx.addIssue({ code: 'custom', path: ['cluster', 'pools', i, 'name'], message: `duplicate pool "${p.name}"` });
       if (p.selector !== undefined && !LABEL_SELECTOR.test(p.selector)) {
@@ -454,36 +453,26 @@ export function loadConfig(file: string): Config {
     if (cfg.cluster.stateDir) cfg.cluster.stateDir = resolve(base, cfg.cluster.stateDir);
   }
   const unreadable: { path: string; message: string }[] = [];
-  (cfg.cluster.provider === 'nodes' || cfg.cluster.provider === 'existing' ? cfg.cluster.nodes : []).forEach((n, i) => {
-    if (n.access.type === 'ssh') {
-      n.access.privateKeyPath = resolve(base, n.access.privateKeyPath);
-      if (n.access.knownHostsPath) n.access.knownHostsPath = resolve(base, n.access.knownHostsPath);
-      // A key or known_hosts file that is not there is a mistake in the config (exit 64), not a broken node.
-      for (const field of ['privateKeyPath', 'knownHostsPath'] as const) {
-        const p = n.access[field];
-        if (!p) continue;
-        try {
-          accessSync(p, constants.R_OK);
-        } catch (e) {
-          unreadable.push({ path: `cluster.nodes[${i}].access.${field}`, message: `cannot read ${p}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` });
-        }
+  // Resolves an SSH key and known_hosts against the config's dir; one that cannot be read is a
+  // mistake in the config (exit 64), not a broken node.
+  const keyFiles = (k: { privateKeyPath: string; knownHostsPath?: string }, at: string) => {
+    k.privateKeyPath = resolve(base, k.privateKeyPath);
+    if (k.knownHostsPath) k.knownHostsPath = resolve(base, k.knownHostsPath);
+    for (const field of ['privateKeyPath', 'knownHostsPath'] as const) {
+      const p = k[field];
+      if (!p) continue;
+      try {
+        accessSync(p, constants.R_OK);
+      } catch (e) {
+        unreadable.push({ path: `${at}.${field}`, message: `cannot read ${p}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` });
       }
     }
+  };
+  (cfg.cluster.provider === 'nodes' || cfg.cluster.provider === 'existing' ? cfg.cluster.nodes : []).forEach((n, i) => {
+    if (n.access.type === 'ssh') keyFiles(n.access, `cluster.nodes[${i}].access`);
   });
   if (cfg.cluster.provider === 'vm') {
-    cfg.cluster.hosts.forEach((h, i) => {
-      h.privateKeyPath = resolve(base, h.privateKeyPath);
-      if (h.knownHostsPath) h.knownHostsPath = resolve(base, h.knownHostsPath);
-      for (const field of ['privateKeyPath', 'knownHostsPath'] as const) {
-        const p = h[field];
-        if (!p) continue;
-        try {
-          accessSync(p, constants.R_OK);
-        } catch (e) {
-          unreadable.push({ path: `cluster.hosts[${i}].${field}`, message: `cannot read ${p}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` });
-        }
-      }
-    });
+    cfg.cluster.hosts.forEach((h, i) => keyFiles(h, `cluster.hosts[${i}]`));
     if (cfg.cluster.kubeconfig) cfg.cluster.kubeconfig = resolve(base, cfg.cluster.kubeconfig);
   }
   if (unreadable.length) throw new ConfigError(file, unreadable);
