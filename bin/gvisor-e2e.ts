@@ -1,17 +1,15 @@
 #!/usr/bin/env -S npx tsx
 import { Command, CommanderError, Option } from 'commander';
 import { existsSync } from 'node:fs';
-import { join, resolve } from 'node:path';
-import { doctor } from '../harness/doctor.ts';
-import { type Config, loadConfig } from '../harness/config.ts';
-import { applyManifest, loadManifest } from '../harness/manifests.ts';
-import { applyImageBuilderVars, loadImageBuilderVars } from '../harness/imagebuilder.ts';
+import { join } from 'node:path';
+import { applyManifest, loadConfig } from '../clusters/index.ts';
+import type { Config } from '../harness/config.ts';
+import { loadManifest } from '../harness/manifests.ts';
 import type { RunSummary } from '../harness/report.ts';
 import { ConfigError, ExitCode, InfrastructureError } from '../harness/errors.ts';
 import { log, setVerbose } from '../harness/log.ts';
-import { registerKnownSecrets } from '../harness/redact.ts';
 import { ROOT_DIR } from '../harness/paths.ts';
-import { down, install, run, up, warm } from '../harness/run.ts';
+import { clusterOf, doctor, down, install, repro, run, up, warm } from './app.ts';
 
 // gvisor-e2e: provision a cluster, install gVisor like Gardener's runtime-gvisor extension and
 // image-builder do, run the conformance suites, write reports. Exit codes: 0 all passed,
@@ -27,11 +25,8 @@ function config(path: string | undefined): Config {
   const file = configFile(path);
   const manifest = program.opts().manifest as string | undefined;
   const cfg = manifest ? applyManifest(loadConfig(file), loadManifest(manifest)) : loadConfig(file);
-  const c = cfg.cluster;
-  registerKnownSecrets(
-    c.provider === 'local' || c.provider === 'kind' ? [] : c.provider === 'vm' ? c.hosts.map((h) => h.privateKeyPath) : c.nodes.flatMap((n) => (n.access.type === 'ssh' ? [n.access.privateKeyPath] : [])),
-    c.provider === 'existing' ? [c.kubeconfig] : c.provider === 'vm' && c.kubeconfig ? [c.kubeconfig] : [],
-  );
+  // The secrets the cluster holds are known to the redactor before anything is logged.
+  clusterOf(cfg);
   return cfg;
 }
 
@@ -65,9 +60,9 @@ program
 
 program
   .command('warm')
-  .description('build and cache what the embedded local cluster needs (runsc + shim, containerd, CRI proto, test image, Debian rootfs)')
+  .description("build and cache what the cluster needs (runsc + shim, CRI proto; for the embedded local cluster also containerd, Kubernetes, the test image, the Debian rootfs)")
   .action(async () => {
-    await warm();
+    await warm(config(program.opts().config));
   });
 
 program
@@ -106,18 +101,9 @@ program
   .option('--image-builder <vars>', "the node image's image-builder variables (YAML or JSON)")
   .option('--keep', 'keep the cluster afterwards')
   .action(async (manifest: string, o: { imageBuilder?: string; keep?: boolean }) => {
-    // A local cluster of the default shape, unless -c names another local config (its name, stateDir, reportsDir).
+    // The embedded cluster's shape, unless -c names another config (its name, stateDir, reportsDir).
     const file = program.opts().config ?? DEFAULT_CONFIG;
-    const base = loadConfig(file);
-    if (base.cluster.provider !== 'local') throw new ConfigError(file, [{ path: 'cluster.provider', message: `repro makes a local cluster: expected "local", got "${base.cluster.provider}"` }]);
-    base.cluster.kubernetes = true;
-    let cfg = applyManifest(base, loadManifest(manifest));
-    if (o.imageBuilder) cfg = applyImageBuilderVars(cfg, loadImageBuilderVars(o.imageBuilder));
-    const pools = cfg.cluster.provider === 'local' ? cfg.cluster.pools.map((p) => `${p.name}${cfg.gvisor.pools.includes(p.name) ? ' (gVisor)' : ''}`).join(', ') : '';
-    log('info', `repro of ${manifest}: pools ${pools}; handler ${cfg.gvisor.handler} at ${cfg.gvisor.binaryPath}; configFlags ${JSON.stringify(cfg.gvisor.configFlags)}`);
-    const summary = await run(cfg, { keep: o.keep, configPath: file });
-    process.exitCode = verdict(summary);
-    process.stdout.write(`report: ${join(resolve(cfg.reportsDir), summary.runId, 'summary.md')}\n`);
+    process.exitCode = verdict(await repro(loadConfig(file), file, manifest, o));
   });
 
 program

@@ -1,53 +1,76 @@
-import type { Config, NodeConfig } from '../harness/config.ts';
-import { KindProvider } from './kind/index.ts';
-import { ExistingProvider } from './existing/index.ts';
-import { LocalProvider } from './local/index.ts';
-import { VmProvider } from './vm/index.ts';
+// The provider registry: one line per kind of cluster. Everything about a provider (its config
+// section, rules, doctor checks, capabilities) comes from its folder through this list; the rest
+// of the harness reaches providers only through the functions below.
+import { z } from 'zod';
+import type { Capabilities } from '../harness/capabilities.ts';
+import { type ClusterSchemas, type ClusterSpec, type Config, loadConfigWith, parseConfigWith } from '../harness/config.ts';
+import { applyGVisorSpec, type GVisorSpec } from '../harness/manifests.ts';
+import { existing, type ExistingCluster } from './existing/index.ts';
+import { kind, type KindCluster } from './kind/index.ts';
+import { local, type LocalCluster } from './local/index.ts';
+import { nodes, type NodesCluster } from './nodes/index.ts';
+import type { ClusterProvider, ProviderDefinition } from './provider.ts';
+import { vm, type VmCluster } from './vm/index.ts';
 
-// A cluster provider makes (or finds) the nodes a run tests, and removes what it made.
-// "nodes": hosts the user already has. "local": the embedded default on this machine.
-// "kind": a kind cluster in a Docker engine. "existing": a Kubernetes cluster by kubeconfig.
-// "vm": hosts reached over SSH that the harness provisions (containerd 2.x) before installing.
+// The order is the order `cluster.provider` lists them in an error.
+const PROVIDERS = [nodes, vm, local, kind, existing] as const;
 
-export interface ClusterProvider {
-  readonly kind: string;
-  /** Creates or re-attaches to the cluster; returns its nodes. Idempotent. */
-  up(): Promise<NodeConfig[]>;
-  /** Removes everything the provider created (and only that). Safe to repeat after a crash. */
-  down(): Promise<void>;
-  /** Admin kubeconfig when the cluster runs Kubernetes (after up). */
-  kubeconfig(): string | undefined;
-  /** RuntimeClass and node labels, done by the provider itself on a cluster the harness does not own (only what is missing, recorded for down). */
-  installKubernetesObjects?(nodes: NodeConfig[]): Promise<void>;
-  /** Notes that install changed files on a node, or imported the test image there, so that down undoes it. */
-  recordOnNode?(node: string, what: 'files' | 'image'): void;
+/** A config whose `cluster` section is one of the registered providers' (narrowed by `provider`). */
+export type AnyCluster = NodesCluster | VmCluster | LocalCluster | KindCluster | ExistingCluster;
+export type LoadedConfig = Omit<Config, 'cluster'> & { cluster: AnyCluster };
+
+function definitionOf(cluster: ClusterSpec): ProviderDefinition {
+  const d = PROVIDERS.find((p) => p.provider === cluster.provider);
+  // The schema admits only registered providers, so this is a programming error.
+  if (!d) throw new Error(`no provider "${cluster.provider}" is registered`);
+  return d as unknown as ProviderDefinition;
 }
 
-class NodesProvider implements ClusterProvider {
-  readonly kind = 'nodes';
-  constructor(private readonly nodes: NodeConfig[]) {}
-  async up(): Promise<NodeConfig[]> {
-    return this.nodes;
-  }
-  async down(): Promise<void> {
-    // The harness did not create these hosts; `down` uninstalls gVisor from them instead.
-  }
-  kubeconfig(): string | undefined {
-    return undefined;
-  }
+const schemas: ClusterSchemas = {
+  schema: z.discriminatedUnion(
+    'provider',
+    PROVIDERS.map((p) => p.schema) as unknown as [z.ZodObject<{ provider: z.ZodLiteral<string> }>, ...z.ZodObject<{ provider: z.ZodLiteral<string> }>[]],
+  ) as unknown as z.ZodType<ClusterSpec>,
+  check: (cfg, issue) => definitionOf(cfg.cluster).check(cfg.cluster, cfg, issue),
+  resolvePaths: (cfg, paths) => definitionOf(cfg.cluster).resolvePaths(cfg.cluster, paths),
+};
+
+/** Parses and validates a config text; `source` names it in errors. */
+export function parseConfig(text: string, source: string): LoadedConfig {
+  return parseConfigWith(text, source, schemas) as LoadedConfig;
+}
+
+/** Loads a config file; relative paths inside it are resolved against the file's directory. */
+export function loadConfig(file: string): LoadedConfig {
+  return loadConfigWith(file, schemas) as LoadedConfig;
 }
 
 export function providerFor(cfg: Config): ClusterProvider {
-  switch (cfg.cluster.provider) {
-    case 'nodes':
-      return new NodesProvider(cfg.cluster.nodes);
-    case 'local':
-      return new LocalProvider(cfg.cluster);
-    case 'kind':
-      return new KindProvider({ ...cfg, cluster: cfg.cluster });
-    case 'existing':
-      return new ExistingProvider(cfg.cluster, cfg);
-    case 'vm':
-      return new VmProvider(cfg.cluster, cfg);
-  }
+  return definitionOf(cfg.cluster).create(cfg);
+}
+
+/** What the config's cluster offers, without making a provider. */
+export function capabilitiesOf(cfg: Config): Capabilities {
+  return definitionOf(cfg.cluster).capabilities(cfg.cluster);
+}
+
+/** The worker pools the config's cluster declares. */
+export function poolsOf(cfg: Config): string[] {
+  return definitionOf(cfg.cluster).poolNames(cfg.cluster);
+}
+
+/**
+ * A customer's manifest applied to a config: its gVisor pools, binary path and flags win; the
+ * provider reshapes its pools to the manifest's or checks that they are there.
+ */
+export function applyManifest<C extends Config>(cfg: C, spec: GVisorSpec): C {
+  const out = applyGVisorSpec(cfg, spec);
+  out.cluster = definitionOf(out.cluster).applyManifest(out.cluster, spec) as C['cluster'];
+  return out;
+}
+
+/** The config `repro` runs: this provider's cluster made from a manifest, or undefined where it cannot. */
+export function reproConfig<C extends Config>(cfg: C): C | undefined {
+  const d = definitionOf(cfg.cluster);
+  return d.forRepro ? { ...cfg, cluster: d.forRepro(cfg.cluster) } : undefined;
 }

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { log } from './log.ts';
 import { ROOT_DIR } from './paths.ts';
+import type { RunDir } from './rundir.ts';
 
 // Static HTML from allure-vitest's results with Allure 3 (JavaScript, no Java): one overall
 // report and one per suite, each a single self-contained file that opens from disk.
@@ -36,18 +37,19 @@ async function generate(resultsDir: string, outDir: string, name: string): Promi
   }
 }
 
-/** Writes <runDir>/html/index.html (all suites) and <runDir>/html/<suite>/index.html. Returns the paths. */
-export async function writeHtmlReports(runDir: string, runId: string, suites: string[]): Promise<string[]> {
-  const results = join(runDir, 'allure-results');
+/** Writes html/index.html (all suites) and html/<suite>/index.html of a run. Returns the paths. */
+export async function writeHtmlReports(run: RunDir, suites: string[]): Promise<string[]> {
+  const results = run.allureResults;
+  const runId = run.runId;
   if (!existsSync(results)) return [];
-  const html = join(runDir, 'html');
+  const html = run.html;
   const written: string[] = [];
   try {
     await generate(results, html, `gvisor-e2e ${runId}`);
     written.push(join(html, 'index.html'));
     const files = readdirSync(results).filter((f) => f.endsWith('-result.json'));
     for (const suite of suites) {
-      const split = join(runDir, '.allure-split', suite);
+      const split = join(run.allureSplit, suite);
       mkdirSync(split, { recursive: true });
       for (const f of files) {
         const r = JSON.parse(readFileSync(join(results, f), 'utf8')) as AllureResult;
@@ -63,7 +65,7 @@ export async function writeHtmlReports(runDir: string, runId: string, suites: st
     // The verdict does not depend on HTML; say what went wrong and keep the other reports.
     log('warn', `HTML report generation failed: ${(e as { stderr?: string }).stderr?.slice(-500) || (e as Error).message}`);
   } finally {
-    rmSync(join(runDir, '.allure-split'), { recursive: true, force: true });
+    rmSync(run.allureSplit, { recursive: true, force: true });
   }
   return written;
 }

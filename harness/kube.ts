@@ -13,7 +13,8 @@ import { until } from './wait.ts';
 // on the worker pool's nodes, `containerruntime.worker.gardener.cloud/gvisor: "true"`
 // (charts/internal/gvisor/templates/runtimeclass-gvisor.yaml).
 
-export const GVISOR_NODE_LABEL = 'containerruntime.worker.gardener.cloud/gvisor';
+import { GVISOR_NODE_LABEL } from './labels.ts';
+export { GVISOR_NODE_LABEL, POOL_LABEL } from './labels.ts';
 
 export function kubeConfig(path: string): k8s.KubeConfig {
   const kc = new k8s.KubeConfig();
@@ -87,22 +88,59 @@ export async function api<T>(what: string, call: () => Promise<T>, opts: { creat
 }
 
 /** Labels the gVisor pool's nodes and creates (or updates) the RuntimeClass. Idempotent. */
-export async function installKubernetesObjects(kubeconfig: string, cfg: Config, nodes: NodeConfig[]): Promise<void> {
+/** On a cluster the harness does not own, what it adds is reported here (so `down` removes exactly that). */
+export interface AddOnly {
+  /** Annotations for objects it creates. */
+  annotations: Record<string, string>;
+  /** Called before the label is set. */
+  labelling(node: string, key: string, value: string): void;
+  created(runtimeClass: { name: string; uid: string }): void;
+}
+
+/**
+ * The RuntimeClass and the gVisor node label, as the extension leaves them. On a cluster the
+ * harness owns, they converge on the config (the label removed from other pools, the RuntimeClass
+ * replaced). With `addOnly`, only what is missing is created, and what exists is tested as it is.
+ */
+export async function installKubernetesObjects(kubeconfig: string, cfg: Config, nodes: NodeConfig[], addOnly?: AddOnly): Promise<void> {
   const kc = kubeConfig(kubeconfig);
   const core = kc.makeApiClient(k8s.CoreV1Api);
   const nodeApi = kc.makeApiClient(k8s.NodeV1Api);
   const merge = k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch);
   // Only nodes that joined the cluster (a local cluster's systemd nodes are node-level only).
-  const registered = new Set((await api('listing nodes', () => core.listNode())).items.map((n) => n.metadata?.name));
+  const registered = new Map((await api('listing nodes', () => core.listNode())).items.map((n) => [n.metadata?.name, n] as const));
   for (const n of nodes.filter((x) => registered.has(x.name))) {
-    const value = isGVisorNode(cfg, n) ? 'true' : null; // null removes the label from other pools
+    const gvisor = isGVisorNode(cfg, n);
+    if (addOnly) {
+      if (!gvisor) continue;
+      const have = registered.get(n.name)?.metadata?.labels?.[GVISOR_NODE_LABEL];
+      if (have === 'true') continue;
+      if (have !== undefined) {
+        log('warn', `node ${n.name} has ${GVISOR_NODE_LABEL}=${have}; left as it is (the harness changes only what it added)`);
+        continue;
+      }
+      addOnly.labelling(n.name, GVISOR_NODE_LABEL, 'true');
+    }
+    const value = gvisor ? 'true' : null; // null removes the label from other pools
     await api(`labelling node ${n.name}`, () => core.patchNode({ name: n.name, body: { metadata: { labels: { [GVISOR_NODE_LABEL]: value } } } }, merge));
+    if (addOnly) log('info', `labelled node ${n.name} ${GVISOR_NODE_LABEL}=true (removed again by down)`);
   }
   const rc = runtimeClass(cfg);
   const name = rc.metadata!.name!;
   const current = await api(`reading RuntimeClass ${name}`, () => nodeApi.readRuntimeClass({ name }).catch((e: { code?: number }) => (e.code === 404 ? undefined : Promise.reject(e))));
-  if (!current) await api(`creating RuntimeClass ${name}`, () => nodeApi.createRuntimeClass({ body: rc }), { created: true });
-  else await api(`updating RuntimeClass ${name}`, () => nodeApi.replaceRuntimeClass({ name, body: { ...rc, metadata: { ...rc.metadata, resourceVersion: current.metadata?.resourceVersion } } }));
+  if (current && addOnly) {
+    if (current.handler !== rc.handler) log('warn', `RuntimeClass ${name} exists with handler "${current.handler}" (config: "${rc.handler}"); left as it is`);
+  } else if (current) {
+    await api(`updating RuntimeClass ${name}`, () => nodeApi.replaceRuntimeClass({ name, body: { ...rc, metadata: { ...rc.metadata, resourceVersion: current.metadata?.resourceVersion } } }));
+  } else {
+    if (addOnly) rc.metadata!.annotations = { ...addOnly.annotations };
+    // A create that went through before a retry answers 409: read back what it made.
+    const made = (await api(`creating RuntimeClass ${name}`, () => nodeApi.createRuntimeClass({ body: rc }), { created: true })) ?? (await api(`reading RuntimeClass ${name}`, () => nodeApi.readRuntimeClass({ name })));
+    if (addOnly) {
+      addOnly.created({ name, uid: made.metadata!.uid! });
+      log('info', `created RuntimeClass ${name} (removed again by down)`);
+    }
+  }
 }
 
 

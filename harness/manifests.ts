@@ -115,32 +115,13 @@ export function loadManifest(file: string): GVisorSpec {
 }
 
 /**
- * Applies a manifest to a config: its gVisor pools, binary path and flags win. For the local
- * provider the cluster gets the manifest's worker pools (gVisor pools as host nodes).
+ * The gVisor settings of a manifest applied to a config: its gVisor pools, binary path and flags
+ * win. What it means for the cluster's pools is the provider's (clusters/index.ts applyManifest).
  */
-export function applyManifest(cfg: Config, spec: GVisorSpec): Config {
+export function applyGVisorSpec<C extends Config>(cfg: C, spec: GVisorSpec): C {
   const out = structuredClone(cfg);
   out.gvisor.pools = spec.pools;
   if (spec.binaryPath) out.gvisor.binaryPath = spec.binaryPath;
   out.gvisor.configFlags = spec.configFlags;
-  if (out.cluster.provider === 'local') {
-    const systemd = out.cluster.pools.filter((p) => p.kind === 'systemd' && !spec.allPools.includes(p.name));
-    const others = spec.allPools.length > spec.pools.length ? spec.allPools : [...spec.allPools, 'plain'];
-    out.cluster.pools = [
-      ...others.map((name) => ({ name, nodes: 1, kind: 'host' as const, osFamily: 'auto' as const })),
-      ...systemd,
-    ];
-  } else if (out.cluster.provider === 'existing') {
-    // An existing cluster's pools are found through the API; named pools must include the manifest's.
-    const named = out.cluster.pools?.map((p) => p.name);
-    const missing = named ? spec.pools.filter((p) => !named.includes(p)) : [];
-    if (missing.length) throw new ConfigError(spec.source, [{ path: 'workerPool', message: `cluster.pools of the config has no pool(s) ${missing.join(', ')}` }]);
-  } else {
-    const have = new Set(
-      out.cluster.provider === 'kind' ? out.cluster.pools.map((p) => p.name) : (out.cluster.provider === 'vm' ? out.cluster.hosts : out.cluster.nodes).map((n) => n.pool),
-    );
-    const missing = spec.pools.filter((p) => !have.has(p));
-    if (missing.length) throw new ConfigError(spec.source, [{ path: 'workerPool', message: `no node of the config is in pool(s) ${missing.join(', ')}` }]);
-  }
   return out;
 }

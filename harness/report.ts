@@ -3,6 +3,7 @@ import { basename, dirname, join } from 'node:path';
 import Table from 'cli-table3';
 import type { Reporter, TestModule } from 'vitest/node';
 import { redact } from './redact.ts';
+import type { RunDir } from './rundir.ts';
 
 // A run's results, per suite and per node, in the four states CI needs: passed, failed (the node
 // is wrong), broken (the harness or infrastructure could not tell), skipped. Written as
@@ -215,10 +216,12 @@ export function junit(summary: RunSummary, only?: string): string {
   return out.join('\n');
 }
 
-export function writeReports(runDir: string, summary: RunSummary): void {
-  mkdirSync(join(runDir, 'junit'), { recursive: true });
-  writeFileSync(join(runDir, 'summary.json'), redact(JSON.stringify(summary, null, 2)));
-  writeFileSync(join(runDir, 'summary.md'), redact(markdown(summary)));
-  writeFileSync(join(runDir, 'junit.xml'), redact(junit(summary)));
-  for (const s of summary.suites) writeFileSync(join(runDir, 'junit', `${s.name}.xml`), redact(junit(summary, s.name)));
+export function writeReports(run: RunDir, summary: RunSummary): void {
+  writeFileSync(run.summaryJson, redact(JSON.stringify(summary, null, 2)));
+  writeFileSync(run.summaryMd, redact(markdown(summary)));
+  writeFileSync(run.junitXml, redact(junit(summary)));
+  for (const s of summary.suites) {
+    mkdirSync(dirname(run.junitOf(s.name)), { recursive: true });
+    writeFileSync(run.junitOf(s.name), redact(junit(summary, s.name)));
+  }
 }

@@ -2,6 +2,7 @@ import * as allure from 'allure-js-commons';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { describe, it, TestRunner, type TestContext } from 'vitest';
 import { join } from 'node:path';
+import type { Capabilities } from './capabilities.ts';
 import { redact, registerKnownSecrets } from './redact.ts';
 import { type Config, type NodeConfig, durationMs, effectiveRunscFlags } from './config.ts';
 import { CriClient } from './cri.ts';
@@ -29,6 +30,8 @@ export interface RunPlan {
   expectedVersion: string;
   /** Admin kubeconfig when the cluster runs Kubernetes. */
   kubeconfig?: string;
+  /** What the cluster offers (a suite that needs more skips itself, naming the capability). */
+  capabilities: Capabilities;
 }
 
 export function loadPlan(): RunPlan {

@@ -1,17 +1,22 @@
 import * as k8s from '@kubernetes/client-node';
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { type Config, type ExistingCluster, type NodeConfig, nodeConfig } from '../../harness/config.ts';
+import { z } from 'zod';
+import { type Config, type NodeConfig, dnsLabel, nodeConfig, nodeSchema } from '../../harness/config.ts';
 import { ConfigError, InfrastructureError } from '../../harness/errors.ts';
-import { isGVisorNode, uninstallNode } from '../../harness/installer.ts';
-import { api, apiError, GVISOR_NODE_LABEL, runtimeClass } from '../../harness/kube.ts';
+import { uninstallNode } from '../../harness/installer.ts';
+import { api, apiError, installKubernetesObjects } from '../../harness/kube.ts';
+import { POOL_LABEL } from '../../harness/labels.ts';
 import { log, step } from '../../harness/log.ts';
 import { buildTestImage } from '../../harness/image.ts';
 import { type NodeAccess, openNode, sh } from '../../harness/node.ts';
 import { registerSecret } from '../../harness/redact.ts';
 import { MANAGED_LABEL, RUN_LABEL } from '../../harness/sandbox.ts';
-import { POOL_LABEL } from '../kube/kubelet.ts';
-import { defaultStateDir } from '../local/index.ts';
+import { defaultStateDir, StateFile } from '../../harness/state.ts';
+import { BaseProvider } from '../common/base.ts';
+import { doctorNodes } from '../common/hosts.ts';
+import { gvisorPoolsAmong } from '../common/pools.ts';
+import { defineProvider, type Finding, type Secrets } from '../provider.ts';
 
 // A Kubernetes cluster the harness did not create — typically a Gardener shoot that already runs
 // the runtime-gvisor extension. `up` only reads it (the nodes of each worker pool, from the API);
@@ -30,6 +35,40 @@ import { defaultStateDir } from '../local/index.ts';
 /** Marks objects this harness created on a cluster it does not own (the state file is what counts). */
 export const CREATED_BY_ANNOTATION = 'gvisor-e2e.dev/created-by';
 
+const schema = z
+  .object({
+    /** "existing": a Kubernetes cluster the harness did not create (a Gardener shoot); down removes only what the harness made. */
+    provider: z.literal('existing'),
+    name: dnsLabel.default('existing'),
+    /** Path of the kubeconfig. Its contents are a secret: never logged, redacted from every report. */
+    kubeconfig: z.string().min(1),
+    /** The kubeconfig context to use (default: its current-context). */
+    context: z.string().min(1).optional(),
+    /** The worker pools and how to find their nodes (default: the gVisor pools, by Gardener's pool label). */
+    pools: z
+      .array(
+        z
+          .object({
+            name: z.string().min(1),
+            /** A label selector; default `worker.gardener.cloud/pool=<name>`. */
+            selector: z.string().min(1).optional(),
+          })
+          .strict(),
+      )
+      .min(1)
+      .optional(),
+    /** Node-level access (SSH) for file checks and installing; nodes not listed are reached through the API only. */
+    nodes: z.array(nodeSchema.partial({ pool: true })).default([]),
+    /** Install gVisor (node files over SSH, RuntimeClass, node labels), or only test what is there (a shoot with the extension). */
+    install: z.boolean().default(false),
+    /** Where the record of what the harness created lives (default ~/.local/state/gvisor-e2e/<name>). */
+    stateDir: z.string().optional(),
+  })
+  .strict();
+export type ExistingCluster = z.infer<typeof schema>;
+
+const capabilities = (c: ExistingCluster) => ({ kubernetesApi: true, installsNodes: c.install, cleansUpAfterRun: true, reshapesPools: false });
+
 interface State {
   cluster: string;
   /** RuntimeClasses the harness created, by uid: a same-named object made by someone else later is left alone. */
@@ -42,29 +81,39 @@ interface State {
   imageNodes?: string[];
 }
 
-export class ExistingProvider {
-  readonly kind = 'existing';
-  readonly stateDir: string;
-  constructor(
-    private readonly spec: ExistingCluster,
-    private readonly cfg: Config,
-  ) {
-    this.stateDir = spec.stateDir ?? defaultStateDir(spec.name);
+export class ExistingProvider extends BaseProvider<ExistingCluster> {
+  private readonly state: StateFile<State>;
+  constructor(cfg: Config & { cluster: ExistingCluster }) {
+    const stateDir = cfg.cluster.stateDir ?? defaultStateDir(cfg.cluster.name);
+    super(cfg, capabilities(cfg.cluster), stateDir);
+    this.state = new StateFile<State>(stateDir, { provider: 'existing', cluster: cfg.cluster.name }, (s) => Array.isArray(s.runtimeClasses));
   }
 
-  private get stateFile(): string {
-    return join(this.stateDir, 'state.json');
+  private get dir(): string {
+    return this.state.dir;
   }
   private readState(): State {
-    if (!existsSync(this.stateFile)) return { cluster: this.spec.name, runtimeClasses: [], nodeLabels: [], installedNodes: [] };
-    return JSON.parse(readFileSync(this.stateFile, 'utf8')) as State;
+    return this.state.read() ?? { cluster: this.spec.name, runtimeClasses: [], nodeLabels: [], installedNodes: [] };
   }
   private writeState(s: State): void {
-    mkdirSync(this.stateDir, { recursive: true, mode: 0o700 });
-    writeFileSync(this.stateFile, JSON.stringify(s, null, 2), { mode: 0o600 });
+    this.state.write(s);
+  }
+
+  override secrets(): Secrets {
+    return { keyFiles: this.spec.nodes.flatMap((n) => (n.access.type === 'ssh' ? [n.access.privateKeyPath] : [])), kubeconfigs: [this.spec.kubeconfig] };
+  }
+
+  async doctor(): Promise<Finding[]> {
+    // The API first: it says which nodes there are; only those with SSH access are checked further.
+    try {
+      const all = await this.up();
+      return [{ check: 'Kubernetes API: nodes of the pools', ok: true, detail: all.map((n) => `${n.name} (${n.pool})`).join(', ') }, ...(await doctorNodes(all.filter((n) => n.access.type !== 'api')))];
+    } catch (e) {
+      return [{ check: 'Kubernetes API: nodes of the pools', ok: false, detail: (e as Error).message, fix: 'check cluster.kubeconfig, cluster.context and cluster.pools' }];
+    }
   }
   private get contextKubeconfig(): string {
-    return join(this.stateDir, 'kubeconfig');
+    return join(this.dir, 'kubeconfig');
   }
 
   /** Loads the user's kubeconfig (never echoing it) and registers its credentials for redaction. */
@@ -98,10 +147,10 @@ export class ExistingProvider {
    * The kubeconfig the rest of the harness uses. With `context`, a copy whose current-context is
    * that one (0600, in the state dir, removed by down): every consumer then loads a plain path.
    */
-  kubeconfig(): string {
+  override kubeconfig(): string {
     if (!this.spec.context) return this.spec.kubeconfig;
     const kc = this.load();
-    mkdirSync(this.stateDir, { recursive: true, mode: 0o700 });
+    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     writeFileSync(this.contextKubeconfig, kc.exportConfig(), { mode: 0o600 });
     return this.contextKubeconfig;
   }
@@ -144,7 +193,7 @@ export class ExistingProvider {
   }
 
   /** Notes that `install` changed files on a node or imported the test image there (down undoes it there, and only there). */
-  recordOnNode(node: string, what: 'files' | 'image'): void {
+  override recordOnNode(node: string, what: 'files' | 'image'): void {
     const s = this.readState();
     const list = what === 'files' ? s.installedNodes : (s.imageNodes ??= []);
     if (!list.includes(node)) list.push(node);
@@ -155,40 +204,20 @@ export class ExistingProvider {
    * What the extension leaves in the cluster: the RuntimeClass and the node label on the gVisor
    * pool. Creates only what is missing, and records it; what exists is tested as it is.
    */
-  async installKubernetesObjects(nodes: NodeConfig[]): Promise<void> {
-    const kc = this.load();
-    const core = kc.makeApiClient(k8s.CoreV1Api);
-    const nodeApi = kc.makeApiClient(k8s.NodeV1Api);
-    const merge = k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch);
+  override async installKubernetesObjects(nodes: NodeConfig[]): Promise<void> {
     const state = this.readState();
-    for (const n of nodes.filter((x) => isGVisorNode(this.cfg, x))) {
-      const node = await api(`reading node ${n.name}`, () => core.readNode({ name: n.name }));
-      const have = node.metadata?.labels?.[GVISOR_NODE_LABEL];
-      if (have === 'true') continue;
-      if (have !== undefined) {
-        log('warn', `node ${n.name} has ${GVISOR_NODE_LABEL}=${have}; left as it is (the harness changes only what it added)`);
-        continue;
-      }
-      await api(`labelling node ${n.name}`, () => core.patchNode({ name: n.name, body: { metadata: { labels: { [GVISOR_NODE_LABEL]: 'true' } } } }, merge));
-      state.nodeLabels.push({ node: n.name, key: GVISOR_NODE_LABEL, value: 'true' });
-      this.writeState(state);
-      log('info', `labelled node ${n.name} ${GVISOR_NODE_LABEL}=true (removed again by down)`);
-    }
-    const rc = runtimeClass(this.cfg);
-    const name = rc.metadata!.name!;
-    const current = await nodeApi.readRuntimeClass({ name }).catch((e: { code?: number }) => {
-      if (e.code === 404) return undefined;
-      throw new InfrastructureError(`reading RuntimeClass ${name}: ${(e as Error).message}`);
+    await installKubernetesObjects(this.kubeconfig(), this.cfg, nodes, {
+      annotations: { [CREATED_BY_ANNOTATION]: this.spec.name },
+      labelling: (node, key, value) => {
+        // Recorded before the label is set: `down` after a crash still knows to remove it.
+        state.nodeLabels.push({ node, key, value });
+        this.writeState(state);
+      },
+      created: (rc) => {
+        state.runtimeClasses.push(rc);
+        this.writeState(state);
+      },
     });
-    if (current) {
-      if (current.handler !== rc.handler) log('warn', `RuntimeClass ${name} exists with handler "${current.handler}" (config: "${rc.handler}"); left as it is`);
-      return;
-    }
-    rc.metadata!.annotations = { [CREATED_BY_ANNOTATION]: this.spec.name };
-    const made = await api(`creating RuntimeClass ${name}`, () => nodeApi.createRuntimeClass({ body: rc }));
-    state.runtimeClasses.push({ name, uid: made.metadata!.uid! });
-    this.writeState(state);
-    log('info', `created RuntimeClass ${name} (removed again by down)`);
   }
 
   /** Runs fn over SSH on a node of cluster.nodes (down's undo), or says what is left where there is no access. */
@@ -257,10 +286,53 @@ export class ExistingProvider {
       state.installedNodes = state.installedNodes.filter((x) => x !== name);
       this.writeState(state);
     }
-    rmSync(this.stateDir, { recursive: true, force: true });
+    this.state.remove();
   }
 }
 
 function notFound(e: unknown): void {
   if (!/HTTP 404/.test((e as Error).message)) throw e;
 }
+
+/** key=value / key==value / key!=value / key / !key terms, comma-separated (kubectl's -l syntax without set-based terms). */
+const LABEL_SELECTOR = /^\s*!?[A-Za-z0-9./_-]+(\s*(==?|!=)\s*[A-Za-z0-9._-]*)?(\s*,\s*!?[A-Za-z0-9./_-]+(\s*(==?|!=)\s*[A-Za-z0-9._-]*)?)*\s*$/;
+
+export const existing = defineProvider<ExistingCluster>({
+  provider: 'existing',
+  schema,
+  check(c, cfg, issue) {
+    const gvisorPools = cfg.gvisor.pools;
+    const pools = c.pools?.map((p) => p.name) ?? gvisorPools;
+    if (c.pools) {
+      gvisorPoolsAmong(pools, gvisorPools, issue);
+      c.pools.forEach((p, i) => {
+        if (pools.indexOf(p.name) !== i) issue(['cluster', 'pools', i, 'name'], `duplicate pool "${p.name}"`);
+        if (p.selector !== undefined && !LABEL_SELECTOR.test(p.selector)) issue(['cluster', 'pools', i, 'selector'], `"${p.selector}" is not a label selector like "worker.gardener.cloud/pool=gvisor"`);
+      });
+    }
+    const names = new Set<string>();
+    c.nodes.forEach((n, i) => {
+      if (n.access.type !== 'ssh') issue(['cluster', 'nodes', i, 'access', 'type'], `expected "ssh": an existing cluster's nodes are reached over SSH (or through the API when not listed)`);
+      if (names.has(n.name)) issue(['cluster', 'nodes', i, 'name'], `duplicate node name "${n.name}"`);
+      names.add(n.name);
+      if (n.pool !== undefined && !pools.includes(n.pool)) issue(['cluster', 'nodes', i, 'pool'], `no pool "${n.pool}" (pools: ${pools.join(', ')})`);
+    });
+  },
+  resolvePaths(c, paths) {
+    c.kubeconfig = paths.path(c.kubeconfig);
+    if (c.stateDir) c.stateDir = paths.path(c.stateDir);
+    c.nodes.forEach((n, i) => {
+      if (n.access.type === 'ssh') paths.keyFiles(n.access, `cluster.nodes[${i}].access`);
+    });
+  },
+  capabilities,
+  poolNames: (c) => c.pools?.map((p) => p.name) ?? [],
+  /** An existing cluster's pools are found through the API; named pools must include the manifest's. */
+  applyManifest(c, spec) {
+    const named = c.pools?.map((p) => p.name);
+    const missing = named ? spec.pools.filter((p) => !named.includes(p)) : [];
+    if (missing.length) throw new ConfigError(spec.source, [{ path: 'workerPool', message: `cluster.pools of the config has no pool(s) ${missing.join(', ')}` }]);
+    return c;
+  },
+  create: (cfg) => new ExistingProvider(cfg),
+});

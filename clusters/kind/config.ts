@@ -1,6 +1,7 @@
 import { stringify } from 'yaml';
-import type { Config, KindCluster } from '../../harness/config.ts';
-import { GVISOR_NODE_LABEL } from '../../harness/kube.ts';
+import type { Config } from '../../harness/config.ts';
+import { GVISOR_NODE_LABEL, POOL_LABEL } from '../../harness/labels.ts';
+import type { KindCluster } from './index.ts';
 import { runtimeEntry, runtimesPath } from '../../harness/render.ts';
 import { stringify as stringifyToml } from 'smol-toml';
 
@@ -8,8 +9,8 @@ import { stringify as stringifyToml } from 'smol-toml';
 // one control plane, then the workers of each pool in order. kind names workers by position
 // (<name>-worker, <name>-worker2, …), so the same order tells which container is in which pool.
 
-/** Node label naming a kind node's worker pool (what the local provider's kubelets carry too). */
-export const POOL_LABEL = 'gvisor-e2e.dev/pool';
+/** kind nodes carry Gardener's pool label, as the local provider's kubelets and a shoot's nodes do. */
+export { POOL_LABEL };
 /** The path inside kind node containers where containerd reads its config; kind nodes use config version 2. */
 export const KIND_CONTAINERD_CONFIG_VERSION = 2;
 

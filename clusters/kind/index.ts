@@ -1,14 +1,64 @@
-import { execFile } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { execFile, execFileSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { z } from 'zod';
 import { buildKind, cacheRoot } from '../../harness/binaries.ts';
-import { type Config, type KindCluster, type NodeConfig, durationMs, nodeConfig } from '../../harness/config.ts';
+import { type Config, type NodeConfig, duration, durationMs, labelValue, nodeConfig } from '../../harness/config.ts';
 import { InfrastructureError } from '../../harness/errors.ts';
 import { buildTestImage, type TestImage } from '../../harness/image.ts';
 import { log, step } from '../../harness/log.ts';
-import { KIND_VERSION } from '../../harness/versions.ts';
-import { defaultStateDir } from '../local/index.ts';
+import { clusterLogsDir } from '../../harness/rundir.ts';
+import { defaultStateDir, StateFile } from '../../harness/state.ts';
+import { KIND_NODE_IMAGE, KIND_VERSION } from '../../harness/versions.ts';
+import { sh } from '../../harness/node.ts';
+import { BaseProvider } from '../common/base.ts';
+import { checkPoolList, requireManifestPools } from '../common/pools.ts';
+import { tool, which } from '../common/tools.ts';
+import { defineProvider, type Finding } from '../provider.ts';
 import { kindWorkers, renderKindConfig, type KindWorker } from './config.ts';
+
+/** kind v1alpha4 Mount (the fields kind accepts), for cluster.extraMounts. */
+const kindMount = z
+  .object({
+    hostPath: z.string().min(1),
+    containerPath: z.string().startsWith('/'),
+    readOnly: z.boolean().optional(),
+    propagation: z.enum(['None', 'HostToContainer', 'Bidirectional']).optional(),
+  })
+  .strict();
+
+const schema = z
+  .object({
+    /** "kind": a kind cluster (Kubernetes in Docker containers), made with the kind CLI; needs a running Docker engine. */
+    provider: z.literal('kind'),
+    /** kind cluster name; the node containers are <name>-control-plane, <name>-worker, <name>-worker2, … */
+    name: z.string().regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'a DNS-1123 name (kind: lowercase alphanumerics, "-", ".")').default('gvisor-e2e'),
+    stateDir: z.string().optional(),
+    /** The kindest/node image every node boots (pinned in harness/versions.ts). */
+    nodeImage: z.string().min(1).default(KIND_NODE_IMAGE),
+    /** A kind binary to use; default: `kind` on PATH, else built from its Go module. */
+    kindBinary: z.string().min(1).optional(),
+    /** How long `kind create cluster --wait` waits for the control plane to be Ready. */
+    wait: duration.default('5m'),
+    pools: z
+      .array(
+        z
+          .object({
+            name: labelValue.pipe(z.string().min(1)),
+            nodes: z.number().int().min(1).max(16).default(1),
+            /** Extra node labels for this pool's nodes. */
+            labels: z.record(z.string(), labelValue).default({}),
+          })
+          .strict(),
+      )
+      .min(1),
+    /** Host directories mounted into every node container (kind extraMounts). */
+    extraMounts: z.array(kindMount).default([]),
+  })
+  .strict();
+export type KindCluster = z.infer<typeof schema>;
+
+const CAPABILITIES = { kubernetesApi: true, installsNodes: true, cleansUpAfterRun: true, reshapesPools: false };
 
 // A kind cluster: Kubernetes nodes as Docker containers, made and removed with the kind CLI.
 // The harness writes kind's config (pools → labelled workers, the gVisor handler patch), lets
@@ -72,6 +122,7 @@ export function kindBinarySource(spec: KindCluster, onPath: string | undefined):
 }
 
 interface State {
+  /** Kept for state files read by older versions (the owner marker says the same). */
   provider: 'kind';
   cluster: string;
   kubeconfig: string;
@@ -85,35 +136,49 @@ export interface KindProviderOptions {
   testImage?: () => Promise<TestImage>;
 }
 
-export class KindProvider {
-  readonly kind = 'kind';
-  readonly stateDir: string;
-  private readonly spec: KindCluster;
+export class KindProvider extends BaseProvider<KindCluster> {
   private readonly run: Runner;
   private kindBin?: string;
+  private readonly state: StateFile<State>;
 
   constructor(
-    private readonly cfg: Config & { cluster: KindCluster },
+    cfg: Config & { cluster: KindCluster },
     private readonly opts: KindProviderOptions = {},
   ) {
-    this.spec = cfg.cluster;
-    this.stateDir = this.spec.stateDir ?? defaultStateDir(this.spec.name);
+    const stateDir = cfg.cluster.stateDir ?? defaultStateDir(cfg.cluster.name);
+    super(cfg, CAPABILITIES, stateDir);
+    this.state = new StateFile<State>(stateDir, { provider: 'kind', cluster: cfg.cluster.name }, (s) => s.provider === 'kind');
     this.run = opts.run ?? defaultRunner;
     this.kindBin = opts.kind;
   }
 
+  private get dir(): string {
+    return this.state.dir;
+  }
   private get stateFile(): string {
-    return join(this.stateDir, 'state.json');
+    return this.state.file;
   }
   private readState(): State | undefined {
-    if (!existsSync(this.stateFile)) return undefined;
-    const s = JSON.parse(readFileSync(this.stateFile, 'utf8')) as State;
-    // The local provider keeps its state under the same <name> by default: never mistake one for the other.
-    if (s.provider !== 'kind') throw new InfrastructureError(`${this.stateFile} belongs to another provider's cluster "${s.cluster}": run \`down\` with that config first, or pick another cluster.name or stateDir`);
-    return s;
+    return this.state.read();
   }
 
-  kubeconfig(): string | undefined {
+  override async doctor(): Promise<Finding[]> {
+    const f: Finding[] = [tool('docker', 'docker.io', 'kind drives a Docker engine')];
+    const engine = await dockerEngine(this.run);
+    f.push({ check: 'Docker engine (docker info)', ok: engine.ok, detail: engine.detail, fix: engine.ok ? undefined : 'start dockerd (apt-get install docker.io), set DOCKER_HOST, or use provider local' });
+    f.push({ check: 'kind CLI', ok: true, detail: kindBinarySource(this.spec, which('kind')) });
+    if (engine.ok) {
+      const img = execFileSync('sh', ['-c', `docker image inspect --format '{{.Id}}' ${sh(this.spec.nodeImage)} 2>/dev/null || true`], { encoding: 'utf8' }).trim();
+      f.push({ check: `node image ${this.spec.nodeImage}`, ok: true, detail: img ? `present (${img.slice(0, 19)})` : 'not in the engine: kind will try to pull it' });
+    }
+    return f;
+  }
+
+  override async warm(): Promise<void> {
+    await kindBinary(this.spec, this.run);
+  }
+
+  override kubeconfig(): string | undefined {
     return this.readState()?.kubeconfig;
   }
 
@@ -155,7 +220,7 @@ export class KindProvider {
       const live = await this.liveNodes();
       const same = existing.nodes.length === workers.length && workers.every((w, i) => existing.nodes[i]?.name === w.name && existing.nodes[i]?.pool === w.pool);
       if (same && workers.every((w) => live.includes(w.name))) {
-        log('info', `kind cluster "${this.spec.name}" is up (${workers.length} workers, state ${this.stateDir})`);
+        log('info', `kind cluster "${this.spec.name}" is up (${workers.length} workers, state ${this.dir})`);
         return workers.map((w) => this.toNodeConfig(w));
       }
       log('info', `kind cluster "${this.spec.name}" differs from the config: removing it first`);
@@ -165,15 +230,15 @@ export class KindProvider {
       throw new InfrastructureError(`a kind cluster "${this.spec.name}" exists that gvisor-e2e did not record (no ${this.stateFile}): delete it (\`kind delete cluster --name ${this.spec.name}\`) or pick another cluster.name`);
     }
 
-    mkdirSync(this.stateDir, { recursive: true, mode: 0o700 });
-    const configFile = join(this.stateDir, 'kind-config.yaml');
-    const kubeconfig = join(this.stateDir, 'kubeconfig');
+    const configFile = join(this.dir, 'kind-config.yaml');
+    const kubeconfig = join(this.dir, 'kubeconfig');
+    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     writeFileSync(configFile, renderKindConfig(this.cfg));
     // kind writes credentials into the kubeconfig: create it private before kind fills it.
     writeFileSync(kubeconfig, '', { mode: 0o600 });
     // Recorded before creating, so that `down` after a crash still deletes the cluster.
     const state: State = { provider: 'kind', cluster: this.spec.name, kubeconfig, nodes: workers };
-    writeFileSync(this.stateFile, JSON.stringify(state, null, 2), { mode: 0o600 });
+    this.state.write(state);
     try {
       const wait = this.spec.wait;
       await step(`kind create cluster "${this.spec.name}" (${workers.length} workers, ${this.spec.nodeImage})`, () =>
@@ -190,7 +255,7 @@ export class KindProvider {
     } catch (e) {
       log('error', `bringing up kind cluster "${this.spec.name}" failed; exporting its logs, then deleting it`);
       const logs = (await this.clusterExists().catch(() => true))
-        ? await this.exportLogs().catch((x: Error) => `none: kind export logs failed: ${x.message}`)
+        ? await this.collectLogs(this.cfg.reportsDir).catch((x: Error) => `none: kind export logs failed: ${x.message}`)
         : 'none: kind made no node';
       await this.down().catch((x: Error) => log('error', `deleting kind cluster "${this.spec.name}" failed: ${x.message}`));
       throw new InfrastructureError(`kind cluster "${this.spec.name}": ${(e as Error).message} (kind logs: ${logs})`, { cause: e });
@@ -199,9 +264,8 @@ export class KindProvider {
   }
 
   /** `kind export logs` (journal, kubelet, containerd per node) into the reports dir; returns the directory. */
-  async exportLogs(): Promise<string> {
-    const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '');
-    const dir = resolve(this.cfg.reportsDir, 'kind-logs', `${this.spec.name}-${stamp}`);
+  override async collectLogs(reportsDir: string): Promise<string> {
+    const dir = clusterLogsDir(reportsDir, 'kind', this.spec.name);
     mkdirSync(dir, { recursive: true });
     const r = await this.kindCmd(['export', 'logs', dir, '--name', this.spec.name], 300_000);
     if (r.code === 0) return dir;
@@ -218,10 +282,28 @@ export class KindProvider {
     const engine = await dockerEngine(this.run);
     if (!engine.ok) {
       // Without an engine there are no node containers to delete; a recorded cluster cannot be checked.
-      throw new InfrastructureError(`${engine.detail} (cluster "${this.spec.name}" is recorded in ${this.stateDir}; run down again with the engine up)`);
+      throw new InfrastructureError(`${engine.detail} (cluster "${this.spec.name}" is recorded in ${this.dir}; run down again with the engine up)`);
     }
     // kind deletes an absent cluster without error, so this is safe to repeat.
     await step(`kind delete cluster "${this.spec.name}"`, () => this.mustKind(['delete', 'cluster', '--name', this.spec.name, '--kubeconfig', state.kubeconfig]));
-    rmSync(this.stateDir, { recursive: true, force: true });
+    this.state.remove();
   }
 }
+
+export const kind = defineProvider<KindCluster>({
+  provider: 'kind',
+  schema,
+  check: (c, cfg, issue) => checkPoolList(c.pools, cfg.gvisor.pools, issue),
+  resolvePaths(c, paths) {
+    if (c.stateDir) c.stateDir = paths.path(c.stateDir);
+    if (c.kindBinary?.includes('/')) c.kindBinary = paths.path(c.kindBinary);
+    for (const m of c.extraMounts) m.hostPath = paths.path(m.hostPath);
+  },
+  capabilities: () => CAPABILITIES,
+  poolNames: (c) => c.pools.map((p) => p.name),
+  applyManifest(c, spec) {
+    requireManifestPools(kind.poolNames(c), spec);
+    return c;
+  },
+  create: (cfg) => new KindProvider(cfg),
+});

@@ -1,12 +1,17 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { homedir } from 'node:os';
 import { basename, join } from 'node:path';
+import { z } from 'zod';
 import { buildContainerd, cacheRoot } from '../../harness/binaries.ts';
-import { type LocalCluster, type NodeConfig, nodeConfig } from '../../harness/config.ts';
+import { type Config, type NodeConfig, dnsLabel, nodeConfig, OS_FAMILIES } from '../../harness/config.ts';
 import { InfrastructureError } from '../../harness/errors.ts';
 import { buildTestImage } from '../../harness/image.ts';
 import { log, step } from '../../harness/log.ts';
+import { defaultStateDir, StateFile } from '../../harness/state.ts';
+import { BaseProvider } from '../common/base.ts';
+import { checkPoolList } from '../common/pools.ts';
+import { file, tool } from '../common/tools.ts';
+import { defineProvider, type Finding } from '../provider.ts';
 import { buildKubernetes, kubeBinariesFromDir } from '../kube/build.ts';
 import { ControlPlane } from '../kube/controlplane.ts';
 import { startKubelet } from '../kube/kubelet.ts';
@@ -41,35 +46,58 @@ interface State {
   kubeconfig?: string;
 }
 
-/** ~/.local/state/gvisor-e2e/<name>: outside /var and /run, which host nodes remount privately. */
-export function defaultStateDir(name: string): string {
-  const root = process.env.GVISOR_E2E_STATE ?? join(process.env.XDG_STATE_HOME ?? join(homedir(), '.local', 'state'), 'gvisor-e2e');
-  return join(root, name);
-}
+const schema = z
+  .object({
+    /** "local": the embedded default: throwaway nodes on this machine, made and removed by the harness. */
+    provider: z.literal('local'),
+    name: dnsLabel.default('gvisor-e2e'),
+    /** Where node state lives (must not be on a tmpfs that hides it from `down` in another shell). */
+    stateDir: z.string().optional(),
+    /** Make the nodes a real Kubernetes cluster: control plane processes plus a kubelet on every host node. */
+    kubernetes: z.boolean().default(false),
+    /** Official release binaries to use instead of building them (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl, etcd). */
+    kubernetesBinDir: z.string().optional(),
+    pools: z
+      .array(
+        z
+          .object({
+            name: z.string().min(1),
+            nodes: z.number().int().min(1).max(64).default(1),
+            /** host: a user+mount+network namespace node on this machine; systemd: a Debian booted with systemd-nspawn. */
+            kind: z.enum(['host', 'systemd']).default('host'),
+            osFamily: z.enum(OS_FAMILIES).default('auto'),
+          })
+          .strict(),
+      )
+      .min(1),
+  })
+  .strict();
+export type LocalCluster = z.infer<typeof schema>;
 
+const capabilities = (c: LocalCluster) => ({ kubernetesApi: c.kubernetes, installsNodes: true, cleansUpAfterRun: true, reshapesPools: true });
 
-export class LocalProvider {
-  readonly kind = 'local';
-  readonly stateDir: string;
-  constructor(private readonly spec: LocalCluster) {
-    this.stateDir = spec.stateDir ?? defaultStateDir(spec.name);
+export class LocalProvider extends BaseProvider<LocalCluster> {
+  private readonly state: StateFile<State>;
+  constructor(cfg: Config & { cluster: LocalCluster }) {
+    const stateDir = cfg.cluster.stateDir ?? defaultStateDir(cfg.cluster.name);
+    super(cfg, capabilities(cfg.cluster), stateDir);
+    this.state = new StateFile<State>(stateDir, { provider: 'local', cluster: cfg.cluster.name }, (s) => s.provider === undefined && s.runtimeClasses === undefined);
   }
 
-  private get stateFile(): string {
-    return join(this.stateDir, 'state.json');
+  private get dir(): string {
+    return this.state.dir;
   }
   private readState(): State | undefined {
-    if (!existsSync(this.stateFile)) return undefined;
-    return JSON.parse(readFileSync(this.stateFile, 'utf8')) as State;
+    return this.state.read();
   }
   private writeState(s: State): void {
-    writeFileSync(this.stateFile, JSON.stringify(s, null, 2), { mode: 0o600 });
+    this.state.write(s);
   }
   private get keyPath(): string {
-    return join(this.stateDir, 'ssh', 'id_ed25519');
+    return join(this.dir, 'ssh', 'id_ed25519');
   }
   private get knownHostsPath(): string {
-    return join(this.stateDir, 'ssh', 'known_hosts');
+    return join(this.dir, 'ssh', 'known_hosts');
   }
 
   private toNodeConfig(r: NodeRecord): NodeConfig {
@@ -82,8 +110,28 @@ export class LocalProvider {
     });
   }
 
-  kubeconfig(): string | undefined {
+  override kubeconfig(): string | undefined {
     return this.readState()?.kubeconfig;
+  }
+
+  override async warm(): Promise<void> {
+    await buildContainerd();
+    if (this.spec.kubernetes && !this.spec.kubernetesBinDir) await buildKubernetes();
+    await step('build the busybox test image', () => buildTestImage());
+    if (this.spec.pools.some((p) => p.kind === 'systemd')) await step('prepare the Debian rootfs for systemd nodes', () => ensureNspawnRootfs({ cacheDir: join(cacheRoot(), 'rootfs'), onProgress: (m) => log('info', `  ${m}`) }));
+  }
+
+  async doctor(): Promise<Finding[]> {
+    const kinds = new Set(this.spec.pools.map((p) => p.kind));
+    const f: Finding[] = [tool('unshare', 'util-linux', 'node namespaces'), tool('nsenter', 'util-linux', 'node namespaces')];
+    f.push(tool('ssh-keygen', 'openssh-client', 'node keys'), tool('sha256sum', 'coreutils', 'idempotent installs'));
+    if (kinds.has('host')) {
+      f.push(file('/usr/sbin/sshd', 'openssh-server', 'node access'));
+      f.push(tool('runc', 'runc', 'runc pods on host nodes'));
+      f.push(file('/usr/lib/cni/bridge', 'containernetworking-plugins', 'pod network'));
+    }
+    if (kinds.has('systemd')) f.push(tool('systemd-nspawn', 'systemd-container', 'systemd nodes'), tool('debootstrap', 'debootstrap', 'systemd node rootfs'));
+    return f;
   }
 
   private alive(r: NodeRecord): boolean {
@@ -97,14 +145,14 @@ export class LocalProvider {
     if (existing) {
       const same = existing.nodes.length === wanted.length && wanted.every((w) => existing.nodes.some((n) => n.name === w.name && n.kind === w.pool.kind));
       if (same && Boolean(existing.kubeconfig) === this.spec.kubernetes && existing.nodes.every((n) => this.alive(n))) {
-        log('info', `cluster "${this.spec.name}" is up (${existing.nodes.length} nodes, state ${this.stateDir})`);
+        log('info', `cluster "${this.spec.name}" is up (${existing.nodes.length} nodes, state ${this.dir})`);
         return existing.nodes.map((n) => this.toNodeConfig(n));
       }
       log('info', `cluster "${this.spec.name}" is stale or differs from the config: removing it first`);
       await this.down();
     }
     try {
-      mkdirSync(join(this.stateDir, 'ssh'), { recursive: true, mode: 0o700 });
+      mkdirSync(join(this.dir, 'ssh'), { recursive: true, mode: 0o700 });
       execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', `gvisor-e2e-${this.spec.name}`, '-f', this.keyPath]);
       const pub = readFileSync(`${this.keyPath}.pub`, 'utf8');
       const state: State = { cluster: this.spec.name, nodes: [] };
@@ -114,7 +162,7 @@ export class LocalProvider {
       const needSystemd = wanted.some((w) => w.pool.kind === 'systemd');
       const containerd = needHost ? await buildContainerd() : undefined;
       const kube = this.spec.kubernetes ? (this.spec.kubernetesBinDir ? kubeBinariesFromDir(this.spec.kubernetesBinDir) : await buildKubernetes()) : undefined;
-      const cp = kube ? await step('start the Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)', () => ControlPlane.start(this.stateDir, kube)) : undefined;
+      const cp = kube ? await step('start the Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)', () => ControlPlane.start(this.dir, kube)) : undefined;
       if (cp) {
         state.kubeconfig = cp.adminKubeconfig;
         this.writeState(state);
@@ -124,7 +172,7 @@ export class LocalProvider {
         ? await step('prepare the Debian rootfs for systemd nodes', () => ensureNspawnRootfs({ cacheDir: join(cacheRoot(), 'rootfs'), onProgress: (m) => log('info', `  ${m}`) }))
         : undefined;
       for (const w of wanted) {
-        const dir = join(this.stateDir, 'nodes', w.name);
+        const dir = join(this.dir, 'nodes', w.name);
         const sshPort = await freePort();
         if (w.pool.kind === 'host') {
           const i = hostIndex++;
@@ -157,7 +205,7 @@ export class LocalProvider {
       const msg = (e as Error).message;
       // A full disk is the state directory's problem, not the nodes': say where (a write's own error has no path).
       if ((e as NodeJS.ErrnoException).code === 'ENOSPC' || /no space left on device/i.test(msg)) {
-        throw new InfrastructureError(`local cluster: no space left in the state directory ${this.stateDir} (ENOSPC): ${msg.trim().split('\n').slice(-1)[0]}`, { cause: e });
+        throw new InfrastructureError(`local cluster: no space left in the state directory ${this.dir} (ENOSPC): ${msg.trim().split('\n').slice(-1)[0]}`, { cause: e });
       }
       throw new InfrastructureError(`local cluster: ${msg}`, { cause: e });
     }
@@ -167,9 +215,11 @@ export class LocalProvider {
     let state: State | undefined;
     try {
       state = this.readState();
-    } catch {
+    } catch (e) {
+      // Another provider's record is not ours to act on; only a file cut short falls through.
+      if (!(e instanceof SyntaxError)) throw e;
       // A state file cut short (a full disk): the host nodes' own records still say what to stop.
-      const nodesDir = join(this.stateDir, 'nodes');
+      const nodesDir = join(this.dir, 'nodes');
       const dirs = existsSync(nodesDir) ? readdirSync(nodesDir).map((d) => join(nodesDir, d)) : [];
       state = { cluster: this.spec.name, nodes: dirs.map((d) => ({ name: basename(d), pool: '', kind: 'host' as const, stateDir: d, sshPort: 0, knownHostsLine: '', osFamily: 'auto' })) };
     }
@@ -184,7 +234,35 @@ export class LocalProvider {
         rmSync(n.stateDir, { recursive: true, force: true });
       });
     }
-    if (existsSync(join(this.stateDir, 'control-plane'))) await step('stop the Kubernetes control plane', async () => ControlPlane.stop(this.stateDir));
-    rmSync(this.stateDir, { recursive: true, force: true });
+    if (existsSync(join(this.dir, 'control-plane'))) await step('stop the Kubernetes control plane', async () => ControlPlane.stop(this.dir));
+    this.state.remove();
   }
 }
+
+export const local = defineProvider<LocalCluster>({
+  provider: 'local',
+  schema,
+  check(c, cfg, issue) {
+    // Node names derive from pool names (<pool>-<n>): a repeated pool would make two nodes one.
+    checkPoolList(c.pools, cfg.gvisor.pools, issue);
+    c.pools.forEach((p, i) => {
+      if (cfg.gvisor.pools.includes(p.name) && p.kind === 'systemd') {
+        issue(['cluster', 'pools', i, 'kind'], 'a gVisor pool of the local provider must be kind "host": the systemd node runs Debian\'s containerd 1.6, which cannot drive the current runsc shim');
+      }
+    });
+  },
+  resolvePaths(c, paths) {
+    if (c.stateDir) c.stateDir = paths.path(c.stateDir);
+    if (c.kubernetesBinDir) c.kubernetesBinDir = paths.path(c.kubernetesBinDir);
+  },
+  capabilities,
+  poolNames: (c) => c.pools.map((p) => p.name),
+  /** The manifest's worker pools become host pools (gVisor ones included); systemd pools it does not name stay. */
+  applyManifest(c, spec) {
+    const systemd = c.pools.filter((p) => p.kind === 'systemd' && !spec.allPools.includes(p.name));
+    const others = spec.allPools.length > spec.pools.length ? spec.allPools : [...spec.allPools, 'plain'];
+    return { ...c, pools: [...others.map((name) => ({ name, nodes: 1, kind: 'host' as const, osFamily: 'auto' as const })), ...systemd] };
+  },
+  forRepro: (c) => ({ ...c, kubernetes: true }),
+  create: (cfg) => new LocalProvider(cfg),
+});

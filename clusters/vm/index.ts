@@ -1,12 +1,18 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
+import { z } from 'zod';
 import { buildContainerd } from '../../harness/binaries.ts';
-import { type Config, type NodeConfig, type VmCluster, type VmHost, nodeConfig } from '../../harness/config.ts';
+import { type Config, type NodeConfig, dnsName, nodeConfig, OS_FAMILIES, sshAccess } from '../../harness/config.ts';
 import { InfrastructureError } from '../../harness/errors.ts';
 import { buildTestImage } from '../../harness/image.ts';
 import { restartContainerd, restoreRecordedFiles } from '../../harness/installer.ts';
 import { log, step } from '../../harness/log.ts';
 import { knownHostKeys, mustExec, readNodeFile, sh, SshNode, writeNodeFile, type NodeAccess } from '../../harness/node.ts';
+import { BaseProvider } from '../common/base.ts';
+import { uninstallHosts } from '../common/hosts.ts';
+import { checkMembers, requireManifestPools } from '../common/pools.ts';
+import { tool } from '../common/tools.ts';
+import { defineProvider, type Finding, type Secrets } from '../provider.ts';
 
 // VMs (or any hosts) reached over SSH, which the harness provisions before the normal install:
 // the current runsc shim speaks shim protocol v2 as containerd 2.x does, so a host whose
@@ -14,6 +20,43 @@ import { knownHostKeys, mustExec, readNodeFile, sh, SshNode, writeNodeFile, type
 // runc / its shim and CNI plugins where absent, and a config with its own root and state
 // directories (the original containerd's data stays untouched). Everything provisioned is recorded
 // in PROVISION_STATE on the host, so `down` removes exactly that and restarts what ran before.
+
+/**
+ * One host of a `vm` cluster: the SSH fields are the `nodes` provider's (same rules: a host key is
+ * always verified), flattened beside what the provider needs to provision it.
+ */
+const vmHostSchema = z
+  .object({
+    name: dnsName,
+    pool: z.string().min(1),
+    address: z.string().min(1),
+    port: sshAccess.shape.port,
+    user: sshAccess.shape.user,
+    privateKeyPath: sshAccess.shape.privateKeyPath,
+    knownHostsPath: sshAccess.shape.knownHostsPath,
+    hostKeyFingerprint: sshAccess.shape.hostKeyFingerprint,
+    osFamily: z.enum(OS_FAMILIES).default('auto'),
+  })
+  .strict()
+  .refine((a) => a.knownHostsPath || a.hostKeyFingerprint, {
+    message: 'set knownHostsPath or hostKeyFingerprint: host keys are always verified',
+  });
+
+
+const schema = z
+  .object({
+    /** "vm": hosts (VMs) reached over SSH that the harness provisions: containerd 2.x, CNI, then the normal install. */
+    provider: z.literal('vm'),
+    name: z.string().min(1).default('gvisor-e2e'),
+    hosts: z.array(vmHostSchema).min(1),
+    /** The kubeconfig of an existing cluster these hosts are nodes of (RuntimeClass, labels, API pods). */
+    kubeconfig: z.string().min(1).optional(),
+  })
+  .strict();
+export type VmCluster = z.infer<typeof schema>;
+export type VmHost = VmCluster['hosts'][number];
+
+const capabilities = (c: VmCluster) => ({ kubernetesApi: Boolean(c.kubeconfig), installsNodes: true, cleansUpAfterRun: false, reshapesPools: false });
 
 export const PROVISION_STATE = '/var/lib/gvisor-e2e/provisioned.json';
 /** The provisioned containerd keeps its data apart from any containerd the host had. */
@@ -287,12 +330,10 @@ export async function unprovisionHost(node: NodeAccess, cfg: Config): Promise<st
   return undone;
 }
 
-export class VmProvider {
-  readonly kind = 'vm';
-  constructor(
-    private readonly spec: VmCluster,
-    private readonly cfg: Config,
-  ) {}
+export class VmProvider extends BaseProvider<VmCluster> {
+  constructor(cfg: Config & { cluster: VmCluster }) {
+    super(cfg, capabilities(cfg.cluster));
+  }
 
   nodes(): NodeConfig[] {
     return this.spec.hosts.map(vmNodeConfig);
@@ -313,7 +354,13 @@ export class VmProvider {
     return nodes;
   }
 
+  /** The install comes off before `down` removes the containerd it was made for. */
+  override async uninstall(): Promise<void> {
+    await uninstallHosts(this.cfg, this.nodes());
+  }
+
   async down(): Promise<void> {
+    await this.uninstall();
     await Promise.all(this.nodes().map(async (n) => {
       const node = new SshNode(n);
       try {
@@ -325,8 +372,20 @@ export class VmProvider {
     }));
   }
 
-  kubeconfig(): string | undefined {
+  override kubeconfig(): string | undefined {
     return this.spec.kubeconfig;
+  }
+
+  override secrets(): Secrets {
+    return { keyFiles: this.spec.hosts.map((h) => h.privateKeyPath), kubeconfigs: this.spec.kubeconfig ? [this.spec.kubeconfig] : [] };
+  }
+
+  async doctor(): Promise<Finding[]> {
+    return [tool('ssh-keygen', 'openssh-client', 'host keys'), ...(await vmDoctor(this.spec))];
+  }
+
+  override async warm(): Promise<void> {
+    await buildContainerd();
   }
 }
 
@@ -380,3 +439,28 @@ export async function vmDoctor(spec: VmCluster): Promise<HostFinding[]> {
   }
   return f;
 }
+
+export const vm = defineProvider<VmCluster>({
+  provider: 'vm',
+  schema,
+  check(c, cfg, issue) {
+    checkMembers(c.hosts, 'hosts', cfg.gvisor.pools, issue);
+    const seen = new Map<string, number>();
+    c.hosts.forEach((h, i) => {
+      const at = `${h.address}:${h.port}`;
+      if (seen.has(at)) issue(['cluster', 'hosts', i, 'address'], `${at} is already host [${seen.get(at)}]`);
+      seen.set(at, i);
+    });
+  },
+  resolvePaths(c, paths) {
+    c.hosts.forEach((h, i) => paths.keyFiles(h, `cluster.hosts[${i}]`));
+    if (c.kubeconfig) c.kubeconfig = paths.path(c.kubeconfig);
+  },
+  capabilities,
+  poolNames: (c) => [...new Set(c.hosts.map((h) => h.pool))],
+  applyManifest(c, spec) {
+    requireManifestPools(vm.poolNames(c), spec);
+    return c;
+  },
+  create: (cfg) => new VmProvider(cfg),
+});

@@ -3,11 +3,11 @@ import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from '
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LocalProvider } from '../../clusters/local/index.ts';
-import { type Config, type LocalCluster, type NodeConfig, parseConfig } from '../../harness/config.ts';
+import { type Config, type NodeConfig } from '../../harness/config.ts';
+import { parseConfig, providerFor } from '../../clusters/index.ts';
 import { GVISOR_NODE_LABEL, kubeConfig } from '../../harness/kube.ts';
 import { RUN_LABEL } from '../../harness/sandbox.ts';
-import { down, install, up } from '../../harness/run.ts';
+import { down, install, up } from '../../bin/app.ts';
 import { cli, latestSummary, localCluster, scratch, stateRoot, writeConfig, expectLocalClusterGone, suiteStates, ALL_SUITES_PASSED } from './helpers.ts';
 
 // `provider: existing` against a real Kubernetes cluster the test made with the local provider (and
@@ -51,7 +51,7 @@ const rcExists = (n: string) => nodeApi.readRuntimeClass({ name: n }).then(() =>
 beforeAll(async () => {
   nodes = await up(localCfg);
   await install(localCfg, nodes);
-  const admin = kubeConfig(new LocalProvider(localCfg.cluster as LocalCluster).kubeconfig()!);
+  const admin = kubeConfig(providerFor(localCfg).kubeconfig()!);
   core = admin.makeApiClient(k8s.CoreV1Api);
   nodeApi = admin.makeApiClient(k8s.NodeV1Api);
   const rbac = admin.makeApiClient(k8s.RbacAuthorizationV1Api);

@@ -4,13 +4,13 @@ import { join } from 'node:path';
 import * as k8s from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLUSTER_MARKER, clusterNetwork } from '../../clusters/kube/controlplane.ts';
-import { LocalProvider } from '../../clusters/local/index.ts';
 import { NODE_MARKER } from '../../clusters/local/host-node.ts';
-import { type Config, type LocalCluster, type NodeConfig, parseConfig } from '../../harness/config.ts';
+import { type Config, type NodeConfig } from '../../harness/config.ts';
+import { parseConfig, providerFor } from '../../clusters/index.ts';
 import { kubeConfig } from '../../harness/kube.ts';
 import { openNode } from '../../harness/node.ts';
 import { MANAGED_LABEL } from '../../harness/sandbox.ts';
-import { install, up } from '../../harness/run.ts';
+import { install, up } from '../../bin/app.ts';
 import { ROOT, cli, failures, latestSummary, localCluster, scratch, stateRoot, writeConfig } from './helpers.ts';
 
 // Faults injected into a real Kubernetes test bed (control plane processes, two host nodes with
@@ -98,7 +98,7 @@ async function liveRunNamespaces(): Promise<string[]> {
 beforeAll(async () => {
   nodes = await up(cfg);
   await install(cfg, nodes);
-  core = kubeConfig(new LocalProvider(cfg.cluster as LocalCluster).kubeconfig()!).makeApiClient(k8s.CoreV1Api);
+  core = kubeConfig(providerFor(cfg).kubeconfig()!).makeApiClient(k8s.CoreV1Api);
 });
 
 afterAll(async () => {

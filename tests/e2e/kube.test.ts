@@ -1,10 +1,10 @@
 import * as k8s from '@kubernetes/client-node';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LocalProvider } from '../../clusters/local/index.ts';
-import { type Config, type LocalCluster, type NodeConfig, parseConfig } from '../../harness/config.ts';
+import { type Config, type NodeConfig } from '../../harness/config.ts';
+import { parseConfig, providerFor } from '../../clusters/index.ts';
 import { GVISOR_NODE_LABEL, kubeConfig } from '../../harness/kube.ts';
-import { down, install, up } from '../../harness/run.ts';
+import { down, install, up } from '../../bin/app.ts';
 import { cli, failures, latestSummary, localCluster, scratch, writeConfig, expectLocalClusterGone } from './helpers.ts';
 
 // The embedded Kubernetes cluster: etcd + kube-apiserver + controller-manager + scheduler as
@@ -30,7 +30,7 @@ function runSuites(suites: string[]) {
 beforeAll(async () => {
   nodes = await up(cfg);
   await install(cfg, nodes);
-  const kc = kubeConfig(new LocalProvider(cfg.cluster as LocalCluster).kubeconfig()!);
+  const kc = kubeConfig(providerFor(cfg).kubeconfig()!);
   core = kc.makeApiClient(k8s.CoreV1Api);
   nodeApi = kc.makeApiClient(k8s.NodeV1Api);
 });

@@ -3,10 +3,11 @@ import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NODE_MARKER } from '../../clusters/local/host-node.ts';
-import { type Config, type NodeConfig, parseConfig } from '../../harness/config.ts';
+import { type Config, type NodeConfig } from '../../harness/config.ts';
+import { parseConfig } from '../../clusters/index.ts';
 import { openNode, type NodeAccess } from '../../harness/node.ts';
 import { restartContainerd } from '../../harness/installer.ts';
-import { down, install, up } from '../../harness/run.ts';
+import { down, install, up } from '../../bin/app.ts';
 import { cli, failures, latestSummary, localCluster, scratch, sshNodeConfig, stateRoot, writeConfig } from './helpers.ts';
 
 // The four node-level suites against a real local cluster: a namespaced node running

@@ -2,8 +2,8 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseConfig } from '../../harness/config.ts';
-import { down } from '../../harness/run.ts';
+import { parseConfig } from '../../clusters/index.ts';
+import { down } from '../../bin/app.ts';
 import { cli, latestSummary, scratch, stateRoot, writeConfig } from './helpers.ts';
 
 // What people and CI read after a failing run: summary, JUnit per suite, Allure HTML that opens

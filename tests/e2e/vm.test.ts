@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { vmDoctor, vmNodeConfig } from '../../clusters/vm/index.ts';
 import { qemuProcesses, Vm } from '../../fixtures/vm/qemu.ts';
-import { loadConfig, parseConfig } from '../../harness/config.ts';
+import { loadConfig, parseConfig } from '../../clusters/index.ts';
 import { SshNode } from '../../harness/node.ts';
 import { cli, type CliResult, failures, latestSummary, ROOT, scratch, writeConfig } from './helpers.ts';
 

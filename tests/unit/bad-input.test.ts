@@ -1,7 +1,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { loadConfig } from '../../harness/config.ts';
+import { loadConfig } from '../../clusters/index.ts';
 import { ConfigError } from '../../harness/errors.ts';
 import { loadManifest } from '../../harness/manifests.ts';
 

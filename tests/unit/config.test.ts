@@ -2,7 +2,9 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { durationMs, effectiveRunscFlags, loadConfig, parseConfig, selectSuites, SUITE_NAMES, type Config } from '../../harness/config.ts';
+import { durationMs, effectiveRunscFlags, SUITE_NAMES, type Config } from '../../harness/config.ts';
+import { loadConfig, parseConfig } from '../../clusters/index.ts';
+import { selectSuites } from '../../bin/app.ts';
 import { ConfigError } from '../../harness/errors.ts';
 
 const FP = `SHA256:${'A'.repeat(43)}`;

@@ -2,7 +2,8 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { loadConfig, parseConfig, selectSuites } from '../../harness/config.ts';
+import { loadConfig, parseConfig } from '../../clusters/index.ts';
+import { selectSuites } from '../../bin/app.ts';
 import { ConfigError } from '../../harness/errors.ts';
 
 // `provider: existing`: a cluster the harness did not create, reached by a kubeconfig.
@@ -90,7 +91,7 @@ gvisor: { pools: [gvisor] }
 
 describe('a manifest applied to an existing cluster', () => {
   it("takes the manifest's pools; named cluster.pools must include them", async () => {
-    const { applyManifest } = await import('../../harness/manifests.ts');
+    const { applyManifest } = await import('../../clusters/index.ts');
     const spec = { source: 'cr.yaml', pools: ['sandboxed'], allPools: ['sandboxed'], binaryPath: '/var/bin/containerruntimes', configFlags: { 'net-raw': 'true' } };
     const c = applyManifest(parseConfig(EXISTING('  kubeconfig: k'), 'c.yaml'), spec);
     expect([c.gvisor.pools, c.gvisor.configFlags]).toEqual([['sandboxed'], { 'net-raw': 'true' }]);
@@ -117,7 +118,7 @@ describe('the existing provider reads the kubeconfig before it asks the cluster 
     const dir = mkdtempSync(join(tmpdir(), 'gvisor-e2e-kc-'));
     writeFileSync(join(dir, 'kc'), kubeconfigText);
     const cfg = parseConfig(EXISTING(`  kubeconfig: ${join(dir, 'kc')}\n  stateDir: ${join(dir, 'state')}${context ? `\n  context: ${context}` : ''}`), 'c.yaml');
-    return { provider: new ExistingProvider(cfg.cluster as never, cfg), dir };
+    return { provider: new ExistingProvider(cfg as never), dir };
   };
   const KC = `apiVersion: v1
 kind: Config

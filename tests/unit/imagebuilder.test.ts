@@ -1,10 +1,11 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { parseConfig } from '../../harness/config.ts';
+import { parseConfig } from '../../clusters/index.ts';
 import { ConfigError } from '../../harness/errors.ts';
 import { applyImageBuilderVars, parseImageBuilderVars } from '../../harness/imagebuilder.ts';
-import { applyManifest, parseManifest } from '../../harness/manifests.ts';
+import { parseManifest } from '../../harness/manifests.ts';
+import { applyManifest } from '../../clusters/index.ts';
 
 const root = join(import.meta.dirname, '../..');
 const local = parseConfig(readFileSync(join(root, 'fixtures/local.yaml'), 'utf8'), 'local.yaml');

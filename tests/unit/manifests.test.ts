@@ -1,9 +1,10 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { parseConfig } from '../../harness/config.ts';
+import { parseConfig } from '../../clusters/index.ts';
 import { ConfigError } from '../../harness/errors.ts';
-import { applyManifest, parseManifest } from '../../harness/manifests.ts';
+import { parseManifest } from '../../harness/manifests.ts';
+import { applyManifest } from '../../clusters/index.ts';
 
 const fx = (f: string) => readFileSync(join(import.meta.dirname, '../../fixtures/manifests', f), 'utf8');
 const local = parseConfig(readFileSync(join(import.meta.dirname, '../../fixtures/local.yaml'), 'utf8'), 'local.yaml');

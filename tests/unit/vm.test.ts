@@ -13,7 +13,8 @@ import {
   vmNodeConfig,
 } from '../../clusters/vm/index.ts';
 import { chooseAccel, qemuArgs, reapStaleVms, vmImageKey, VM_PACKAGES, type QemuSpec } from '../../fixtures/vm/qemu.ts';
-import { loadConfig, parseConfig, selectSuites } from '../../harness/config.ts';
+import { loadConfig, parseConfig } from '../../clusters/index.ts';
+import { selectSuites } from '../../bin/app.ts';
 import { ConfigError } from '../../harness/errors.ts';
 import { containerdConfigVersion, findRuntime, renderContainerdConfig } from '../../harness/render.ts';
 

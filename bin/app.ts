@@ -1,0 +1,206 @@
+// The verbs of the CLI as functions (up, install, run, down, doctor, warm, repro), above clusters/
+// and harness/: they reach the cluster only through its provider and ask it for capabilities.
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import Table from 'cli-table3';
+import { file, tool } from '../clusters/common/tools.ts';
+import { applyManifest, capabilitiesOf, poolsOf, providerFor, reproConfig } from '../clusters/index.ts';
+import type { ClusterProvider, Finding } from '../clusters/provider.ts';
+import { buildGVisor, criProtoPath, gvisorBinaries, type GVisorBinaries } from '../harness/binaries.ts';
+import { CAPABILITY_NAMES } from '../harness/capabilities.ts';
+import { type Config, type NodeConfig, type SuiteName, chooseSuites, effectiveRunscFlags } from '../harness/config.ts';
+import { ConfigError } from '../harness/errors.ts';
+import { applyImageBuilderVars, loadImageBuilderVars } from '../harness/imagebuilder.ts';
+import { buildTestImage, importTestImage, type TestImage } from '../harness/image.ts';
+import { installNode, isGVisorNode } from '../harness/installer.ts';
+import { log, step } from '../harness/log.ts';
+import { loadManifest } from '../harness/manifests.ts';
+import { mapLimit } from '../harness/map-limit.ts';
+import { openNode } from '../harness/node.ts';
+import { ROOT_DIR } from '../harness/paths.ts';
+import { registerKnownSecrets } from '../harness/redact.ts';
+import type { RunSummary } from '../harness/report.ts';
+import { releaseClusterLock, withClusterLock } from '../harness/state.ts';
+import { runSuites } from '../harness/suite-runner.ts';
+
+/** Holds the cluster's lock (where its provider keeps state on this machine) while a verb runs. */
+function locked<R>(provider: ClusterProvider, verb: string, fn: () => Promise<R>): Promise<R> {
+  const dir = provider.info().stateDir;
+  return dir ? withClusterLock(dir, verb, fn) : fn();
+}
+
+/** The provider of a config, with the secrets it holds registered for redaction first. */
+export function clusterOf(cfg: Config): ClusterProvider {
+  const p = providerFor(cfg);
+  const s = p.secrets();
+  registerKnownSecrets(s.keyFiles, s.kubeconfigs);
+  return p;
+}
+
+/** Suites selected by the config and the CLI (--suite / --skip), by what the cluster offers. */
+export function selectSuites(cfg: Config, only?: string[], skip: string[] = []): SuiteName[] {
+  return chooseSuites(cfg, capabilitiesOf(cfg), only, skip);
+}
+
+export async function up(cfg: Config): Promise<NodeConfig[]> {
+  const p = clusterOf(cfg);
+  const { provider, cluster } = p.info();
+  return locked(p, 'up', () => step(`cluster up (${provider} "${cluster}")`, () => p.up()));
+}
+
+export async function down(cfg: Config, opts: { uninstall?: boolean } = {}): Promise<void> {
+  const p = clusterOf(cfg);
+  const { provider, cluster } = p.info();
+  await locked(p, 'down', async () => {
+    if (opts.uninstall !== false) await p.uninstall();
+    await step(`cluster down (${provider} "${cluster}")`, () => p.down());
+  });
+}
+
+export interface InstallOutcome {
+  bins?: GVisorBinaries;
+  image: TestImage;
+}
+
+export async function install(cfg: Config, nodes: NodeConfig[]): Promise<InstallOutcome> {
+  const p = clusterOf(cfg);
+  return locked(p, 'install', () => installWith(p, cfg, nodes));
+}
+
+async function installWith(provider: ClusterProvider, cfg: Config, nodes: NodeConfig[]): Promise<InstallOutcome> {
+  effectiveRunscFlags(cfg.gvisor.configFlags); // warns once about ignored flags
+  const { installsNodes, kubernetesApi } = provider.info().capabilities;
+  const bins = installsNodes && nodes.some((n) => isGVisorNode(cfg, n)) ? await gvisorBinaries(cfg.gvisor) : undefined;
+  const image = await step('build the busybox test image', () => buildTestImage());
+  // Install only where the cluster lets the harness install, and only where it can reach the node.
+  const unreachable = nodes.filter((n) => n.access.type === 'api');
+  if (installsNodes && unreachable.some((n) => isGVisorNode(cfg, n))) {
+    const names = unreachable.filter((n) => isGVisorNode(cfg, n)).map((n) => n.name);
+    throw new ConfigError('config', [{ path: 'cluster.nodes', message: `install: true needs SSH access to every gVisor-pool node; none for ${names.join(', ')}` }]);
+  }
+  if (unreachable.length) log('info', `not reachable except through the API (nothing installed, test image not imported): ${unreachable.map((n) => n.name).join(', ')}`);
+  await mapLimit(nodes.filter((n) => n.access.type !== 'api'), 4, async (n) => {
+    const node = openNode(n);
+    try {
+      await step(`${installsNodes ? 'install on' : 'import the test image on'} ${n.name} (pool ${n.pool}${isGVisorNode(cfg, n) ? ', gVisor' : ''})`, async () => {
+        if (installsNodes) {
+          const r = await installNode(node, cfg, bins);
+          log('info', `[${n.name}] ${r.changed.length ? `changed: ${r.changed.join(', ')}` : 'already up to date'} (os ${r.facts.osFamily}${r.facts.systemd ? ', systemd' : ''})`);
+          if (r.changed.length) provider.recordOnNode(n.name, 'files');
+        }
+        if (await importTestImage(node, image, n.paths.containerdSocket, n.paths.tmpDir)) provider.recordOnNode(n.name, 'image');
+      });
+    } finally {
+      await node.close();
+    }
+  });
+  if (kubernetesApi && installsNodes) {
+    await step(`RuntimeClass "${cfg.gvisor.runtimeClassName}" and node labels`, () => provider.installKubernetesObjects(nodes));
+  }
+  return { bins, image };
+}
+
+export interface RunOptions {
+  suites?: string[];
+  skip?: string[];
+  /** Keep the cluster after the run (default: remove what this run created). */
+  keep?: boolean;
+  /** Skip the install step (the cluster was installed before). */
+  noInstall?: boolean;
+  /** The config file, so that a signal can run `down` in a child process. */
+  configPath?: string;
+  /** Retry a failing check up to N times (flaky infrastructure); every attempt stays in the Allure report. */
+  retries?: number;
+}
+
+/** up → install → suites → (down). The main job. */
+export async function run(cfg: Config, opts: RunOptions = {}): Promise<RunSummary> {
+  const suites = selectSuites(cfg, opts.suites, opts.skip);
+  const provider = clusterOf(cfg);
+  const info = provider.info();
+  // What the run made is removed after it (the cluster, or what it added to one it does not own).
+  const cleansUp = info.capabilities.cleansUpAfterRun && !opts.keep;
+  let cleaned = false;
+  const cleanup = async () => {
+    if (cleaned || !cleansUp) return;
+    cleaned = true;
+    await down(cfg).catch((e: Error) => log('error', `cleanup failed: ${e.message}; run \`gvisor-e2e down\``));
+  };
+  const onSignal = (sig: NodeJS.Signals) => {
+    log('warn', `${sig}: stopping and cleaning up`);
+    const code = sig === 'SIGINT' ? 130 : 143;
+    if (cleansUp && !cleaned && opts.configPath) {
+      // Synchronously, in a child: the test runner's own signal handler would end this process
+      // before an asynchronous cleanup finished. The child takes the cluster's lock: give it up.
+      cleaned = true;
+      if (info.stateDir) releaseClusterLock(info.stateDir);
+      const r = spawnSync(process.execPath, ['--import', 'tsx', join(ROOT_DIR, 'bin', 'gvisor-e2e.ts'), '--config', opts.configPath, 'down'], { stdio: ['ignore', 'inherit', 'inherit'] });
+      if (r.status !== 0) log('error', `cleanup failed; run \`gvisor-e2e down\``);
+      process.exit(code);
+    }
+    void cleanup().finally(() => process.exit(code));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    return await locked(provider, 'run', async () => {
+      try {
+        const nodes = await up(cfg);
+        const outcome = opts.noInstall ? { image: await buildTestImage() } : await step('install gVisor', () => install(cfg, nodes));
+        return await runSuites(cfg, nodes, suites, {
+          image: { image: outcome.image.image, pause: outcome.image.pause },
+          expectedVersion: outcome.bins?.expectedVersion ?? (cfg.gvisor.version === 'latest' ? '' : cfg.gvisor.version),
+          kubeconfig: provider.kubeconfig(),
+          capabilities: info.capabilities,
+          retries: opts.retries,
+        });
+      } finally {
+        await cleanup();
+      }
+    });
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+/**
+ * `repro`: a cluster made from a customer's manifest (and image-builder variables), every suite, a
+ * report. Only providers that can reshape their pools make one.
+ */
+export async function repro(base: Config, source: string, manifest: string, opts: { imageBuilder?: string; keep?: boolean }): Promise<RunSummary> {
+  const made = reproConfig(base);
+  if (!made || !capabilitiesOf(base).reshapesPools) {
+    throw new ConfigError(source, [{ path: 'cluster.provider', message: `repro makes a cluster from the manifest's pools, which provider "${base.cluster.provider}" cannot (it needs ${CAPABILITY_NAMES.reshapesPools}; use provider "local")` }]);
+  }
+  let cfg = applyManifest(made, loadManifest(manifest));
+  if (opts.imageBuilder) cfg = applyImageBuilderVars(cfg, loadImageBuilderVars(opts.imageBuilder));
+  const pools = poolsOf(cfg).map((p) => `${p}${cfg.gvisor.pools.includes(p) ? ' (gVisor)' : ''}`).join(', ');
+  log('info', `repro of ${manifest}: pools ${pools}; handler ${cfg.gvisor.handler} at ${cfg.gvisor.binaryPath}; configFlags ${JSON.stringify(cfg.gvisor.configFlags)}`);
+  const summary = await run(cfg, { keep: opts.keep, configPath: source });
+  process.stdout.write(`report: ${join(cfg.reportsDir, summary.runId, 'summary.md')}\n`);
+  return summary;
+}
+
+/** Builds every cached artefact the config's cluster uses, so CI's first run is not a cold build. */
+export async function warm(cfg: Config): Promise<void> {
+  await criProtoPath();
+  await buildGVisor();
+  await clusterOf(cfg).warm();
+}
+
+/** Says what this machine and the nodes lack for the chosen cluster, and how to get it, before a long run fails half way. */
+export async function doctor(cfg: Config): Promise<boolean> {
+  const major = Number(process.versions.node.split('.')[0]);
+  const f: Finding[] = [
+    { check: 'Node.js >= 20', ok: major >= 20, detail: process.version, fix: major >= 20 ? undefined : 'install Node.js 20' },
+    tool('go', 'golang (or the Go toolchain)', 'builds runsc, containerd and fetches the CRI proto from Go modules'),
+    file('/bin/busybox', 'busybox-static', 'test image'),
+    ...(await clusterOf(cfg).doctor()),
+  ];
+  const t = new Table({ head: ['check', 'ok', 'detail', 'how to fix'], style: { head: [], border: [] }, colWidths: [48, 5, 50, 40], wordWrap: true });
+  for (const x of f) t.push([x.check, x.ok ? 'yes' : 'NO', x.detail, x.fix ?? '']);
+  process.stdout.write(`${t.toString()}\n`);
+  return f.every((x) => x.ok);
+}
+

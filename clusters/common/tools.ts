@@ -1,0 +1,22 @@
+// doctor's checks of this machine: a command on PATH, a file a package installs.
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import type { Finding } from '../provider.ts';
+
+export function which(bin: string): string | undefined {
+  try {
+    return execFileSync('sh', ['-c', `command -v ${bin}`], { encoding: 'utf8' }).trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function tool(bin: string, pkg: string, why: string): Finding {
+  const at = which(bin);
+  return { check: `${bin} (${why})`, ok: Boolean(at), detail: at ?? 'not found', fix: at ? undefined : `apt-get install -y ${pkg}` };
+}
+
+export function file(path: string, pkg: string, why: string): Finding {
+  const ok = existsSync(path);
+  return { check: `${path} (${why})`, ok, detail: ok ? 'present' : 'missing', fix: ok ? undefined : `apt-get install -y ${pkg}` };
+}

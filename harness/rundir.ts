@@ -1,0 +1,95 @@
+// The one place that knows the layout of <reportsDir>: a directory per run, `latest` pointing at
+// the newest, and beside them the logs a provider collected when a cluster failed to come up.
+import { randomBytes } from 'node:crypto';
+import { existsSync, lstatSync, mkdirSync, symlinkSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { InfrastructureError } from './errors.ts';
+
+/** A run id sorts by time: yyyymmdd-hhmmss-<4 hex>. */
+export function newRunId(d = new Date()): string {
+  const p = (n: number) => String(n).padStart(2, '0');
+  return `${d.getUTCFullYear()}${p(d.getUTCMonth() + 1)}${p(d.getUTCDate())}-${p(d.getUTCHours())}${p(d.getUTCMinutes())}${p(d.getUTCSeconds())}-${randomBytes(2).toString('hex')}`;
+}
+
+/** <reportsDir>/<runId>/ and what goes in it. */
+export class RunDir {
+  readonly dir: string;
+  constructor(
+    readonly reportsDir: string,
+    readonly runId: string,
+  ) {
+    this.dir = join(reportsDir, runId);
+  }
+
+  get summaryJson(): string {
+    return join(this.dir, 'summary.json');
+  }
+  get summaryMd(): string {
+    return join(this.dir, 'summary.md');
+  }
+  get junitXml(): string {
+    return join(this.dir, 'junit.xml');
+  }
+  /** One JUnit file per suite. */
+  junitOf(suite: string): string {
+    return join(this.dir, 'junit', `${suite}.xml`);
+  }
+  get allureResults(): string {
+    return join(this.dir, 'allure-results');
+  }
+  /** html/index.html for the run, html/<suite>/index.html per suite. */
+  get html(): string {
+    return join(this.dir, 'html');
+  }
+  /** Scratch for splitting Allure results per suite (removed after). */
+  get allureSplit(): string {
+    return join(this.dir, '.allure-split');
+  }
+  /** Every command a suite ran on the nodes (redacted). */
+  transcriptOf(suite: string): string {
+    return join(this.dir, 'transcripts', `${suite}.json`);
+  }
+
+  create(): void {
+    writingReports(this.dir, () => mkdirSync(this.dir, { recursive: true }));
+  }
+
+  /** Points <reportsDir>/latest at this run. */
+  markLatest(): void {
+    const latest = join(this.reportsDir, 'latest');
+    try {
+      if (existsSync(latest) || isSymlink(latest)) unlinkSync(latest);
+      symlinkSync(this.runId, latest);
+    } catch {
+      /* a reports dir on a filesystem without symlinks */
+    }
+  }
+}
+
+/** Where a provider puts the logs of a cluster that failed (e.g. `kind export logs`): <reportsDir>/<provider>-logs/<cluster>-<stamp>. */
+export function clusterLogsDir(reportsDir: string, provider: string, cluster: string, d = new Date()): string {
+  const stamp = d.toISOString().replace(/[-:]/g, '').replace(/\..*/, '');
+  return join(reportsDir, `${provider}-logs`, `${cluster}-${stamp}`);
+}
+
+/**
+ * A report that cannot be written (full disk, read-only or missing directory) breaks the run: the
+ * error names the path and the errno, not just "ENOSPC: no space left on device, write".
+ */
+export function writingReports<T>(where: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    if (!err.code) throw e;
+    throw new InfrastructureError(`cannot write the reports to ${err.path ?? where}: ${err.code}${err.code === 'ENOSPC' ? ' (no space left on device)' : ''}: ${err.message}`, { cause: e });
+  }
+}
+
+function isSymlink(p: string): boolean {
+  try {
+    return lstatSync(p).isSymbolicLink();
+  } catch {
+    return false;
+  }
+}

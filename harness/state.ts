@@ -1,0 +1,170 @@
+// The harness's own record of a cluster on this machine: <stateDir>/state.json, written atomically,
+// marked with the provider that owns it, and a lock so that a second run on the same cluster waits
+// (and says who holds it) instead of racing the first.
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { homedir, hostname } from 'node:os';
+import { dirname, join } from 'node:path';
+import { InfrastructureError } from './errors.ts';
+import { log } from './log.ts';
+
+/** ~/.local/state/gvisor-e2e/<name>: outside /var and /run, which host nodes remount privately. */
+export function defaultStateDir(name: string): string {
+  const root = process.env.GVISOR_E2E_STATE ?? join(process.env.XDG_STATE_HOME ?? join(homedir(), '.local', 'state'), 'gvisor-e2e');
+  return join(root, name);
+}
+
+/** The ownership marker every state file carries. */
+export interface StateOwner {
+  provider: string;
+  cluster: string;
+}
+
+/** Recognises the provider's own state files written before the marker existed. */
+export type LegacyOwn = (s: Record<string, unknown>) => boolean;
+
+/** Writes a file so that a reader sees the old or the new content, never half of it. */
+export function writeFileAtomic(path: string, content: string, mode = 0o600): void {
+  const tmp = `${path}.${process.pid}.tmp`;
+  try {
+    writeFileSync(tmp, content, { mode });
+    renameSync(tmp, path);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw e;
+  }
+}
+
+export class StateFile<T extends object> {
+  readonly file: string;
+  constructor(
+    readonly dir: string,
+    private readonly owner: StateOwner,
+    private readonly legacyOwn: LegacyOwn = () => false,
+  ) {
+    this.file = join(dir, 'state.json');
+  }
+
+  exists(): boolean {
+    return existsSync(this.file);
+  }
+
+  /** The record, or undefined when there is none. A record of another provider is refused, not overwritten. */
+  read(): T | undefined {
+    if (!existsSync(this.file)) return undefined;
+    const s = JSON.parse(readFileSync(this.file, 'utf8')) as T & { owner?: StateOwner; cluster?: unknown };
+    const ours = s.owner ? s.owner.provider === this.owner.provider : this.legacyOwn(s as Record<string, unknown>);
+    // Several providers keep their state under the same <name> by default: never mistake one for another.
+    if (!ours) {
+      const whose = s.owner ? `"${s.owner.cluster}" (${s.owner.provider})` : `"${String(s.cluster ?? '?')}"`;
+      throw new InfrastructureError(`${this.file} belongs to another provider's cluster ${whose}: run \`down\` with that config first, or pick another cluster.name or stateDir`);
+    }
+    return s;
+  }
+
+  write(s: T): void {
+    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    writeFileAtomic(this.file, JSON.stringify({ owner: this.owner, ...s }, null, 2));
+  }
+
+  /** Removes the whole state directory (only ever one the harness made for this cluster). */
+  remove(): void {
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+interface Holder {
+  pid: number;
+  /** /proc/<pid>/stat start time: a recycled pid is not the holder. */
+  start: string;
+  host: string;
+  command: string;
+  since: string;
+}
+
+function startTime(pid: number): string | undefined {
+  try {
+    // Field 22 (starttime), counted after the parenthesised command name, which may contain spaces.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
+/** In this process, a lock is re-entrant: `run` takes it and calls `up`, which takes it again. */
+const held = new Map<string, number>();
+
+/**
+ * Holds <dir>.lock while fn runs. Another live holder (checked by pid and start time, never by
+ * name) is waited for up to `waitMs`, with its pid and command in the log and in the error.
+ */
+export async function withClusterLock<R>(dir: string, command: string, fn: () => Promise<R>, waitMs = 600_000): Promise<R> {
+  const lock = `${dir}.lock`;
+  const depth = held.get(lock) ?? 0;
+  if (depth === 0) await acquire(lock, command, waitMs);
+  held.set(lock, depth + 1);
+  try {
+    return await fn();
+  } finally {
+    const d = (held.get(lock) ?? 1) - 1;
+    if (d === 0) {
+      held.delete(lock);
+      releaseLock(lock);
+    } else held.set(lock, d);
+  }
+}
+
+/** Gives the lock up early (a signal handler that hands `down` to a child process). */
+export function releaseClusterLock(dir: string): void {
+  const lock = `${dir}.lock`;
+  if (held.delete(lock)) releaseLock(lock);
+}
+
+function releaseLock(lock: string): void {
+  const h = readHolder(lock);
+  if (h && h.pid === process.pid) rmSync(lock, { force: true });
+}
+
+function readHolder(lock: string): Holder | undefined {
+  try {
+    return JSON.parse(readFileSync(lock, 'utf8')) as Holder;
+  } catch {
+    return undefined;
+  }
+}
+
+async function acquire(lock: string, command: string, waitMs: number): Promise<void> {
+  mkdirSync(dirname(lock), { recursive: true, mode: 0o700 });
+  const me: Holder = { pid: process.pid, start: startTime(process.pid) ?? '', host: hostname(), command, since: new Date().toISOString() };
+  const deadline = Date.now() + waitMs;
+  let said = false;
+  let lookedAgain = false;
+  for (;;) {
+    try {
+      const fd = openSync(lock, 'wx', 0o600);
+      writeSync(fd, JSON.stringify(me));
+      closeSync(fd);
+      return;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+    const h = readHolder(lock);
+    const alive = h !== undefined && h.host === me.host && startTime(h.pid) === h.start;
+    if (!alive) {
+      // A holder that died (or a lock file cut short): its lock is stale.
+      if (h === undefined && existsSync(lock) && !lookedAgain) {
+        // A holder may be between creating and writing the file: look again once before taking it.
+        lookedAgain = true;
+        await new Promise((r) => setTimeout(r, 200));
+        continue;
+      }
+      rmSync(lock, { force: true });
+      continue;
+    }
+    const who = `pid ${h.pid} (\`gvisor-e2e ${h.command}\`, since ${h.since})`;
+    if (Date.now() > deadline) throw new InfrastructureError(`the cluster state ${dirname(lock)} is in use by ${who}; gave up after ${waitMs / 1000}s (${lock})`);
+    if (!said) log('warn', `the cluster is in use by ${who}: waiting up to ${waitMs / 1000}s for it to finish`);
+    said = true;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
