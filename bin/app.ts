@@ -42,16 +42,22 @@ export function selectSuites(cfg: Config, only?: string[], skip: string[] = []):
   return chooseSuites(cfg, capabilitiesOf(cfg), only, skip);
 }
 
-export async function up(cfg: Config): Promise<NodeConfig[]> {
-  const p = clusterOf(cfg);
+export function up(cfg: Config): Promise<NodeConfig[]> {
+  return upWith(clusterOf(cfg));
+}
+
+function upWith(p: ClusterProvider): Promise<NodeConfig[]> {
   const { provider, cluster } = p.info();
   return locked(p, 'up', () => step(`cluster up (${provider} "${cluster}")`, () => p.up()));
 }
 
-export async function down(cfg: Config, opts: { uninstall?: boolean } = {}): Promise<void> {
-  const p = clusterOf(cfg);
+export function down(cfg: Config, opts: { uninstall?: boolean } = {}): Promise<void> {
+  return downWith(clusterOf(cfg), opts);
+}
+
+function downWith(p: ClusterProvider, opts: { uninstall?: boolean } = {}): Promise<void> {
   const { provider, cluster } = p.info();
-  await locked(p, 'down', async () => {
+  return locked(p, 'down', async () => {
     if (opts.uninstall !== false) await p.uninstall();
     await step(`cluster down (${provider} "${cluster}")`, () => p.down());
   });
@@ -62,12 +68,15 @@ export interface InstallOutcome {
   image: TestImage;
 }
 
-export async function install(cfg: Config, nodes: NodeConfig[]): Promise<InstallOutcome> {
-  const p = clusterOf(cfg);
-  return locked(p, 'install', () => installWith(p, cfg, nodes));
+export function install(cfg: Config, nodes: NodeConfig[]): Promise<InstallOutcome> {
+  return installWith(clusterOf(cfg), cfg, nodes);
 }
 
-async function installWith(provider: ClusterProvider, cfg: Config, nodes: NodeConfig[]): Promise<InstallOutcome> {
+function installWith(provider: ClusterProvider, cfg: Config, nodes: NodeConfig[]): Promise<InstallOutcome> {
+  return locked(provider, 'install', () => installNodes(provider, cfg, nodes));
+}
+
+async function installNodes(provider: ClusterProvider, cfg: Config, nodes: NodeConfig[]): Promise<InstallOutcome> {
   effectiveRunscFlags(cfg.gvisor.configFlags); // warns once about ignored flags
   const { installsNodes, kubernetesApi } = provider.info().capabilities;
   const bins = installsNodes && nodes.some((n) => isGVisorNode(cfg, n)) ? await gvisorBinaries(cfg.gvisor) : undefined;
@@ -124,7 +133,7 @@ export async function run(cfg: Config, opts: RunOptions = {}): Promise<RunSummar
   const cleanup = async () => {
     if (cleaned || !cleansUp) return;
     cleaned = true;
-    await down(cfg).catch((e: Error) => log('error', `cleanup failed: ${e.message}; run \`gvisor-e2e down\``));
+    await downWith(provider).catch((e: Error) => log('error', `cleanup failed: ${e.message}; run \`gvisor-e2e down\``));
   };
   const onSignal = (sig: NodeJS.Signals) => {
     log('warn', `${sig}: stopping and cleaning up`);
@@ -145,8 +154,8 @@ export async function run(cfg: Config, opts: RunOptions = {}): Promise<RunSummar
   try {
     return await locked(provider, 'run', async () => {
       try {
-        const nodes = await up(cfg);
-        const outcome = opts.noInstall ? { image: await buildTestImage() } : await step('install gVisor', () => install(cfg, nodes));
+        const nodes = await upWith(provider);
+        const outcome = opts.noInstall ? { image: await buildTestImage() } : await step('install gVisor', () => installWith(provider, cfg, nodes));
         return await runSuites(cfg, nodes, suites, {
           image: { image: outcome.image.image, pause: outcome.image.pause },
           expectedVersion: outcome.bins?.expectedVersion ?? (cfg.gvisor.version === 'latest' ? '' : cfg.gvisor.version),

@@ -1,15 +1,13 @@
-import { execFile } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { log } from './log.ts';
+import { mustRunCommand } from './process.ts';
 import { ROOT_DIR } from './paths.ts';
 import type { RunDir } from './rundir.ts';
 
 // Static HTML from allure-vitest's results with Allure 3 (JavaScript, no Java): one overall
 // report and one per suite, each a single self-contained file that opens from disk.
 
-const run = promisify(execFile);
 
 interface AllureResult {
   labels?: { name: string; value: string }[];
@@ -27,10 +25,10 @@ async function generate(resultsDir: string, outDir: string, name: string): Promi
   const rc = join(work, 'allurerc.json');
   writeFileSync(rc, JSON.stringify({ name, output: outDir, plugins: { awesome: { options: { singleFile: true, reportName: name, groupBy: ['feature', 'subSuite'] } } } }));
   try {
-    await run(join(ROOT_DIR, 'node_modules', '.bin', 'allure'), ['generate', resultsDir, '--config', rc, '--output', outDir, '--name', name], {
+    await mustRunCommand([join(ROOT_DIR, 'node_modules', '.bin', 'allure'), 'generate', resultsDir, '--config', rc, '--output', outDir, '--name', name], {
       cwd: work,
-      maxBuffer: 32 * 1024 * 1024,
       env: { ...process.env, NO_COLOR: '1' },
+      timeoutMs: 600_000,
     });
   } finally {
     rmSync(work, { recursive: true, force: true });
@@ -63,7 +61,7 @@ export async function writeHtmlReports(run: RunDir, suites: string[]): Promise<s
     }
   } catch (e) {
     // The verdict does not depend on HTML; say what went wrong and keep the other reports.
-    log('warn', `HTML report generation failed: ${(e as { stderr?: string }).stderr?.slice(-500) || (e as Error).message}`);
+    log('warn', `HTML report generation failed: ${(e as Error).message.slice(-800)}`);
   } finally {
     rmSync(run.allureSplit, { recursive: true, force: true });
   }

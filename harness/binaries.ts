@@ -1,9 +1,8 @@
-import { execFile } from 'node:child_process';
+import { runCommand } from './process.ts';
 import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { promisify } from 'node:util';
 import type { GVisorConfig } from './config.ts';
 import { InfrastructureError } from './errors.ts';
 import { step } from './log.ts';
@@ -13,7 +12,6 @@ import { CONTAINERD_MODULE_VERSION, CRI_API_MODULE_VERSION, GVISOR_MODULE_VERSIO
 // outside the clone, keyed by version, so CI on the same machine reuses them. Go is used only
 // as a build tool for upstream Go modules, never for harness code.
 
-const run = promisify(execFile);
 
 export function cacheRoot(): string {
   return process.env.GVISOR_E2E_CACHE ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'gvisor-e2e');
@@ -33,14 +31,12 @@ export function goEnv(): NodeJS.ProcessEnv {
 
 /** Runs the go tool; a failure carries go's own words (stderr, and stdout where `-json` puts errors). */
 export async function go(workDir: string | undefined, args: string[]): Promise<string> {
-  try {
-    const { stdout } = await run('go', args, { cwd: workDir, env: goEnv(), maxBuffer: 64 * 1024 * 1024 });
-    return stdout;
-  } catch (e) {
-    const err = e as { stdout?: string; stderr?: string; message: string };
-    const detail = [err.stderr, err.stdout].filter((x) => x && x.trim()).join('\n') || err.message;
+  const r = await runCommand(['go', ...args], { cwd: workDir, env: goEnv(), timeoutMs: 3_600_000 });
+  if (r.code !== 0) {
+    const detail = [r.stderr, r.stdout].filter((x) => x.trim()).join('\n') || `exit ${r.code}`;
     throw new InfrastructureError(`go ${args.join(' ')} failed: ${detail.slice(-2000)}`);
   }
+  return r.stdout;
 }
 
 interface GoBuild {

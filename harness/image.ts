@@ -1,4 +1,4 @@
-import { execFileSync } from 'node:child_process';
+import { runSync } from './process.ts';
 import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -47,7 +47,7 @@ export async function buildTestImage(busybox = BUSYBOX): Promise<TestImage> {
     mkdirSync(join(root, 'bin'), { recursive: true });
     for (const d of ['etc', 'tmp', 'proc', 'sys', 'dev', 'root']) mkdirSync(join(root, d));
     copyFileSync(busybox, join(root, 'bin/busybox'));
-    const applets = execFileSync(busybox, ['--list'], { encoding: 'utf8' }).split('\n').filter((a) => a && a !== 'busybox');
+    const applets = runSync([busybox, '--list']).split('\n').filter((a) => a && a !== 'busybox');
     for (const a of applets) symlinkSync('busybox', join(root, 'bin', a));
     writeFileSync(join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n');
     writeFileSync(join(root, 'etc/group'), 'root:x:0:\nnobody:x:65534:\n');

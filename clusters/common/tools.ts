@@ -1,11 +1,11 @@
 // doctor's checks of this machine: a command on PATH, a file a package installs.
-import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { shSync } from '../../harness/process.ts';
 import type { Finding } from '../provider.ts';
 
 export function which(bin: string): string | undefined {
   try {
-    return execFileSync('sh', ['-c', `command -v ${bin}`], { encoding: 'utf8' }).trim() || undefined;
+    return shSync(`command -v ${bin}`).trim() || undefined;
   } catch {
     return undefined;
   }

@@ -1,4 +1,3 @@
-import { execFile, execFileSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
@@ -10,7 +9,7 @@ import { log, step } from '../../harness/log.ts';
 import { clusterLogsDir } from '../../harness/rundir.ts';
 import { defaultStateDir, StateFile } from '../../harness/state.ts';
 import { KIND_NODE_IMAGE, KIND_VERSION } from '../../harness/versions.ts';
-import { sh } from '../../harness/node.ts';
+import { type CommandResult, runCommand } from '../../harness/process.ts';
 import { BaseProvider } from '../common/base.ts';
 import { checkPoolList, requireManifestPools } from '../common/pools.ts';
 import { tool, which } from '../common/tools.ts';
@@ -68,23 +67,11 @@ const CAPABILITIES = { kubernetesApi: true, installsNodes: true, cleansUpAfterRu
 // On a failed `up`, kind's own diagnostics (`kind export logs`) go to the reports dir first
 // (`--retain` keeps kind from deleting the nodes itself before we could collect them).
 
-export interface CommandResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+export type { CommandResult };
 /** Runs argv[0] with argv[1..]; never throws for a non-zero exit (tests inject a recorder). */
 export type Runner = (argv: string[], opts?: { timeoutMs?: number }) => Promise<CommandResult>;
 
-export const defaultRunner: Runner = (argv, opts = {}) =>
-  new Promise((res) => {
-    execFile(argv[0]!, argv.slice(1), { timeout: opts.timeoutMs ?? 60_000, killSignal: 'SIGKILL', maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
-      const e = err as (NodeJS.ErrnoException & { code?: number | string; killed?: boolean }) | null;
-      const code = !e ? 0 : typeof e.code === 'number' ? e.code : 127;
-      const why = e && e.killed ? `\n(killed after ${(opts.timeoutMs ?? 60_000) / 1000}s)` : e && typeof e.code === 'string' ? `\n${e.message}` : '';
-      res({ code, stdout: String(stdout), stderr: String(stderr) + why });
-    });
-  });
+export const defaultRunner: Runner = (argv, opts = {}) => runCommand(argv, opts);
 
 /** kind's own error (from its "ERROR:" line on), without its progress lines and warnings. */
 export function kindError(r: CommandResult): string {
@@ -168,7 +155,7 @@ export class KindProvider extends BaseProvider<KindCluster> {
     f.push({ check: 'Docker engine (docker info)', ok: engine.ok, detail: engine.detail, fix: engine.ok ? undefined : 'start dockerd (apt-get install docker.io), set DOCKER_HOST, or use provider local' });
     f.push({ check: 'kind CLI', ok: true, detail: kindBinarySource(this.spec, which('kind')) });
     if (engine.ok) {
-      const img = execFileSync('sh', ['-c', `docker image inspect --format '{{.Id}}' ${sh(this.spec.nodeImage)} 2>/dev/null || true`], { encoding: 'utf8' }).trim();
+      const img = (await this.run(['docker', 'image', 'inspect', '--format', '{{.Id}}', this.spec.nodeImage], { timeoutMs: 20_000 })).stdout.trim();
       f.push({ check: `node image ${this.spec.nodeImage}`, ok: true, detail: img ? `present (${img.slice(0, 19)})` : 'not in the engine: kind will try to pull it' });
     }
     return f;

@@ -5,6 +5,7 @@ import { request } from 'node:https';
 import { join } from 'node:path';
 import { until } from '../../harness/wait.ts';
 import { log } from '../../harness/log.ts';
+import { shSync } from '../../harness/process.ts';
 import type { KubeBinaries } from './build.ts';
 import { Pki, writeKubeconfig } from './pki.ts';
 import { freePort } from '../../harness/net.ts';
@@ -29,9 +30,7 @@ export function clusterNetwork(stateDir: string): ClusterNetwork {
 }
 
 
-function sh(cmd: string): string {
-  return execFileSync('/bin/sh', ['-c', cmd], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-}
+const sh = (cmd: string) => shSync(cmd);
 
 export class ControlPlane {
   private constructor(

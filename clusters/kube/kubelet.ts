@@ -2,15 +2,22 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { InfrastructureError } from '../../harness/errors.ts';
+import { POOL_LABEL } from '../../harness/labels.ts';
 import { until } from '../../harness/wait.ts';
-import type { HostNode } from '../local/host-node.ts';
 import type { ControlPlane } from './controlplane.ts';
 
 // A real kubelet per host node, inside the node's namespaces, talking CRI to the node's containerd.
 // The node's user namespace maps root to root; KubeletInUserNamespace makes the kubelet tolerate
 // the few kernel knobs (oom_score_adj, some sysctls) such a namespace may not write.
 
-export const POOL_LABEL = 'worker.gardener.cloud/pool';
+
+/** What the kubelet needs of the node it runs on (a local provider's host node): a place for its files and a daemon slot. */
+export interface KubeletHost {
+  readonly stateDir: string;
+  startDaemon(name: string, command: string): void;
+  daemonAlive(name: string): boolean;
+  logTail(name: string, lines?: number): string;
+}
 
 export interface KubeletOptions {
   name: string;
@@ -50,7 +57,7 @@ export function kubeletConfig(caFile: string): object {
   };
 }
 
-export async function startKubelet(node: HostNode, cp: ControlPlane, o: KubeletOptions, timeoutMs = 90_000): Promise<void> {
+export async function startKubelet(node: KubeletHost, cp: ControlPlane, o: KubeletOptions, timeoutMs = 90_000): Promise<void> {
   const dir = join(node.stateDir, 'kubelet');
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   writeFileSync(join(dir, 'config.yaml'), stringify(kubeletConfig(cp.pki.ca.crt)));

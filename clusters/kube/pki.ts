@@ -1,4 +1,4 @@
-import { execFileSync } from 'node:child_process';
+import { runSync } from '../../harness/process.ts';
 import { chmodSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
@@ -13,7 +13,7 @@ export interface Cert {
 }
 
 function openssl(args: string[], input?: string): string {
-  return execFileSync('openssl', args, { encoding: 'utf8', input, stdio: ['pipe', 'pipe', 'pipe'] });
+  return runSync(['openssl', ...args], { input });
 }
 
 export class Pki {

@@ -1,4 +1,5 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
+import { runSync, shSync } from '../../harness/process.ts';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync, symlinkSync, writeFileSync, chmodSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
@@ -35,9 +36,7 @@ export const CONTAINERD_NOFILE = 8192;
 /** Environment marker every process of a node inherits; its value (the state dir) is unique per node. */
 export const NODE_MARKER = 'GVISOR_E2E_TESTBED_NODE';
 
-function sh(cmd: string, opts: { input?: string } = {}): string {
-  return execFileSync('/bin/sh', ['-c', cmd], { encoding: 'utf8', input: opts.input, stdio: ['pipe', 'pipe', 'pipe'] });
-}
+const sh = shSync;
 
 function baseContainerdConfig(sandboxImage: string, version: 2 | 3): string {
   // restrict_oom_score_adj: this machine forbids negative oom_score_adj.
@@ -233,7 +232,7 @@ done
 
   /** Runs a command inside the node's namespaces from the host (fixture set-up and fault injection only). */
   inNode(cmd: string): string {
-    return execFileSync('nsenter', ['-t', String(this.sshdPid), '-U', '-m', '--', 'sh', '-c', cmd], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    return runSync(['nsenter', '-t', String(this.sshdPid), '-U', '-m', '--', 'sh', '-c', cmd]);
   }
 
   /**

@@ -1,4 +1,3 @@
-import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { z } from 'zod';
@@ -7,6 +6,7 @@ import { type Config, type NodeConfig, dnsLabel, nodeConfig, OS_FAMILIES } from 
 import { InfrastructureError } from '../../harness/errors.ts';
 import { buildTestImage } from '../../harness/image.ts';
 import { log, step } from '../../harness/log.ts';
+import { runSync } from '../../harness/process.ts';
 import { defaultStateDir, StateFile } from '../../harness/state.ts';
 import { BaseProvider } from '../common/base.ts';
 import { checkPoolList } from '../common/pools.ts';
@@ -153,7 +153,7 @@ export class LocalProvider extends BaseProvider<LocalCluster> {
     }
     try {
       mkdirSync(join(this.dir, 'ssh'), { recursive: true, mode: 0o700 });
-      execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', `gvisor-e2e-${this.spec.name}`, '-f', this.keyPath]);
+      runSync(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', `gvisor-e2e-${this.spec.name}`, '-f', this.keyPath]);
       const pub = readFileSync(`${this.keyPath}.pub`, 'utf8');
       const state: State = { cluster: this.spec.name, nodes: [] };
       this.writeState(state);
