@@ -81,7 +81,7 @@ interface Holder {
   since: string;
 }
 
-function startTime(pid: number): string | undefined {
+export function processStartTime(pid: number): string | undefined {
   try {
     // Field 22 (starttime), counted after the parenthesised command name, which may contain spaces.
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
@@ -135,7 +135,7 @@ function readHolder(lock: string): Holder | undefined {
 
 async function acquire(lock: string, command: string, waitMs: number): Promise<void> {
   mkdirSync(dirname(lock), { recursive: true, mode: 0o700 });
-  const me: Holder = { pid: process.pid, start: startTime(process.pid) ?? '', host: hostname(), command, since: new Date().toISOString() };
+  const me: Holder = { pid: process.pid, start: processStartTime(process.pid) ?? '', host: hostname(), command, since: new Date().toISOString() };
   const deadline = Date.now() + waitMs;
   let said = false;
   let lookedAgain = false;
@@ -149,7 +149,8 @@ async function acquire(lock: string, command: string, waitMs: number): Promise<v
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
     }
     const h = readHolder(lock);
-    const alive = h !== undefined && h.host === me.host && startTime(h.pid) === h.start;
+    // A holder on another host (a shared home directory) cannot be checked from here: it counts as alive.
+    const alive = h !== undefined && (h.host !== me.host || processStartTime(h.pid) === h.start);
     if (!alive) {
       // A holder that died (or a lock file cut short): its lock is stale.
       if (h === undefined && existsSync(lock) && !lookedAgain) {
