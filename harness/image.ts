@@ -8,6 +8,7 @@ import { cacheRoot } from './binaries.ts';
 import { InfrastructureError } from './errors.ts';
 import { log } from './log.ts';
 import { sh, writeNodeFile, type NodeAccess } from './node.ts';
+import { fixedDelays, retry } from './retry.ts';
 
 // No registry is reachable from test nodes, so the one image the suites need is built here
 // from Debian's busybox-static as an OCI layout archive and imported with `ctr`. The same
@@ -103,6 +104,16 @@ export async function buildTestImage(busybox = BUSYBOX): Promise<TestImage> {
 export const TRANSIENT_CTR_ERROR =
   /connection refused|no such file or directory.*\.sock|transport is closing|code = Unavailable|error reading from server: EOF|context deadline exceeded|ref .* locked|unavailable: ref|already exists|failed to commit|failed to acquire lease/i;
 
+/** A `ctr images import` that exited non-zero: its exit code and its own words. */
+class CtrImportFailed extends Error {
+  constructor(
+    readonly code: number,
+    readonly detail: string,
+  ) {
+    super(detail);
+  }
+}
+
 /**
  * Imports the test image into containerd's k8s.io namespace on a node, once; true when it imported
  * it now. Transient ctr errors are retried with backoff.
@@ -118,18 +129,24 @@ export async function importTestImage(node: NodeAccess, img: TestImage, socket: 
   const remote = `${tmpDir}/gvisor-e2e-image-${process.pid}-${Date.now()}.tar`;
   await writeNodeFile(node, remote, readFileSync(img.archive), '0600');
   try {
-    for (let attempt = 0; ; attempt++) {
-      const r = await node.exec(`${ctr} images import ${sh(remote)}`, { timeoutMs: 180_000 });
-      if (r.code === 0) return true;
-      const err = (r.stderr.trim() || r.stdout.trim()).slice(0, 500);
-      // A racing importer may have finished the job.
-      if (await imported()) return true;
-      if (!TRANSIENT_CTR_ERROR.test(err) || attempt >= delaysMs.length) {
-        throw new InfrastructureError(`[${node.name}] importing the test image with \`ctr images import\` failed${attempt ? ` (after ${attempt + 1} attempts)` : ''}: exit ${r.code}: ${err}`);
-      }
-      log('warn', `[${node.name}] ctr images import: ${err.split('\n')[0]}; retrying in ${delaysMs[attempt]}ms`);
-      await new Promise((res) => setTimeout(res, delaysMs[attempt]));
-    }
+    return await retry(
+      async () => {
+        const r = await node.exec(`${ctr} images import ${sh(remote)}`, { timeoutMs: 180_000 });
+        if (r.code === 0) return true;
+        // A racing importer may have finished the job.
+        if (await imported()) return true;
+        throw new CtrImportFailed(r.code, (r.stderr.trim() || r.stdout.trim()).slice(0, 500));
+      },
+      {
+        what: `[${node.name}] ctr images import`,
+        backoff: fixedDelays(delaysMs),
+        retryable: (e) => e instanceof CtrImportFailed && TRANSIENT_CTR_ERROR.test(e.detail),
+        giveUp: (e, attempts) =>
+          e instanceof CtrImportFailed
+            ? new InfrastructureError(`[${node.name}] importing the test image with \`ctr images import\` failed${attempts > 1 ? ` (after ${attempts} attempts)` : ''}: exit ${e.code}: ${e.detail}`)
+            : e,
+      },
+    );
   } finally {
     await node.exec(`rm -f ${sh(remote)}`);
   }

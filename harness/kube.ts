@@ -7,6 +7,7 @@ import { log } from './log.ts';
 import { registerSecret } from './redact.ts';
 import { MANAGED_LABEL, RUN_LABEL, SandboxStartError } from './sandbox.ts';
 import { until } from './wait.ts';
+import { exponential, retry, withAttempts } from './retry.ts';
 
 // The Kubernetes side of installing gVisor, as gardener-extension-runtime-gvisor leaves it:
 // RuntimeClass `gvisor` (handler `runsc`) whose scheduling.nodeSelector is the label Gardener puts
@@ -68,23 +69,22 @@ export const API_RETRY_MS = 45_000;
  * the earlier attempt did create the object before the connection dropped: that is success.
  */
 export async function api<T>(what: string, call: () => Promise<T>, opts: { created?: boolean; retryMs?: number } = {}): Promise<T> {
-  const deadline = Date.now() + (opts.retryMs ?? API_RETRY_MS);
-  let delay = 250;
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await call();
-    } catch (e) {
-      if (opts.created && attempt > 1 && (e as { code?: unknown }).code === 409) return undefined as T;
-      if (!isTransientApiError(e) || Date.now() + delay > deadline) {
-        const err = apiError(what, e);
-        if (attempt > 1) err.message += ` (after ${attempt} attempts)`;
-        throw err;
+  return retry(
+    async (attempt) => {
+      try {
+        return await call();
+      } catch (e) {
+        if (opts.created && attempt > 1 && (e as { code?: unknown }).code === 409) return undefined as T;
+        throw e;
       }
-      log('warn', `${what}: ${(e as Error).message.slice(0, 200)}; retrying in ${delay}ms`);
-      await new Promise((r) => setTimeout(r, delay));
-      delay = Math.min(delay * 2, 4000);
-    }
-  }
+    },
+    {
+      what,
+      backoff: exponential({ initialMs: 250, maxMs: 4000, totalMs: opts.retryMs ?? API_RETRY_MS }),
+      retryable: isTransientApiError,
+      giveUp: (e, attempts) => withAttempts(apiError(what, e), attempts),
+    },
+  );
 }
 
 /** Labels the gVisor pool's nodes and creates (or updates) the RuntimeClass. Idempotent. */

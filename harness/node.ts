@@ -8,6 +8,7 @@ import type { NodeConfig } from './config.ts';
 import { InfrastructureError, TimeoutError } from './errors.ts';
 import { log } from './log.ts';
 import { redact } from './redact.ts';
+import { fixedDelays, retry, withAttempts } from './retry.ts';
 
 // A node is reached through one interface, whatever carries the commands: SSH for VMs and
 // real hosts, plain child processes for the harness's own host, `docker exec` for kind nodes.
@@ -208,22 +209,14 @@ export class SshNode extends BaseNode {
   private async connectClient(timeoutMs: number): Promise<Client> {
     // Once a node has been declared unreachable, every later check fails at once with that reason.
     if (this.unreachable) throw this.unreachable;
-    const delays = [250, 500, 1000, 2000];
-    for (let attempt = 0; ; attempt++) {
-      try {
-        return await this.connectOnce(timeoutMs);
-      } catch (e) {
-        const code = ((e as InfrastructureError).cause as NodeJS.ErrnoException | undefined)?.code;
-        const transient = code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'EPIPE' || code === 'EHOSTUNREACH';
-        if (!transient || attempt >= delays.length) {
-          if (attempt > 0) (e as Error).message += ` (after ${attempt + 1} attempts)`;
-          this.unreachable = e as Error;
-          throw e;
-        }
-        log('debug', `[${this.name}] SSH ${code}; retrying in ${delays[attempt]}ms`);
-        await new Promise((r) => setTimeout(r, delays[attempt]));
-      }
-    }
+    const codeOf = (e: unknown) => ((e as InfrastructureError).cause as NodeJS.ErrnoException | undefined)?.code;
+    return retry(() => this.connectOnce(timeoutMs), {
+      what: `[${this.name}] SSH connect`,
+      backoff: fixedDelays([250, 500, 1000, 2000]),
+      retryable: (e) => ['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'EHOSTUNREACH'].includes(codeOf(e) ?? ''),
+      logLevel: 'debug',
+      giveUp: (e, attempts) => (this.unreachable = withAttempts(e, attempts) as Error),
+    });
   }
 
   private connectOnce(timeoutMs: number): Promise<Client> {
