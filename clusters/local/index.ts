@@ -218,12 +218,17 @@ export class LocalProvider extends BaseProvider<LocalCluster> {
     } catch (e) {
       // Another provider's record is not ours to act on; only a file cut short falls through.
       if (!(e instanceof SyntaxError)) throw e;
-      // A state file cut short (a full disk): the host nodes' own records still say what to stop.
-      const nodesDir = join(this.dir, 'nodes');
-      const dirs = existsSync(nodesDir) ? readdirSync(nodesDir).map((d) => join(nodesDir, d)) : [];
-      state = { cluster: this.spec.name, nodes: dirs.map((d) => ({ name: basename(d), pool: '', kind: 'host' as const, stateDir: d, sshPort: 0, knownHostsLine: '', osFamily: 'auto' })) };
     }
-    for (const n of state?.nodes ?? []) {
+    // The state file is written after each node starts; a write that failed (a full disk) leaves a
+    // started node out of it. The host nodes' own records under nodes/ still say what to stop.
+    const nodesDir = join(this.dir, 'nodes');
+    const recorded = new Set((state?.nodes ?? []).map((n) => n.stateDir));
+    const unrecorded = (existsSync(nodesDir) ? readdirSync(nodesDir).map((d) => join(nodesDir, d)) : []).filter((d) => !recorded.has(d));
+    const nodes: NodeRecord[] = [
+      ...(state?.nodes ?? []),
+      ...unrecorded.map((d) => ({ name: basename(d), pool: '', kind: 'host' as const, stateDir: d, sshPort: 0, knownHostsLine: '', osFamily: 'auto' })),
+    ];
+    for (const n of nodes) {
       await step(`stop node ${n.name}`, async () => {
         if (n.kind === 'host') {
           const h = HostNode.attach(n.stateDir);
