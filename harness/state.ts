@@ -140,13 +140,30 @@ async function acquire(lock: string, command: string, waitMs: number): Promise<v
   let said = false;
   let lookedAgain = false;
   for (;;) {
+    let fd: number | undefined;
     try {
-      const fd = openSync(lock, 'wx', 0o600);
+      fd = openSync(lock, 'wx', 0o600);
       writeSync(fd, JSON.stringify(me));
       closeSync(fd);
       return;
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'EEXIST') {
+        // Our own half-made lock goes again; the error names the state directory (a full disk is its problem).
+        if (fd !== undefined) {
+          try {
+            closeSync(fd);
+          } catch {
+            /* already closed */
+          }
+          rmSync(lock, { force: true });
+        }
+        const dir = lock.slice(0, -'.lock'.length);
+        throw new InfrastructureError(
+          code === 'ENOSPC' ? `no space left in the state directory ${dir} (ENOSPC): cannot write its lock ${lock}` : `cannot take the lock ${lock} of the state directory ${dir}: ${(e as Error).message}`,
+          { cause: e },
+        );
+      }
     }
     const h = readHolder(lock);
     // A holder on another host (a shared home directory) cannot be checked from here: it counts as alive.

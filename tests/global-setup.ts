@@ -1,23 +1,26 @@
-import { readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, rmdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 // The tests make scratch dirs (configs, reports, fake binaries, browser profiles) under the temp
-// dir as gvisor-e2e-*; whatever this test run made there is removed when it ends, except a dir
-// something is still mounted on (a failed test's tmpfs: left for the failure to be looked at).
+// dir. Each test run gets a temp dir of its own (TMPDIR, inherited by the workers and the CLI
+// processes they start), and only that is removed when the run ends: another process's files in
+// /tmp (a build running beside the tests) are never touched. A dir something is still mounted on
+// (a failed test's tmpfs) is left for the failure to be looked at.
 export default function setup(): () => void {
-  const started = Date.now() - 1000;
+  const own = mkdtempSync(join(tmpdir(), 'gvisor-e2e-testrun-'));
+  process.env.TMPDIR = own;
   return () => {
     const mounts = readFileSync('/proc/mounts', 'utf8');
-    for (const e of readdirSync(tmpdir())) {
-      if (!e.startsWith('gvisor-e2e-')) continue;
-      const p = join(tmpdir(), e);
-      try {
-        if (statSync(p).ctimeMs < started || mounts.includes(` ${p}`)) continue;
-        rmSync(p, { recursive: true, force: true });
-      } catch {
-        /* gone, or not ours to remove */
-      }
+    for (const e of readdirSync(own)) {
+      const p = join(own, e);
+      if (mounts.includes(` ${p}`)) continue;
+      rmSync(p, { recursive: true, force: true });
+    }
+    try {
+      rmdirSync(own);
+    } catch {
+      /* a mounted dir is left inside */
     }
   };
 }
