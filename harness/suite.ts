@@ -3,10 +3,11 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { describe, it, TestRunner, type TestContext } from 'vitest';
 import { join } from 'node:path';
 import { redact, registerKnownSecrets } from './redact.ts';
-import { type Config, type NodeConfig, durationMs, effectiveRunscFlags } from './config.ts';
+import { type Config, type NodeConfig, durationMs } from './config.ts';
 import { CriClient } from './cri.ts';
 import { InfrastructureError } from './errors.ts';
-import { isGVisorNode } from './installer.ts';
+// What the suites expect comes from the written spec, never from the installer's own rules.
+import { cite, expectedNetRaw, gardener } from '../suites/spec/index.ts';
 import { NoNodeAccess, openNode, type NodeAccess } from './node.ts';
 import { SandboxStartError, runOneShot, type OneShotResult } from './sandbox.ts';
 // Types only: the Kubernetes client (~80 MB per process) is loaded when a run has a cluster API.
@@ -42,8 +43,9 @@ export class CheckFailed extends Error {
   override readonly name = 'AssertionError';
 }
 
-export function check(ok: unknown, message: string): asserts ok {
-  if (!ok) throw new CheckFailed(message);
+/** Fails the check with `message`; with a spec rule, the message also names where upstream states it. */
+export function check(ok: unknown, message: string, rule?: { source: string }): asserts ok {
+  if (!ok) throw new CheckFailed(rule ? `${message}${cite(rule)}` : message);
 }
 
 /** Annotation type under which each pod a check created travels to the report (see report.ts). */
@@ -86,13 +88,14 @@ export class SuiteContext {
     return this.plan.nodes;
   }
   get gvisorNodes(): NodeConfig[] {
-    return this.plan.nodes.filter((n) => isGVisorNode(this.config, n));
+    return this.plan.nodes.filter((n) => gardener.gvisorOnPool(this.gvisor.pools, n.pool));
   }
   get otherNodes(): NodeConfig[] {
-    return this.plan.nodes.filter((n) => !isGVisorNode(this.config, n));
+    return this.plan.nodes.filter((n) => !gardener.gvisorOnPool(this.gvisor.pools, n.pool));
   }
+  /** net-raw as the spec expects it for the configured configFlags (gardener.runscFlags). */
   get netRaw(): 'true' | 'false' {
-    return effectiveRunscFlags(this.gvisor.configFlags, () => undefined)['net-raw'];
+    return expectedNetRaw(this.config);
   }
 
   node(n: NodeConfig): NodeAccess {
@@ -131,16 +134,7 @@ export class SuiteContext {
     it.sequential(title, async (t) => {
       const node = this.node(n);
       const mark = node.transcript.length;
-      await allure.epic('gVisor node conformance');
-      await allure.feature(this.suite);
-      await allure.suite(this.suite);
-      await allure.subSuite(n.name);
-      await allure.parameter('cluster', this.config.cluster.name);
-      await allure.parameter('node', n.name);
-      await allure.parameter('pool', n.pool);
-      await allure.parameter('gVisor version', this.plan.expectedVersion || this.gvisor.version);
-      await allure.parameter('handler', this.gvisor.handler);
-      await allure.parameter('net-raw', this.netRaw);
+      await this.labels(n.name, { node: n.name, pool: n.pool });
       try {
         await fn(t);
       } catch (e) {
@@ -153,6 +147,31 @@ export class SuiteContext {
         if (cmds.length > 0) await this.attach('commands run on the node', JSON.stringify(cmds, null, 2), 'application/json');
       }
     });
+  }
+
+  /**
+   * Declares one cluster-level check (through the Kubernetes API, no one node): an `it` with the
+   * same Allure labels as `test`, sub-suite `subSuite` (default "cluster"), so the report groups it
+   * under this suite and gives it the suite's page.
+   */
+  clusterTest(title: string, fn: (t: TestContext) => Promise<void>, subSuite = 'cluster'): void {
+    it.sequential(title, async (t) => {
+      await this.labels(subSuite, {});
+      await fn(t);
+    });
+  }
+
+  /** The Allure labels and parameters every check of this suite carries. */
+  private async labels(subSuite: string, params: Record<string, string>): Promise<void> {
+    await allure.epic('gVisor node conformance');
+    await allure.feature(this.suite);
+    await allure.suite(this.suite);
+    await allure.subSuite(subSuite);
+    await allure.parameter('cluster', this.config.cluster.name);
+    for (const [k, v] of Object.entries(params)) await allure.parameter(k, v);
+    await allure.parameter('gVisor version', this.plan.expectedVersion || this.gvisor.version);
+    await allure.parameter('handler', this.gvisor.handler);
+    await allure.parameter('net-raw', this.netRaw);
   }
 
   /** Evidence for the report (redacted). */
