@@ -76,7 +76,7 @@ ctx.eachNode(ctx.gvisorNodes, (n) => {
   });
 
   if (g.shim === 'runsc') {
-    ctx.test(n, `runsc.toml sets net-raw = "${flags['net-raw']}" (debug and nvproxy off)`, async () => {
+    ctx.test(n, `runsc.toml sets net-raw = "${flags['net-raw']}"`, async () => {
       const text = await readNodeFile(ctx.node(n), n.paths.runscConfig);
       check(text !== undefined, `${n.paths.runscConfig} does not exist on ${n.name}`, want);
       const found = runscConfigOf(parseTomlFile(text, n.paths.runscConfig, n.name));

@@ -6,6 +6,7 @@ import { type Config, type LocalCluster, type NodeConfig, parseConfig } from '..
 import { GVISOR_NODE_LABEL, kubeConfig } from '../../harness/kube.ts';
 import { down, install, up } from '../../harness/run.ts';
 import { cli, failures, latestSummary, localCluster, scratch, writeConfig, expectLocalClusterGone } from './helpers.ts';
+import { cite, gardener } from '../../suites/spec/index.ts';
 
 // The embedded Kubernetes cluster: etcd + kube-apiserver + controller-manager + scheduler as
 // processes, a kubelet in each host node. gVisor is installed like the extension does it
@@ -73,7 +74,7 @@ describe('a real Kubernetes cluster with gVisor installed like the extension doe
       const r = runSuites(['runtimeclass-scheduling']);
       expect(r.code).toBe(1);
       const msgs = failures(r.summary, 'runtimeclass-scheduling').map((f) => f.message);
-      expect(msgs).toContain(`the "gvisor" pod's nodeSelector is {}, expected it to include ${GVISOR_NODE_LABEL}: "true" from the RuntimeClass`);
+      expect(msgs).toContain(`the "gvisor" pod's nodeSelector is {}, expected it to include ${GVISOR_NODE_LABEL}: "true" from the RuntimeClass${cite(gardener.runtimeClass)}`);
     } finally {
       await install(cfg, nodes);
     }
