@@ -156,7 +156,7 @@ export class SuiteContext {
    */
   clusterTest(title: string, fn: (t: TestContext) => Promise<void>, subSuite = 'cluster'): void {
     it.sequential(title, async (t) => {
-      await this.labels(subSuite, {});
+      await this.labels(subSuite, { 'gVisor pools': this.gvisor.pools.join(', ') });
       await fn(t);
     });
   }
