@@ -1,4 +1,5 @@
 import * as k8s from '@kubernetes/client-node';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalProvider } from '../../clusters/local/index.ts';
@@ -62,6 +63,17 @@ describe('a real Kubernetes cluster with gVisor installed like the extension doe
     ]);
     const sched = r.summary.checks.filter((c) => c.suite === 'runtimeclass-scheduling').map((c) => c.name);
     expect(sched).toContain('a gVisor pod pinned to a node outside the pool is not scheduled, and the event says why');
+    // The cluster-level checks carry the suite's Allure labels (ctx.clusterTest), so the suite gets its own HTML page.
+    const runDir = join(reports, r.summary.runId);
+    const results = readdirSync(join(runDir, 'allure-results'))
+      .filter((f) => f.endsWith('-result.json'))
+      .map((f) => JSON.parse(readFileSync(join(runDir, 'allure-results', f), 'utf8')) as { name: string; labels: { name: string; value: string }[] });
+    const labelled = results.filter((x) => x.labels.some((l) => l.name === 'feature' && l.value === 'runtimeclass-scheduling'));
+    expect(labelled.map((x) => x.name).sort()).toEqual([...sched].sort());
+    for (const x of labelled) {
+      expect(x.labels).toEqual(expect.arrayContaining([{ name: 'epic', value: 'gVisor node conformance' }, { name: 'suite', value: 'runtimeclass-scheduling' }, { name: 'subSuite', value: 'cluster' }]));
+    }
+    expect(existsSync(join(runDir, 'html', 'runtimeclass-scheduling', 'index.html'))).toBe(true);
     // Namespaces are deleted (asynchronously: Terminating or gone, never Active).
     const left = (await core.listNamespace({ labelSelector: `gvisor-e2e.dev/run-id=${r.summary.runId}` })).items;
     expect(left.every((n) => n.status?.phase === 'Terminating')).toBe(true);
