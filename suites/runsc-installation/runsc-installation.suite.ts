@@ -127,8 +127,9 @@ if (timeout || extra?.trim()) {
     if (extra?.trim()) {
       ctx.test(n, 'config.toml ends with containerd.additionalSettings', async () => {
         const text = await containerdConfigText(n);
-        const tail = text.trimEnd().split('\n').slice(-3).join(' | ');
-        check(imageBuilder.additionalSettingsAtEnd(text, extra), `${n.paths.containerdConfig} on ${n.name} does not end with containerd.additionalSettings (its last lines: ${tail})`, imageBuilder.additionalSettingsAtEnd);
+        // The file's own lines stay out of the message (settings may hold credentials); the failed check attaches the file, redacted.
+        const lines = extra.trim().split('\n').length;
+        check(imageBuilder.additionalSettingsAtEnd(text, extra), `${n.paths.containerdConfig} on ${n.name} does not end with the ${lines} line(s) of containerd.additionalSettings`, imageBuilder.additionalSettingsAtEnd);
       });
     }
   });
