@@ -12,7 +12,7 @@ import { type Config, type NodeConfig, type SuiteName, chooseSuites, effectiveRu
 import { ConfigError } from '../harness/errors.ts';
 import { applyImageBuilderVars, loadImageBuilderVars } from '../harness/imagebuilder.ts';
 import { buildTestImage, importTestImage, type TestImage } from '../harness/image.ts';
-import { installNode, isGVisorNode } from '../harness/installer.ts';
+import { INSTALL_RULES, installNode, isGVisorNode, type InstallRules } from '../harness/installer.ts';
 import { log, step } from '../harness/log.ts';
 import { loadManifest } from '../harness/manifests.ts';
 import { mapLimit } from '../harness/map-limit.ts';
@@ -68,15 +68,16 @@ export interface InstallOutcome {
   image: TestImage;
 }
 
-export function install(cfg: Config, nodes: NodeConfig[]): Promise<InstallOutcome> {
-  return installWith(clusterOf(cfg), cfg, nodes);
+/** `rules`: the installer's decisions (tests swap in a wrong one to show that a suite catches it). */
+export function install(cfg: Config, nodes: NodeConfig[], rules: InstallRules = INSTALL_RULES): Promise<InstallOutcome> {
+  return installWith(clusterOf(cfg), cfg, nodes, rules);
 }
 
-function installWith(provider: ClusterProvider, cfg: Config, nodes: NodeConfig[]): Promise<InstallOutcome> {
-  return locked(provider, 'install', () => installNodes(provider, cfg, nodes));
+function installWith(provider: ClusterProvider, cfg: Config, nodes: NodeConfig[], rules: InstallRules = INSTALL_RULES): Promise<InstallOutcome> {
+  return locked(provider, 'install', () => installNodes(provider, cfg, nodes, rules));
 }
 
-async function installNodes(provider: ClusterProvider, cfg: Config, nodes: NodeConfig[]): Promise<InstallOutcome> {
+async function installNodes(provider: ClusterProvider, cfg: Config, nodes: NodeConfig[], rules: InstallRules): Promise<InstallOutcome> {
   effectiveRunscFlags(cfg.gvisor.configFlags); // warns once about ignored flags
   const { installsNodes, kubernetesApi } = provider.info().capabilities;
   const bins = installsNodes && nodes.some((n) => isGVisorNode(cfg, n)) ? await gvisorBinaries(cfg.gvisor) : undefined;
@@ -93,7 +94,7 @@ async function installNodes(provider: ClusterProvider, cfg: Config, nodes: NodeC
     try {
       await step(`${installsNodes ? 'install on' : 'import the test image on'} ${n.name} (pool ${n.pool}${isGVisorNode(cfg, n) ? ', gVisor' : ''})`, async () => {
         if (installsNodes) {
-          const r = await installNode(node, cfg, bins);
+          const r = await installNode(node, cfg, bins, rules);
           log('info', `[${n.name}] ${r.changed.length ? `changed: ${r.changed.join(', ')}` : 'already up to date'} (os ${r.facts.osFamily}${r.facts.systemd ? ', systemd' : ''})`);
           if (r.changed.length) provider.recordOnNode(n.name, 'files');
         }

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { GVisorBinaries } from './binaries.ts';
-import { type Config, type NodeConfig, durationMs, effectiveRunscFlags } from './config.ts';
+import { type Config, type NodeConfig, type RunscFlags, durationMs, effectiveRunscFlags } from './config.ts';
 import { InfrastructureError } from './errors.ts';
 import { until } from './wait.ts';
 import { log } from './log.ts';
@@ -74,10 +74,32 @@ export function isGVisorNode(cfg: Config, n: NodeConfig): boolean {
   return cfg.gvisor.pools.includes(n.pool);
 }
 
-export async function installNode(node: NodeAccess, cfg: Config, bins: GVisorBinaries | undefined): Promise<InstallResult> {
+/**
+ * The installer's decisions, in one object so a test can swap one for a wrong rule and show that
+ * the suites (which judge by suites/spec, not by these) turn red.
+ */
+export interface InstallRules {
+  /** Whether node `n` gets gVisor (its pool is one of gvisor.pools). */
+  gvisorNode: (cfg: Config, n: NodeConfig) => boolean;
+  /** The `[runsc_config]` flags written to runsc.toml for gvisor.configFlags. */
+  runscFlags: (configFlags: Record<string, string>) => RunscFlags;
+  /** Whether the LimitNOFILE drop-in belongs on a node of this OS family. */
+  limitNofileDropIn: (osFamily: string, enableLimitNoFile: boolean) => boolean;
+  /** config.toml rendered from the node's original (runtime table per config version, customizations). */
+  containerdConfig: typeof renderContainerdConfig;
+}
+
+export const INSTALL_RULES: InstallRules = {
+  gvisorNode: isGVisorNode,
+  runscFlags: (configFlags) => effectiveRunscFlags(configFlags, () => undefined),
+  limitNofileDropIn: limitNofileExpected,
+  containerdConfig: renderContainerdConfig,
+};
+
+export async function installNode(node: NodeAccess, cfg: Config, bins: GVisorBinaries | undefined, rules: InstallRules = INSTALL_RULES): Promise<InstallResult> {
   const g = cfg.gvisor;
   const p = node.config.paths;
-  const inPool = isGVisorNode(cfg, node.config);
+  const inPool = rules.gvisorNode(cfg, node.config);
   const facts = await nodeFacts(node);
   const state = await loadState(node);
   const changed: string[] = [];
@@ -110,7 +132,7 @@ export async function installNode(node: NodeAccess, cfg: Config, bins: GVisorBin
     if (!bins) throw new InfrastructureError('gVisor binaries are needed to install a gVisor pool node');
     await put(`${g.binaryPath}/runsc`, readFileSync(bins.runsc), '0755');
     if (g.shim === 'runsc') await put(`${g.binaryPath}/containerd-shim-runsc-v1`, readFileSync(bins.shim), '0755');
-    await put(p.runscConfig, renderRunscToml(effectiveRunscFlags(g.configFlags, () => undefined)), '0644');
+    await put(p.runscConfig, renderRunscToml(rules.runscFlags(g.configFlags)), '0644');
   }
 
   // config.toml is always rendered from the original, so re-applying converges.
@@ -118,7 +140,7 @@ export async function installNode(node: NodeAccess, cfg: Config, bins: GVisorBin
   const original = (backup ? await readNodeFile(node, backup) : undefined) ?? (await readNodeFile(node, p.containerdConfig)) ?? '';
   let rendered: string;
   try {
-    rendered = renderContainerdConfig(original, {
+    rendered = rules.containerdConfig(original, {
       gvisor: inPool,
       handler: g.handler,
       binaryPath: g.binaryPath,
@@ -133,7 +155,7 @@ export async function installNode(node: NodeAccess, cfg: Config, bins: GVisorBin
   await put(p.containerdConfig, rendered, '0644');
 
   const dropIn = `${p.systemdUnitDir}/${LIMIT_NOFILE_DROPIN}`;
-  if (limitNofileExpected(facts.osFamily, cfg.containerd.enableLimitNoFile)) await put(dropIn, renderLimitNofileDropIn(), '0644');
+  if (rules.limitNofileDropIn(facts.osFamily, cfg.containerd.enableLimitNoFile)) await put(dropIn, renderLimitNofileDropIn(), '0644');
   else await remove(dropIn);
 
   // The runsc shim (and runsc) are found on containerd's PATH; add binaryPath where systemd runs it.

@@ -30,7 +30,7 @@ export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteN
   run.create();
   const plan: RunPlan = {
     runId: run.runId,
-    runDir: run.dir,
+    reportsDir: run.reportsDir,
     config: cfg,
     nodes,
     image: inputs.image,

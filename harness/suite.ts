@@ -1,13 +1,15 @@
 import * as allure from 'allure-js-commons';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { describe, it, TestRunner, type TestContext } from 'vitest';
-import { join } from 'node:path';
-import type { Capabilities } from './capabilities.ts';
+import { dirname, join } from 'node:path';
+import { CAPABILITY_NAMES, type Capabilities } from './capabilities.ts';
+import { RunDir } from './rundir.ts';
 import { redact, registerKnownSecrets } from './redact.ts';
-import { type Config, type NodeConfig, durationMs, effectiveRunscFlags } from './config.ts';
+import { type Config, type NodeConfig, type SuiteName, durationMs, SUITE_NEEDS } from './config.ts';
 import { CriClient } from './cri.ts';
 import { InfrastructureError } from './errors.ts';
-import { isGVisorNode } from './installer.ts';
+// What the suites expect comes from the written spec, never from the installer's own rules.
+import { cite, expectedNetRaw, gardener } from '../suites/spec/index.ts';
 import { NoNodeAccess, openNode, type NodeAccess } from './node.ts';
 import { SandboxStartError, runOneShot, type OneShotResult } from './sandbox.ts';
 // Types only: the Kubernetes client (~80 MB per process) is loaded when a run has a cluster API.
@@ -21,7 +23,8 @@ export const PLAN_ENV = 'GVISOR_E2E_PLAN';
 
 export interface RunPlan {
   runId: string;
-  runDir: string;
+  /** The run's directory is <reportsDir>/<runId> (harness/rundir.ts). */
+  reportsDir: string;
   config: Config;
   /** The cluster's nodes as `up` resolved them (the local provider makes them). */
   nodes: NodeConfig[];
@@ -45,8 +48,9 @@ export class CheckFailed extends Error {
   override readonly name = 'AssertionError';
 }
 
-export function check(ok: unknown, message: string): asserts ok {
-  if (!ok) throw new CheckFailed(message);
+/** Fails the check with `message`; with a spec rule, the message also names where upstream states it. */
+export function check(ok: unknown, message: string, rule?: { source: string }): asserts ok {
+  if (!ok) throw new CheckFailed(rule ? `${message}${cite(rule)}` : message);
 }
 
 /** Annotation type under which each pod a check created travels to the report (see report.ts). */
@@ -82,6 +86,15 @@ export class SuiteContext {
   get config(): Config {
     return this.plan.config;
   }
+
+  /**
+   * Why this suite cannot run on this cluster (a capability it needs and the provider does not
+   * offer), or undefined. Its checks are then reported as skipped with this reason.
+   */
+  get lacking(): string | undefined {
+    const missing = (SUITE_NEEDS[this.suite as SuiteName] ?? []).filter((c) => !this.plan.capabilities[c]);
+    return missing.length ? `needs ${missing.map((c) => CAPABILITY_NAMES[c]).join(' and ')}, which this cluster does not offer` : undefined;
+  }
   get gvisor() {
     return this.plan.config.gvisor;
   }
@@ -89,13 +102,14 @@ export class SuiteContext {
     return this.plan.nodes;
   }
   get gvisorNodes(): NodeConfig[] {
-    return this.plan.nodes.filter((n) => isGVisorNode(this.config, n));
+    return this.plan.nodes.filter((n) => gardener.gvisorOnPool(this.gvisor.pools, n.pool));
   }
   get otherNodes(): NodeConfig[] {
-    return this.plan.nodes.filter((n) => !isGVisorNode(this.config, n));
+    return this.plan.nodes.filter((n) => !gardener.gvisorOnPool(this.gvisor.pools, n.pool));
   }
+  /** net-raw as the spec expects it for the configured configFlags (gardener.runscFlags). */
   get netRaw(): 'true' | 'false' {
-    return effectiveRunscFlags(this.gvisor.configFlags, () => undefined)['net-raw'];
+    return expectedNetRaw(this.config);
   }
 
   node(n: NodeConfig): NodeAccess {
@@ -134,16 +148,7 @@ export class SuiteContext {
     it.sequential(title, async (t) => {
       const node = this.node(n);
       const mark = node.transcript.length;
-      await allure.epic('gVisor node conformance');
-      await allure.feature(this.suite);
-      await allure.suite(this.suite);
-      await allure.subSuite(n.name);
-      await allure.parameter('cluster', this.config.cluster.name);
-      await allure.parameter('node', n.name);
-      await allure.parameter('pool', n.pool);
-      await allure.parameter('gVisor version', this.plan.expectedVersion || this.gvisor.version);
-      await allure.parameter('handler', this.gvisor.handler);
-      await allure.parameter('net-raw', this.netRaw);
+      await this.labels(n.name, { node: n.name, pool: n.pool });
       try {
         await fn(t);
       } catch (e) {
@@ -156,6 +161,31 @@ export class SuiteContext {
         if (cmds.length > 0) await this.attach('commands run on the node', JSON.stringify(cmds, null, 2), 'application/json');
       }
     });
+  }
+
+  /**
+   * Declares one cluster-level check (through the Kubernetes API, no one node): an `it` with the
+   * same Allure labels as `test`, sub-suite `subSuite` (default "cluster"), so the report groups it
+   * under this suite and gives it the suite's page.
+   */
+  clusterTest(title: string, fn: (t: TestContext) => Promise<void>, subSuite = 'cluster'): void {
+    it.sequential(title, async (t) => {
+      await this.labels(subSuite, { 'gVisor pools': this.gvisor.pools.join(', ') });
+      await fn(t);
+    });
+  }
+
+  /** The Allure labels and parameters every check of this suite carries. */
+  private async labels(subSuite: string, params: Record<string, string>): Promise<void> {
+    await allure.epic('gVisor node conformance');
+    await allure.feature(this.suite);
+    await allure.suite(this.suite);
+    await allure.subSuite(subSuite);
+    await allure.parameter('cluster', this.config.cluster.name);
+    for (const [k, v] of Object.entries(params)) await allure.parameter(k, v);
+    await allure.parameter('gVisor version', this.plan.expectedVersion || this.gvisor.version);
+    await allure.parameter('handler', this.gvisor.handler);
+    await allure.parameter('net-raw', this.netRaw);
   }
 
   /** Evidence for the report (redacted). */
@@ -240,9 +270,9 @@ export class SuiteContext {
     }
     const transcript = [...this.access.values()].flatMap((a) => a.transcript);
     if (transcript.length > 0) {
-      const file = join(this.plan.runDir, 'transcripts', `${this.suite}.json`);
+      const file = new RunDir(this.plan.reportsDir, this.plan.runId).transcriptOf(this.suite);
       try {
-        mkdirSync(join(this.plan.runDir, 'transcripts'), { recursive: true });
+        mkdirSync(dirname(file), { recursive: true });
         writeFileSync(file, redact(JSON.stringify(transcript, null, 2)));
       } catch (e) {
         // A full disk must be named with its path, not as a bare "ENOSPC … write".

@@ -1,10 +1,8 @@
 import { afterAll } from 'vitest';
-import { nodeFacts, type NodeFacts } from '../../harness/installer.ts';
-import { readNodeFile } from '../../harness/node.ts';
+import { readNodeFile, type NodeAccess } from '../../harness/node.ts';
 import { parseNofile, parseSystemdLimit } from '../../harness/probes.ts';
-import { LIMIT_NOFILE_DROPIN, limitNofileExpected } from '../../harness/render.ts';
 import { SuiteContext, check } from '../../harness/suite.ts';
-import { LIMIT_NOFILE } from '../../harness/versions.ts';
+import { imageBuilder, nodeOsFamily } from '../spec/index.ts';
 
 // image-builder caps containerd's LimitNOFILE at 1048576 with a systemd drop-in on Flatcar and
 // Azure Linux / CBL-Mariner, elsewhere only when containerd_enable_limit_no_file is set. Check the
@@ -14,12 +12,22 @@ const ctx = new SuiteContext('limit-nofile');
 const CONTAINERD_PID = 'for p in $(pidof containerd); do [ "$(readlink /proc/$p/ns/mnt)" = "$(readlink /proc/self/ns/mnt)" ] && echo $p && break; done';
 afterAll(() => ctx.close());
 const enable = ctx.config.containerd.enableLimitNoFile;
+const rule = imageBuilder.limitNofileDropIn;
+
+/** What the suite itself reads off the node: its OS family (configured, else its os-release) and whether systemd runs containerd. */
+async function nodeFacts(node: NodeAccess): Promise<{ osFamily: string; systemd: boolean }> {
+  const osRelease = (await readNodeFile(node, '/etc/os-release')) ?? (await readNodeFile(node, '/usr/lib/os-release')) ?? '';
+  const r = await node.exec('[ "$(cat /proc/1/comm 2>/dev/null)" = systemd ] && systemctl cat containerd >/dev/null 2>&1');
+  return { osFamily: nodeOsFamily(node.config.osFamily, osRelease), systemd: r.code === 0 };
+}
 
 ctx.eachNode(ctx.nodes, (n) => {
-  const dropIn = `${n.paths.systemdUnitDir}/${LIMIT_NOFILE_DROPIN}`;
-  let factsP: Promise<NodeFacts> | undefined;
+  const file = imageBuilder.limitNofileFile(n.paths.systemdUnitDir);
+  const dropIn = file.path;
+  const LIMIT_NOFILE = file.limitNofile;
+  let factsP: ReturnType<typeof nodeFacts> | undefined;
   const facts = () => (factsP ??= nodeFacts(ctx.node(n)));
-  const expected = async () => limitNofileExpected((await facts()).osFamily, enable);
+  const expected = async () => rule((await facts()).osFamily, enable);
 
   ctx.test(n, `the LimitNOFILE drop-in ${dropIn} is present exactly where image-builder's rule puts it`, async () => {
     const f = await facts();
@@ -27,13 +35,13 @@ ctx.eachNode(ctx.nodes, (n) => {
     const text = await readNodeFile(ctx.node(n), dropIn);
     const why = `os family "${f.osFamily}", containerd.enableLimitNoFile ${enable}`;
     if (!want) {
-      check(text === undefined, `${dropIn} exists on ${n.name}, but the drop-in belongs only on Flatcar / Azure Linux / Mariner or with containerd.enableLimitNoFile (${why})`);
+      check(text === undefined, `${dropIn} exists on ${n.name}, but the drop-in belongs only on Flatcar / Azure Linux / Mariner or with containerd.enableLimitNoFile (${why})`, rule);
       return;
     }
-    check(text !== undefined, `${dropIn} is missing on ${n.name}: expected LimitNOFILE=${LIMIT_NOFILE} (${why})`);
-    check(/^\[Service\]/m.test(text), `${dropIn} on ${n.name} has no [Service] section`);
+    check(text !== undefined, `${dropIn} is missing on ${n.name}: expected LimitNOFILE=${LIMIT_NOFILE} (${why})`, rule);
+    check(new RegExp(`^\\[${file.section}\\]`, 'm').test(text), `${dropIn} on ${n.name} has no [${file.section}] section`, imageBuilder.limitNofileFile);
     const value = parseSystemdLimit(text);
-    check(value === LIMIT_NOFILE, `${dropIn} on ${n.name} sets LimitNOFILE=${value ?? '(nothing)'}, expected ${LIMIT_NOFILE}`);
+    check(value === LIMIT_NOFILE, `${dropIn} on ${n.name} sets LimitNOFILE=${value ?? '(nothing)'}, expected ${LIMIT_NOFILE}`, imageBuilder.limitNofileFile);
   });
 
   ctx.test(n, `systemd applies LimitNOFILE=${LIMIT_NOFILE} to containerd`, async (t) => {
@@ -43,7 +51,7 @@ ctx.eachNode(ctx.nodes, (n) => {
     const r = await ctx.node(n).exec('systemctl show containerd -p LimitNOFILE');
     const value = parseSystemdLimit(r.stdout);
     const shown = r.stdout.trim().replace(/^LimitNOFILE=/, '') || '(nothing)';
-    check(value === LIMIT_NOFILE, `systemd on ${n.name} runs containerd with LimitNOFILE=${shown}, expected ${LIMIT_NOFILE} from ${dropIn} (was \`systemctl daemon-reload\` run?)`);
+    check(value === LIMIT_NOFILE, `systemd on ${n.name} runs containerd with LimitNOFILE=${shown}, expected ${LIMIT_NOFILE} from ${dropIn} (was \`systemctl daemon-reload\` run?)`, imageBuilder.limitNofileFile);
   });
 
   ctx.test(n, "containerd's own open-file limit agrees with systemd's", async (t) => {

@@ -1,28 +1,30 @@
-import { parse as parseToml } from 'smol-toml';
 import { afterAll } from 'vitest';
 import { readNodeFile, sh } from '../../harness/node.ts';
-import { findRuntime, parseRunscToml, type TomlTable } from '../../harness/render.ts';
 import { SuiteContext, check } from '../../harness/suite.ts';
+import { gardener, imageBuilder, parseTomlFile, runscConfigOf, runtimeTable, type Toml } from '../spec/index.ts';
 
 // Each describe block is one node (its title is the node name, which the report uses).
 // runsc and its shim are where the config says, run, report the expected version, and
 // containerd really serves the handler — on the gVisor pool's nodes, and nowhere else.
+// What is expected comes from the spec (suites/spec), each failure names the rule's source.
 
 const ctx = new SuiteContext('runsc-installation');
 afterAll(() => ctx.close());
 const g = ctx.gvisor;
-const runsc = `${g.binaryPath}/runsc`;
-const shim = `${g.binaryPath}/containerd-shim-runsc-v1`;
-const expectedType = g.shim === 'runsc' ? 'io.containerd.runsc.v1' : 'io.containerd.runc.v2';
+const bins = gardener.binaries(g.binaryPath);
+const runsc = bins.runsc;
+const shim = bins.shim;
+const expectedRuntime = (n: (typeof ctx.nodes)[number]) => gardener.runtimeEntry({ shim: g.shim, binaryPath: g.binaryPath, runscConfigPath: n.paths.runscConfig });
+const flags = gardener.runscFlags(g.configFlags);
 
-async function containerdConfig(n: (typeof ctx.gvisorNodes)[number]): Promise<TomlTable> {
+async function containerdConfigText(n: (typeof ctx.nodes)[number]): Promise<string> {
   const text = await readNodeFile(ctx.node(n), n.paths.containerdConfig);
   check(text !== undefined, `${n.paths.containerdConfig} does not exist on ${n.name}`);
-  try {
-    return parseToml(text) as TomlTable;
-  } catch (e) {
-    throw new Error(`${n.paths.containerdConfig} on ${n.name} is not valid TOML: ${(e as Error).message.split('\n')[0]}`);
-  }
+  return text;
+}
+
+async function containerdConfig(n: (typeof ctx.nodes)[number]): Promise<Toml> {
+  return parseTomlFile(await containerdConfigText(n), n.paths.containerdConfig, n.name);
 }
 
 ctx.eachNode(ctx.gvisorNodes, (n) => {
@@ -32,7 +34,7 @@ ctx.eachNode(ctx.gvisorNodes, (n) => {
       `if [ ! -e ${sh(runsc)} ]; then echo missing; elif [ ! -x ${sh(runsc)} ] || [ -d ${sh(runsc)} ]; then echo "not-executable $(stat -c '%A %a %F' ${sh(runsc)})"; else echo ok; fi`,
     );
     const out = r.stdout.trim();
-    check(out !== 'missing', `runsc is missing on ${n.name}: expected an executable at ${runsc}`);
+    check(out !== 'missing', `runsc is missing on ${n.name}: expected an executable at ${runsc}`, gardener.binaries);
     const [, symbolic, octal, ...type] = out.split(' ');
     check(out === 'ok', `runsc at ${runsc} on ${n.name} is not an executable file: mode ${symbolic} (0${octal}), ${type.join(' ')}`);
   });
@@ -56,29 +58,32 @@ ctx.eachNode(ctx.gvisorNodes, (n) => {
   if (g.shim === 'runsc') {
     ctx.test(n, `containerd-shim-runsc-v1 is installed at ${shim} and runs`, async () => {
       const r = await ctx.node(n).exec(`[ -x ${sh(shim)} ] && [ -f ${sh(shim)} ] && ${sh(shim)} -v`);
-      check(r.code === 0, `containerd-shim-runsc-v1 is missing or broken on ${n.name}: expected an executable at ${shim} that answers -v (exit ${r.code}: ${(r.stderr || r.stdout).trim().slice(0, 200)})`);
+      check(r.code === 0, `containerd-shim-runsc-v1 is missing or broken on ${n.name}: expected an executable at ${shim} that answers -v (exit ${r.code}: ${(r.stderr || r.stdout).trim().slice(0, 200)})`, gardener.binaries);
     });
   }
 
-  ctx.test(n, `config.toml declares runtime handler "${g.handler}" (${expectedType})`, async () => {
+  const want = expectedRuntime(n);
+  ctx.test(n, `config.toml declares runtime handler "${g.handler}" (${want.runtime_type})`, async () => {
     const cfg = await containerdConfig(n);
-    const rt = findRuntime(cfg, g.handler);
-    check(rt, `${n.paths.containerdConfig} on ${n.name} has no runtime "${g.handler}": expected a containerd.runtimes.${g.handler} table`);
-    check(rt.runtime_type === expectedType, `runtime "${g.handler}" on ${n.name} has runtime_type "${String(rt.runtime_type)}", expected "${expectedType}"`);
-    const opts = (rt.options ?? {}) as TomlTable;
-    if (g.shim === 'runsc') {
-      check(opts.ConfigPath === n.paths.runscConfig, `runtime "${g.handler}" on ${n.name} has options.ConfigPath "${String(opts.ConfigPath)}", expected "${n.paths.runscConfig}"`);
-    } else {
-      check(opts.BinaryName === runsc, `runtime "${g.handler}" on ${n.name} has options.BinaryName "${String(opts.BinaryName)}", expected "${runsc}"`);
+    const rt = runtimeTable(cfg, g.handler);
+    check(rt.version, `${n.paths.containerdConfig} on ${n.name} has config version ${String(cfg.version)}, expected 1, 2 or 3`, gardener.configVersion);
+    check(rt.entry, `${n.paths.containerdConfig} on ${n.name} has no runtime "${g.handler}": expected a containerd.runtimes.${g.handler} table at [${rt.path}] (config version ${rt.version})`, gardener.runtimeTablePath);
+    check(rt.entry.runtime_type === want.runtime_type, `runtime "${g.handler}" on ${n.name} has runtime_type "${String(rt.entry.runtime_type)}", expected "${want.runtime_type}"`, want);
+    const opts = (rt.entry.options ?? {}) as Toml;
+    for (const [k, v] of Object.entries(want.options)) {
+      check(opts[k] === v, `runtime "${g.handler}" on ${n.name} has options.${k} "${String(opts[k])}", expected "${v}"`, want);
     }
   });
 
   if (g.shim === 'runsc') {
-    ctx.test(n, `runsc.toml sets net-raw = "${ctx.netRaw}"`, async () => {
+    ctx.test(n, `runsc.toml sets net-raw = "${flags['net-raw']}"`, async () => {
       const text = await readNodeFile(ctx.node(n), n.paths.runscConfig);
-      check(text !== undefined, `${n.paths.runscConfig} does not exist on ${n.name}`);
-      const flags = parseRunscToml(text);
-      check(flags['net-raw'] === ctx.netRaw, `${n.paths.runscConfig} on ${n.name} sets net-raw = "${flags['net-raw'] ?? '(unset)'}", expected "${ctx.netRaw}"`);
+      check(text !== undefined, `${n.paths.runscConfig} does not exist on ${n.name}`, want);
+      const found = runscConfigOf(parseTomlFile(text, n.paths.runscConfig, n.name));
+      check(found['net-raw'] === flags['net-raw'], `${n.paths.runscConfig} on ${n.name} sets net-raw = "${found['net-raw'] ?? '(unset)'}", expected "${flags['net-raw']}"`, gardener.runscFlags);
+      for (const k of ['debug', 'nvproxy'] as const) {
+        check((found[k] ?? 'false') === flags[k], `${n.paths.runscConfig} on ${n.name} sets ${k} = "${found[k]}", expected "${flags[k]}" (or unset)`, gardener.runscFlags);
+      }
     });
   }
 
@@ -86,21 +91,46 @@ ctx.eachNode(ctx.gvisorNodes, (n) => {
     const handlers = await (await ctx.cri(n)).runtimeHandlers();
     const rt = handlers[g.handler];
     check(rt, `containerd on ${n.name} does not serve runtime handler "${g.handler}" (it serves: ${Object.keys(handlers).join(', ') || 'none'})`);
-    check(rt.runtimeType === expectedType, `containerd on ${n.name} serves "${g.handler}" with runtime type "${rt.runtimeType}", expected "${expectedType}"`);
+    check(rt.runtimeType === want.runtime_type, `containerd on ${n.name} serves "${g.handler}" with runtime type "${rt.runtimeType}", expected "${want.runtime_type}"`, want);
   });
 });
 
 ctx.eachNode(ctx.otherNodes, (n) => {
   ctx.test(n, `(outside the gVisor pools) has no runsc at ${runsc}`, async () => {
     const r = await ctx.node(n).exec(`[ -e ${sh(runsc)} ]`);
-    check(r.code !== 0, `${n.name} (pool "${n.pool}") has ${runsc}, but gVisor must only be on pools ${g.pools.join(', ')}`);
+    check(r.code !== 0, `${n.name} (pool "${n.pool}") has ${runsc}, but gVisor must only be on pools ${g.pools.join(', ')}`, gardener.gvisorOnPool);
   });
   ctx.test(n, `(outside the gVisor pools) does not declare handler "${g.handler}" in config.toml`, async () => {
-    const cfg = await containerdConfig(n);
-    check(!findRuntime(cfg, g.handler), `${n.paths.containerdConfig} on ${n.name} (pool "${n.pool}") declares runtime "${g.handler}", but it is outside the gVisor pools`);
+    const rt = runtimeTable(await containerdConfig(n), g.handler);
+    check(!rt.entry, `${n.paths.containerdConfig} on ${n.name} (pool "${n.pool}") declares runtime "${g.handler}" at [${rt.path}], but it is outside the gVisor pools`, gardener.gvisorOnPool);
   });
   ctx.test(n, `(outside the gVisor pools) containerd's CRI does not serve handler "${g.handler}"`, async () => {
     const handlers = await (await ctx.cri(n)).runtimeHandlers();
-    check(!handlers[g.handler], `containerd on ${n.name} (pool "${n.pool}") serves handler "${g.handler}", but it is outside the gVisor pools`);
+    check(!handlers[g.handler], `containerd on ${n.name} (pool "${n.pool}") serves handler "${g.handler}", but it is outside the gVisor pools`, gardener.gvisorOnPool);
   });
 });
+
+// image-builder's containerd customizations go into every node's config.toml, gVisor pool or not.
+const { imagePullProgressTimeout: timeout, additionalSettings: extra } = ctx.config.containerd;
+if (timeout || extra?.trim()) {
+  ctx.eachNode(ctx.nodes, (n) => {
+    if (timeout) {
+      ctx.test(n, `config.toml sets image_pull_progress_timeout = "${timeout}"`, async () => {
+        const cfg = await containerdConfig(n);
+        const version = gardener.configVersion(cfg);
+        const path = version && imageBuilder.imagePullProgressTimeoutPath(version);
+        check(path, `${n.paths.containerdConfig} on ${n.name} has config version ${String(cfg.version ?? 1)}, which has no image_pull_progress_timeout (expected version 2 or 3)`, imageBuilder.imagePullProgressTimeoutPath);
+        const found = imageBuilder.imagePullProgressTimeoutIn(cfg, version);
+        check(found === timeout, `${n.paths.containerdConfig} on ${n.name} sets ${path.join('.')} = "${String(found ?? '(unset)')}", expected "${timeout}"`, imageBuilder.imagePullProgressTimeoutPath);
+      });
+    }
+    if (extra?.trim()) {
+      ctx.test(n, 'config.toml ends with containerd.additionalSettings', async () => {
+        const text = await containerdConfigText(n);
+        // The file's own lines stay out of the message (settings may hold credentials); the failed check attaches the file, redacted.
+        const lines = extra.trim().split('\n').length;
+        check(imageBuilder.additionalSettingsAtEnd(text, extra), `${n.paths.containerdConfig} on ${n.name} does not end with the ${lines} line(s) of containerd.additionalSettings`, imageBuilder.additionalSettingsAtEnd);
+      });
+    }
+  });
+}

@@ -1,9 +1,10 @@
 import * as k8s from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, it } from 'vitest';
-import { api, createRunNamespace, GVISOR_NODE_LABEL, kubeConfig, privilegeOf, runPodToCompletion, testPod } from '../../harness/kube.ts';
+import { api, createRunNamespace, kubeConfig, privilegeOf, runPodToCompletion, testPod } from '../../harness/kube.ts';
 import { until } from '../../harness/wait.ts';
-import { gvisorBootLog, NET_RAW_PROBE, parseNetRawProbe } from '../../harness/probes.ts';
+import { NET_RAW_PROBE, parseNetRawProbe } from '../../harness/probes.ts';
 import { SuiteContext, check, recordPod } from '../../harness/suite.ts';
+import { gardener, imageBuilder } from '../spec/index.ts';
 
 // Through Kubernetes: a pod asking for the gVisor RuntimeClass lands only on the gVisor pool and
 // runs under runsc; one without it runs under runc; one pinned elsewhere is not scheduled, and the
@@ -13,13 +14,16 @@ const ctx = new SuiteContext('runtimeclass-scheduling');
 afterAll(() => ctx.close());
 const rc = ctx.gvisor.runtimeClassName;
 const podTimeout = 120_000;
+const expectedClass = gardener.runtimeClass(rc, ctx.gvisor.handler);
+const bootLog = imageBuilder.sandboxBootLog;
 
 describe('cluster', () => {
-  if (!ctx.plan.kubeconfig) {
-    it.skip('needs a Kubernetes cluster (provider "local" with kubernetes: true)', () => undefined);
+  const kubeconfig = ctx.plan.kubeconfig;
+  if (ctx.lacking || !kubeconfig) {
+    it.skip(ctx.lacking ?? 'needs a Kubernetes API, which this cluster does not offer', () => undefined);
     return;
   }
-  const kc = kubeConfig(ctx.plan.kubeconfig);
+  const kc = kubeConfig(kubeconfig);
   const core = kc.makeApiClient(k8s.CoreV1Api);
   const ns = `gvisor-e2e-${ctx.plan.runId}`.toLowerCase().slice(0, 63);
   const gvisorNodes = ctx.gvisorNodes.map((n) => n.name);
@@ -44,29 +48,31 @@ describe('cluster', () => {
 
   let gvisorPod: { pod: k8s.V1Pod; logs: string } | undefined;
 
-  it(`a pod with runtimeClassName "${rc}" runs on a gVisor-pool node, under gVisor`, async () => {
+  ctx.clusterTest(`a pod with runtimeClassName "${rc}" runs on a gVisor-pool node, under gVisor`, async () => {
     gvisorPod = await runToCompletion(pod('rc-gvisor', ['dmesg'], { runtimeClassName: rc }));
     const node = gvisorPod.pod.spec?.nodeName;
-    check(node && gvisorNodes.includes(node), `the "${rc}" pod ran on ${node}, expected one of the gVisor pool's nodes (${gvisorNodes.join(', ')})`);
-    check(gvisorBootLog(gvisorPod.logs).starts, `the "${rc}" pod on ${node} did not print the gVisor boot log: ${gvisorPod.logs.trim().slice(0, 200)}`);
+    check(node && gvisorNodes.includes(node), `the "${rc}" pod ran on ${node}, expected one of the gVisor pool's nodes (${gvisorNodes.join(', ')})`, gardener.gvisorOnPool);
+    check(bootLog(gvisorPod.logs).starts, `the "${rc}" pod on ${node} did not print the gVisor boot log: ${gvisorPod.logs.trim().slice(0, 200)}`, bootLog);
   });
 
-  it(`the RuntimeClass's node selector is merged into the pod`, async () => {
+  ctx.clusterTest(`the RuntimeClass's node selector is merged into the pod`, async () => {
     // Admission merges it when the pod is created, whether or not the pod could then run: read the
     // pod back if the previous check's run did not complete (e.g. it landed where runsc is missing).
     const created = gvisorPod?.pod ?? (await api(`reading pod ${ns}/rc-gvisor`, () => core.readNamespacedPod({ name: 'rc-gvisor', namespace: ns })));
     const sel = created.spec?.nodeSelector ?? {};
-    check(sel[GVISOR_NODE_LABEL] === 'true', `the "${rc}" pod's nodeSelector is ${JSON.stringify(sel)}, expected it to include ${GVISOR_NODE_LABEL}: "true" from the RuntimeClass`);
+    for (const [k, v] of Object.entries(expectedClass.scheduling.nodeSelector)) {
+      check(sel[k] === v, `the "${rc}" pod's nodeSelector is ${JSON.stringify(sel)}, expected it to include ${k}: "${v}" from the RuntimeClass`, gardener.runtimeClass);
+    }
   });
 
-  it('a pod without a runtime class runs under runc', async () => {
+  ctx.clusterTest('a pod without a runtime class runs under runc', async () => {
     const r = await runToCompletion(pod('rc-none', ['dmesg']));
-    check(!gvisorBootLog(r.logs).starts, `a pod without a runtime class on ${r.pod.spec?.nodeName} printed the gVisor boot log: the default runtime is gVisor`);
+    check(!bootLog(r.logs).starts, `a pod without a runtime class on ${r.pod.spec?.nodeName} printed the gVisor boot log: the default runtime is gVisor`, bootLog);
   });
 
-  it('a gVisor pod pinned to a node outside the pool is not scheduled, and the event says why', async () => {
+  ctx.clusterTest('a gVisor pod pinned to a node outside the pool is not scheduled, and the event says why', async () => {
     // A registered node without the gVisor label (nodes outside the API, like systemd nodes, do not count).
-    const other = (await api('listing nodes', () => core.listNode())).items.find((x) => x.metadata?.labels?.[GVISOR_NODE_LABEL] !== 'true')?.metadata?.name;
+    const other = (await api('listing nodes', () => core.listNode())).items.find((x) => x.metadata?.labels?.[gardener.GVISOR_NODE_LABEL] !== 'true')?.metadata?.name;
     check(other, 'the cluster has no node outside the gVisor pools to pin to');
     const name = 'rc-pinned';
     const pinned = pod(name, ['true'], { runtimeClassName: rc, nodeSelector: { 'kubernetes.io/hostname': other } });
@@ -81,16 +87,16 @@ describe('cluster', () => {
       scheduledOn = (await api(`reading pod ${ns}/${name}`, () => core.readNamespacedPod({ name, namespace: ns }))).spec?.nodeName;
       return Boolean(why || scheduledOn);
     });
-    check(!scheduledOn, `the pinned gVisor pod was scheduled onto ${scheduledOn}, outside the gVisor pool`);
+    check(!scheduledOn, `the pinned gVisor pod was scheduled onto ${scheduledOn}, outside the gVisor pool`, gardener.runtimeClass);
     await ctx.attach('scheduler event', why);
     check(/node affinity\/selector/.test(why), `the scheduler refused the pinned pod, but not for its node selector: ${why}`);
   });
 
-  it(ctx.netRaw === 'true' ? 'net-raw at pod level: raw sockets work' : 'net-raw at pod level: raw sockets are refused', async () => {
+  ctx.clusterTest(ctx.netRaw === 'true' ? 'net-raw at pod level: raw sockets work' : 'net-raw at pod level: raw sockets are refused', async () => {
     const r = await runToCompletion(pod('rc-netraw', NET_RAW_PROBE, { runtimeClassName: rc }));
     const p = parseNetRawProbe(r.logs);
     check(p.gvisor, `the net-raw pod on ${r.pod.spec?.nodeName} is not running under gVisor`);
-    if (ctx.netRaw === 'true') check(p.pingExit === 0, `net-raw is "true" but ping failed in the pod on ${r.pod.spec?.nodeName}: ${r.logs.trim().slice(0, 200)}`);
-    else check(p.pingExit !== 0 && p.refused, `net-raw is off but ping opened a raw socket in the pod on ${r.pod.spec?.nodeName}: ${r.logs.trim().slice(0, 200)}`);
+    if (ctx.netRaw === 'true') check(p.pingExit === 0, `net-raw is "true" but ping failed in the pod on ${r.pod.spec?.nodeName}: ${r.logs.trim().slice(0, 200)}`, gardener.runscFlags);
+    else check(p.pingExit !== 0 && p.refused, `net-raw is off but ping opened a raw socket in the pod on ${r.pod.spec?.nodeName}: ${r.logs.trim().slice(0, 200)}`, gardener.runscFlags);
   });
 });

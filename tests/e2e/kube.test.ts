@@ -1,4 +1,5 @@
 import * as k8s from '@kubernetes/client-node';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Config, type NodeConfig } from '../../harness/config.ts';
@@ -6,6 +7,7 @@ import { parseConfig, providerFor } from '../../clusters/index.ts';
 import { GVISOR_NODE_LABEL, kubeConfig } from '../../harness/kube.ts';
 import { down, install, up } from '../../bin/app.ts';
 import { cli, failures, latestSummary, localCluster, scratch, writeConfig, expectLocalClusterGone } from './helpers.ts';
+import { cite, gardener } from '../../suites/spec/index.ts';
 
 // The embedded Kubernetes cluster: etcd + kube-apiserver + controller-manager + scheduler as
 // processes, a kubelet in each host node. gVisor is installed like the extension does it
@@ -61,6 +63,17 @@ describe('a real Kubernetes cluster with gVisor installed like the extension doe
     ]);
     const sched = r.summary.checks.filter((c) => c.suite === 'runtimeclass-scheduling').map((c) => c.name);
     expect(sched).toContain('a gVisor pod pinned to a node outside the pool is not scheduled, and the event says why');
+    // The cluster-level checks carry the suite's Allure labels (ctx.clusterTest), so the suite gets its own HTML page.
+    const runDir = join(reports, r.summary.runId);
+    const results = readdirSync(join(runDir, 'allure-results'))
+      .filter((f) => f.endsWith('-result.json'))
+      .map((f) => JSON.parse(readFileSync(join(runDir, 'allure-results', f), 'utf8')) as { name: string; labels: { name: string; value: string }[] });
+    const labelled = results.filter((x) => x.labels.some((l) => l.name === 'feature' && l.value === 'runtimeclass-scheduling'));
+    expect(labelled.map((x) => x.name).sort()).toEqual([...sched].sort());
+    for (const x of labelled) {
+      expect(x.labels).toEqual(expect.arrayContaining([{ name: 'epic', value: 'gVisor node conformance' }, { name: 'suite', value: 'runtimeclass-scheduling' }, { name: 'subSuite', value: 'cluster' }]));
+    }
+    expect(existsSync(join(runDir, 'html', 'runtimeclass-scheduling', 'index.html'))).toBe(true);
     // Namespaces are deleted (asynchronously: Terminating or gone, never Active).
     const left = (await core.listNamespace({ labelSelector: `gvisor-e2e.dev/run-id=${r.summary.runId}` })).items;
     expect(left.every((n) => n.status?.phase === 'Terminating')).toBe(true);
@@ -73,7 +86,7 @@ describe('a real Kubernetes cluster with gVisor installed like the extension doe
       const r = runSuites(['runtimeclass-scheduling']);
       expect(r.code).toBe(1);
       const msgs = failures(r.summary, 'runtimeclass-scheduling').map((f) => f.message);
-      expect(msgs).toContain(`the "gvisor" pod's nodeSelector is {}, expected it to include ${GVISOR_NODE_LABEL}: "true" from the RuntimeClass`);
+      expect(msgs).toContain(`the "gvisor" pod's nodeSelector is {}, expected it to include ${GVISOR_NODE_LABEL}: "true" from the RuntimeClass${cite(gardener.runtimeClass)}`);
     } finally {
       await install(cfg, nodes);
     }

@@ -8,12 +8,18 @@ import { parseConfig } from '../../clusters/index.ts';
 import { openNode, type NodeAccess } from '../../harness/node.ts';
 import { restartContainerd } from '../../harness/installer.ts';
 import { down, install, up } from '../../bin/app.ts';
+import { cite, gardener, imageBuilder } from '../../suites/spec/index.ts';
 import { cli, failures, latestSummary, localCluster, scratch, sshNodeConfig, stateRoot, writeConfig } from './helpers.ts';
 
 // The four node-level suites against a real local cluster: a namespaced node running
 // containerd 2.x + runsc + containerd-shim-runsc-v1 (pool "gvisor") and a Debian node booted by
 // systemd-nspawn whose containerd is managed by systemd (pool "systemd"). Each suite is shown to
-// pass on the good node and to fail — naming the cause — on a deliberately broken one.
+// pass on the good node and to fail — naming the cause and the spec rule's source — on a
+// deliberately broken one.
+
+/** A failure of the "no runtime table" kind: where the spec looked depends on the node's config version. */
+const noRuntime = (handler: string) => (m: string) =>
+  m.startsWith(`/etc/containerd/config.toml on gvisor-1 has no runtime "${handler}": expected a containerd.runtimes.${handler} table at [plugins.`) && m.endsWith(cite(gardener.runtimeTablePath));
 
 const dir = scratch('node-suites');
 const reports = join(dir, 'reports');
@@ -103,7 +109,7 @@ describe('each suite fails on a broken node, naming the cause', () => {
       const r = runSuites(['runsc-installation', 'sandbox-dmesg']);
       expect(r.code).toBe(1);
       const inst = failures(r.summary, 'runsc-installation');
-      expect(inst.map((f) => f.message)).toContain('runsc is missing on gvisor-1: expected an executable at /var/bin/containerruntimes/runsc');
+      expect(inst.map((f) => f.message)).toContain(`runsc is missing on gvisor-1: expected an executable at /var/bin/containerruntimes/runsc${cite(gardener.binaries)}`);
       expect(inst.every((f) => f.state === 'failed')).toBe(true);
       const dm = failures(r.summary, 'sandbox-dmesg');
       expect(dm).toHaveLength(1);
@@ -133,7 +139,7 @@ describe('each suite fails on a broken node, naming the cause', () => {
       const r = runSuites(['runsc-installation', 'sandbox-dmesg']);
       expect(r.code).toBe(1);
       const msgs = failures(r.summary, 'runsc-installation').map((f) => f.message);
-      expect(msgs).toContain('/etc/containerd/config.toml on gvisor-1 has no runtime "runsc": expected a containerd.runtimes.runsc table');
+      expect(msgs.some(noRuntime('runsc')), msgs.join('\n')).toBe(true);
       expect(msgs.some((m) => m.startsWith('containerd on gvisor-1 does not serve runtime handler "runsc" (it serves: runc'))).toBe(true);
       expect(failures(r.summary, 'sandbox-dmesg')[0]?.message).toMatch(/runtime handler "runsc" on gvisor-1.*(no runtime for "runsc"|not configured|unknown)/i);
     } finally {
@@ -146,9 +152,8 @@ describe('each suite fails on a broken node, naming the cause', () => {
     const wrong = writeConfig(dir, 'wrong-handler.yaml', { ...raw, gvisor: { ...raw.gvisor, handler: 'gvisor' } });
     const r = runSuites(['runsc-installation', 'sandbox-dmesg'], wrong);
     expect(r.code).toBe(1);
-    expect(failures(r.summary, 'runsc-installation').map((f) => f.message)).toContain(
-      '/etc/containerd/config.toml on gvisor-1 has no runtime "gvisor": expected a containerd.runtimes.gvisor table',
-    );
+    const msgs = failures(r.summary, 'runsc-installation').map((f) => f.message);
+    expect(msgs.some(noRuntime('gvisor')), msgs.join('\n')).toBe(true);
     expect(failures(r.summary, 'sandbox-dmesg')[0]?.message).toContain('runtime handler "gvisor" on gvisor-1');
   });
 
@@ -158,7 +163,7 @@ describe('each suite fails on a broken node, naming the cause', () => {
       const r = runSuites(['net-raw', 'runsc-installation']);
       expect(r.code).toBe(1);
       expect(failures(r.summary, 'net-raw')[0]?.message).toMatch(/^net-raw is off but ping opened a raw socket in the sandbox on gvisor-1 \(exit 0; \/etc\/containerd\/runsc.toml has net-raw = "true"\)/);
-      expect(failures(r.summary, 'runsc-installation').map((f) => f.message)).toContain('/etc/containerd/runsc.toml on gvisor-1 sets net-raw = "true", expected "false"');
+      expect(failures(r.summary, 'runsc-installation').map((f) => f.message)).toContain(`/etc/containerd/runsc.toml on gvisor-1 sets net-raw = "true", expected "false"${cite(gardener.runscFlags)}`);
     } finally {
       await install(cfg, nodes);
     }
@@ -171,7 +176,7 @@ describe('each suite fails on a broken node, naming the cause', () => {
       expect(r.code).toBe(1);
       const msgs = failures(r.summary, 'limit-nofile').map((f) => `${f.node}: ${f.message}`);
       expect(msgs).toContain(
-        'systemd-1: /etc/systemd/system/containerd.service.d/limit-nofile.conf is missing on systemd-1: expected LimitNOFILE=1048576 (os family "debian", containerd.enableLimitNoFile true)',
+        `systemd-1: /etc/systemd/system/containerd.service.d/limit-nofile.conf is missing on systemd-1: expected LimitNOFILE=1048576 (os family "debian", containerd.enableLimitNoFile true)${cite(imageBuilder.limitNofileDropIn)}`,
       );
       expect(msgs.some((m) => m.startsWith('systemd-1: systemd on systemd-1 runs containerd with LimitNOFILE=infinity, expected 1048576'))).toBe(true);
     } finally {
@@ -185,7 +190,7 @@ describe('each suite fails on a broken node, naming the cause', () => {
       const r = runSuites(['limit-nofile']);
       expect(r.code).toBe(1);
       const msgs = failures(r.summary, 'limit-nofile').map((f) => f.message);
-      expect(msgs).toContain('/etc/systemd/system/containerd.service.d/limit-nofile.conf on systemd-1 sets LimitNOFILE=65536, expected 1048576');
+      expect(msgs).toContain(`/etc/systemd/system/containerd.service.d/limit-nofile.conf on systemd-1 sets LimitNOFILE=65536, expected 1048576${cite(imageBuilder.limitNofileFile)}`);
     } finally {
       await install(cfg, nodes);
       await restartContainerd(sd, cfg);
@@ -198,7 +203,7 @@ describe('each suite fails on a broken node, naming the cause', () => {
       const r = runSuites(['runsc-installation']);
       expect(r.code).toBe(1);
       expect(failures(r.summary, 'runsc-installation').map((f) => f.message)).toEqual([
-        'systemd-1 (pool "systemd") has /var/bin/containerruntimes/runsc, but gVisor must only be on pools gvisor',
+        `systemd-1 (pool "systemd") has /var/bin/containerruntimes/runsc, but gVisor must only be on pools gvisor${cite(gardener.gvisorOnPool)}`,
       ]);
     } finally {
       await sh(sd, 'rm -rf /var/bin/containerruntimes');

@@ -1,0 +1,84 @@
+// The conformance profile of kubernetes-sigs/image-builder's containerd role: gVisor and the containerd customizations of a node image.
+
+import { at, rule, type Toml } from './rule.ts';
+import type { ConfigVersion } from './gardener.ts';
+
+// Paths below are in github.com/kubernetes-sigs/image-builder, checked with the code search.
+const ROLE = 'image-builder images/capi/ansible/roles/containerd';
+const TASKS = `${ROLE}/tasks/main.yml`;
+const CONFIG_TEMPLATE = `${ROLE}/templates/etc/containerd/config.toml`;
+const DOC = 'image-builder docs/book/src/capi/containerd/customizing-containerd.md';
+
+/** image-builder's layout with containerd_gvisor_runtime: handler (and RuntimeClass) `gvisor`, runsc in /usr/local/bin. */
+export const layout = rule(`${DOC}; ${TASKS} ("Download runsc for gvisor" into {{ sysusr_prefix }}/bin)`, () => ({ handler: 'gvisor', runtimeClassName: 'gvisor', binaryPath: '/usr/local/bin' }));
+
+export const LIMIT_NOFILE_DROPIN = 'containerd.service.d/limit-nofile.conf';
+export const LIMIT_NOFILE = 1048576;
+
+/** The OS families image-builder's rule names. */
+export type OsFamily = 'flatcar' | 'azurelinux' | 'mariner' | (string & {});
+
+/**
+ * The OS family of a node, read from its os-release text (ID, then ID_LIKE, then NAME). Only the
+ * families the drop-in rule distinguishes matter; anything else is its ID (or "other").
+ */
+export function osFamilyOf(osRelease: string): OsFamily {
+  const field = (key: string): string => {
+    const line = osRelease.split(/\r?\n/).find((l) => l.trimStart().startsWith(`${key}=`));
+    if (!line) return '';
+    return line.trim().slice(key.length + 1).replace(/^(["'])(.*)\1$/, '$2').toLowerCase();
+  };
+  const id = field('ID');
+  const like = field('ID_LIKE').split(/\s+/).filter(Boolean);
+  const name = field('NAME');
+  const ids = [id, ...like];
+  if (ids.includes('flatcar') || name.includes('flatcar')) return 'flatcar';
+  if (ids.includes('azurelinux') || name.includes('azure linux')) return 'azurelinux';
+  if (ids.includes('mariner') || name.includes('mariner')) return 'mariner';
+  return id || 'other';
+}
+
+/**
+ * Whether the LimitNOFILE drop-in belongs on the node: by default on Flatcar and Azure Linux /
+ * CBL-Mariner, elsewhere only with containerd_enable_limit_no_file (default false). The docs state
+ * all three families; the stored tasks/main.yml versions search found gate it on "Common Base Linux
+ * Mariner" only (older) — the docs are the current statement.
+ */
+export const limitNofileDropIn = rule(`${DOC} ("Overriding LimitNOFILE"); ${TASKS} ("Create containerd LimitNOFILE drop in file")`, (osFamily: OsFamily, enableLimitNoFile: boolean): boolean =>
+  enableLimitNoFile || osFamily === 'flatcar' || osFamily === 'azurelinux' || osFamily === 'mariner',
+);
+
+/** The drop-in's path under the node's systemd unit directory, and the value it sets. */
+export const limitNofileFile = rule(`${ROLE}/templates/etc/systemd/system/containerd.service.d/limit-nofile.conf`, (systemdUnitDir: string) => ({
+  path: `${systemdUnitDir}/${LIMIT_NOFILE_DROPIN}`,
+  section: 'Service',
+  limitNofile: LIMIT_NOFILE,
+}));
+
+/**
+ * Where containerd_image_pull_progress_timeout goes: the CRI plugin's table (version 2,
+ * image-builder's template writes `version = 2`); in containerd 2.x (version 3) the images plugin
+ * `io.containerd.cri.v1.images` (containerd's config docs / issue #10074; not confirmed in an
+ * image-builder template). Version 1 has no such key: undefined.
+ */
+export const imagePullProgressTimeoutPath = rule(`${DOC} ("directly inserted into the containerd config.toml"); ${CONFIG_TEMPLATE}`, (version: ConfigVersion): string[] | undefined =>
+  version === 1 ? undefined : version === 2 ? ['plugins', 'io.containerd.grpc.v1.cri', 'image_pull_progress_timeout'] : ['plugins', 'io.containerd.cri.v1.images', 'image_pull_progress_timeout'],
+);
+
+/** The timeout found in a parsed config.toml of the given version. */
+export function imagePullProgressTimeoutIn(doc: Toml, version: ConfigVersion): unknown {
+  const path = imagePullProgressTimeoutPath(version);
+  return path ? at(doc, path) : undefined;
+}
+
+/** containerd_additional_settings is rendered verbatim at the end of config.toml: the file's last lines are the settings. */
+export const additionalSettingsAtEnd = rule(`${DOC} ("rendered at the end of the config.toml"); ${CONFIG_TEMPLATE}`, (configToml: string, settings: string): boolean => {
+  const want = settings.trim();
+  return want === '' || configToml.trimEnd().endsWith(want);
+});
+
+/** The boot log a gVisor sandbox prints to dmesg: it starts with "Starting gVisor..." and ends with "Ready!". */
+export const sandboxBootLog = rule(`${DOC} ("Running sandboxed containers using gVisor": dmesg example)`, (dmesg: string) => {
+  const lines = dmesg.split('\n').map((l) => l.trimEnd()).filter(Boolean);
+  return { starts: lines.some((l) => l.includes('Starting gVisor...')), ready: (lines.at(-1) ?? '').endsWith('Ready!'), lines };
+});
