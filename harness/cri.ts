@@ -212,11 +212,6 @@ export class CriClient {
     }
   }
 
-  async execSync(id: string, cmd: string[], timeoutS = 30): Promise<{ stdout: string; stderr: string; exit_code: number }> {
-    const r = await this.call<{ stdout: Buffer; stderr: Buffer; exit_code: number }>('ExecSync', { container_id: id, cmd, timeout: timeoutS }, (timeoutS + 10) * 1000);
-    return { stdout: r.stdout.toString('utf8'), stderr: r.stderr.toString('utf8'), exit_code: r.exit_code };
-  }
-
   async stopPodSandbox(id: string): Promise<void> {
     await this.call('StopPodSandbox', { pod_sandbox_id: id });
   }

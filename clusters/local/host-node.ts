@@ -309,11 +309,6 @@ done
     // Overlay snapshots were mounted in the node's mount namespace, which is gone with its processes.
     rmSync(this.stateDir, { recursive: true, force: true });
   }
-
-  /** Processes of this node still alive (for leak checks). */
-  leftoverPids(): number[] {
-    return this.nodePids();
-  }
 }
 
 /** Maps uid/gid 0..2^32-3 of the new user namespace to the same host ids, once unshare has made it. */
