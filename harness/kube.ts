@@ -6,7 +6,7 @@ import { isGVisorNode } from './installer.ts';
 import { log } from './log.ts';
 import { registerSecret } from './redact.ts';
 import { MANAGED_LABEL, RUN_LABEL, SandboxStartError } from './sandbox.ts';
-import { until } from './wait.ts';
+import { until, untilWoken } from './wait.ts';
 
 // The Kubernetes side of installing gVisor, as gardener-extension-runtime-gvisor leaves it:
 // RuntimeClass `gvisor` (handler `runsc`) whose scheduling.nodeSelector is the label Gardener puts
@@ -124,56 +124,43 @@ export async function eventsOf(core: k8s.CoreV1Api, ns: string, name: string): P
  * other objects (events). A watch the server closes is re-opened; the wait ends at `timeoutMs`.
  */
 export function watchPod(kc: k8s.KubeConfig, ns: string, name: string, what: () => string, timeoutMs: number, decide: (pod: k8s.V1Pod) => Promise<boolean>, tickMs = 1000): Promise<k8s.V1Pod> {
-  return new Promise<k8s.V1Pod>((resolve, reject) => {
-    let last: k8s.V1Pod | undefined;
-    let finished = false;
-    let deciding = false;
-    let controller: AbortController | undefined;
-    const finish = (err: unknown, pod?: k8s.V1Pod) => {
-      if (finished) return;
-      finished = true;
-      clearTimeout(timer);
-      clearInterval(ticker);
-      controller?.abort();
-      if (err) reject(err);
-      else resolve(pod!);
-    };
-    const evaluate = async () => {
-      if (!last || deciding || finished) return;
-      deciding = true;
-      const pod = last;
-      try {
-        if (await decide(pod)) finish(undefined, pod);
-      } catch (e) {
-        finish(e);
-      } finally {
-        deciding = false;
-      }
-    };
-    const open = () => {
-      new k8s.Watch(kc)
-        .watch(
-          `/api/v1/namespaces/${ns}/pods`,
-          { fieldSelector: `metadata.name=${name}` },
-          (type, obj: k8s.V1Pod) => {
-            if (type === 'ADDED' || type === 'MODIFIED') {
-              last = obj;
-              void evaluate();
-            }
-          },
-          () => {
-            // Closed by the server (its watch timeout) or by a broken connection: open it again.
-            if (!finished) setTimeout(() => !finished && open(), 200);
-          },
-        )
-        .then(
-          (c) => (finished ? c.abort() : (controller = c)),
-          () => !finished && setTimeout(() => !finished && open(), 500),
-        );
-    };
-    const timer = setTimeout(() => finish(new TimeoutError(what(), timeoutMs)), timeoutMs);
-    const ticker = setInterval(() => void evaluate(), tickMs);
-    open();
+  let last: k8s.V1Pod | undefined;
+  const done = async () => {
+    const pod = last;
+    return pod && (await decide(pod)) ? pod : undefined;
+  };
+  return untilWoken(what, timeoutMs, done, {
+    tickMs,
+    events: (wake) => {
+      let stopped = false;
+      let controller: AbortController | undefined;
+      const open = () => {
+        new k8s.Watch(kc)
+          .watch(
+            `/api/v1/namespaces/${ns}/pods`,
+            { fieldSelector: `metadata.name=${name}` },
+            (type, obj: k8s.V1Pod) => {
+              if (type === 'ADDED' || type === 'MODIFIED') {
+                last = obj;
+                wake();
+              }
+            },
+            () => {
+              // Closed by the server (its watch timeout) or by a broken connection: open it again.
+              if (!stopped) setTimeout(() => !stopped && open(), 200);
+            },
+          )
+          .then(
+            (c) => (stopped ? c.abort() : (controller = c)),
+            () => !stopped && setTimeout(() => !stopped && open(), 500),
+          );
+      };
+      open();
+      return () => {
+        stopped = true;
+        controller?.abort();
+      };
+    },
   });
 }
 
