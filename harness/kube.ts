@@ -112,10 +112,15 @@ export interface PodRun {
   exitCode: number;
 }
 
-/** Events of one object, as "Reason: message | …" (what a failed wait reports). */
-export async function eventsOf(core: k8s.CoreV1Api, ns: string, name: string): Promise<string> {
+/** Events of one object; none when they cannot be listed (they only explain, never decide, a failure). */
+export async function eventsOf(core: k8s.CoreV1Api, ns: string, name: string): Promise<k8s.CoreV1Event[]> {
   const list = await core.listNamespacedEvent({ namespace: ns, fieldSelector: `involvedObject.name=${name}` }).catch(() => ({ items: [] as k8s.CoreV1Event[] }));
-  return list.items.map((e) => `${e.reason}: ${e.message}`).join(' | ') || '(none)';
+  return list.items;
+}
+
+/** Events as "Reason: message | …" (what a failed wait reports). */
+export function eventSummary(events: k8s.CoreV1Event[]): string {
+  return events.map((e) => `${e.reason}: ${e.message}`).join(' | ') || '(none)';
 }
 
 /**
@@ -176,8 +181,7 @@ export async function runPodToCompletion(kc: k8s.KubeConfig, p: k8s.V1Pod, timeo
     last = await watchPod(kc, ns, name, () => `pod ${ns}/${name} to finish`, timeoutMs, async (pod) => {
       if (pod.status?.phase === 'Pending' && pod.spec?.nodeName && Date.now() - t0 > 3000) {
         // The runtime refused the sandbox (unknown handler, runsc missing…): the node's answer, at once.
-        const list = await core.listNamespacedEvent({ namespace: ns, fieldSelector: `involvedObject.name=${name}` }).catch(() => ({ items: [] as k8s.CoreV1Event[] }));
-        const refused = list.items.find((e) => e.reason === 'FailedCreatePodSandBox');
+        const refused = (await eventsOf(core, ns, name)).find((e) => e.reason === 'FailedCreatePodSandBox');
         // The handler when the caller knows it (the RuntimeClass name may differ from it).
         if (refused) throw new SandboxStartError(handler ?? p.spec?.runtimeClassName ?? 'runc', pod.spec.nodeName, refused.message ?? '');
       }
@@ -189,7 +193,7 @@ export async function runPodToCompletion(kc: k8s.KubeConfig, p: k8s.V1Pod, timeo
     });
   } catch (e) {
     if (!(e instanceof TimeoutError)) throw e;
-    throw new TimeoutError(`pod ${ns}/${name} to finish (events: ${await eventsOf(core, ns, name)})`, timeoutMs);
+    throw new TimeoutError(`pod ${ns}/${name} to finish (events: ${eventSummary(await eventsOf(core, ns, name))})`, timeoutMs);
   }
   const logs = await api(`reading logs of pod ${ns}/${name}`, () => core.readNamespacedPodLog({ name, namespace: ns, container: 'main' }));
   const exitCode = last.status?.containerStatuses?.[0]?.state?.terminated?.exitCode ?? -1;
