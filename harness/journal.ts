@@ -139,6 +139,7 @@ export class NodeJournal<X extends object = Record<never, never>> {
     this.record.created = [];
     this.record.replaced = [];
     this.record.dirs = [];
+    this.stateDirKnown = false;
     return undone;
   }
 
