@@ -1,6 +1,6 @@
 import { runCommand } from './process.ts';
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { GVisorConfig } from './config.ts';
@@ -177,8 +177,4 @@ export async function criProtoPath(version = CRI_API_MODULE_VERSION): Promise<st
     renameSync(`${dest}.tmp`, dest);
   });
   return dest;
-}
-
-export function sha256File(path: string): string {
-  return createHash('sha256').update(readFileSync(path)).digest('hex');
 }

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { criProtoPath } from './binaries.ts';
 import { InfrastructureError, TimeoutError } from './errors.ts';
 import type { NodeAccess } from './node.ts';
+import { untilWoken } from './wait.ts';
 
 // The harness speaks the CRI to containerd directly over gRPC, exactly as the kubelet does,
 // using k8s.io/cri-api's api.proto (crictl could not be built here). For remote nodes the
@@ -172,49 +173,22 @@ export class CriClient {
    * is where the runtime does not serve events (containerd 1.6).
    */
   async waitForExit(id: string, what: string, timeoutMs: number): Promise<ContainerStatus> {
-    const stream = (this.client as unknown as { GetContainerEvents?: (req: object) => grpc.ClientReadableStream<{ container_id: string; container_event_type: string }> }).GetContainerEvents?.call(this.client, {});
-    try {
-      return await new Promise<ContainerStatus>((resolve, reject) => {
-        let done = false;
-        let reading = false;
-        const finish = (err: unknown, st?: ContainerStatus) => {
-          if (done) return;
-          done = true;
-          clearTimeout(timer);
-          clearInterval(ticker);
-          if (err) reject(err);
-          else resolve(st!);
-        };
-        const look = () => {
-          if (done || reading) return;
-          reading = true;
-          this.containerStatus(id).then(
-            (st) => {
-              reading = false;
-              if (st.state === 'CONTAINER_EXITED') finish(undefined, st);
-            },
-            (e: unknown) => {
-              reading = false;
-              finish(e);
-            },
-          );
-        };
+    // Checked at once too: it may have exited before the stream was open.
+    const exited = async () => {
+      const st = await this.containerStatus(id);
+      return st.state === 'CONTAINER_EXITED' ? st : undefined;
+    };
+    return untilWoken(what, timeoutMs, exited, {
+      tickMs: 1000,
+      events: (wake) => {
+        const stream = (this.client as unknown as { GetContainerEvents?: (req: object) => grpc.ClientReadableStream<{ container_id: string; container_event_type: string }> }).GetContainerEvents?.call(this.client, {});
         stream?.on('data', (ev) => {
-          if (ev.container_id === id && ev.container_event_type === 'CONTAINER_STOPPED_EVENT') look();
+          if (ev.container_id === id && ev.container_event_type === 'CONTAINER_STOPPED_EVENT') wake();
         });
         stream?.on('error', () => undefined); // UNIMPLEMENTED on containerd 1.6, CANCELLED on close: the ticker covers both
-        const timer = setTimeout(() => finish(new TimeoutError(what, timeoutMs)), timeoutMs);
-        const ticker = setInterval(look, 1000);
-        look(); // it may have exited before the stream was open
-      });
-    } finally {
-      stream?.cancel();
-    }
-  }
-
-  async execSync(id: string, cmd: string[], timeoutS = 30): Promise<{ stdout: string; stderr: string; exit_code: number }> {
-    const r = await this.call<{ stdout: Buffer; stderr: Buffer; exit_code: number }>('ExecSync', { container_id: id, cmd, timeout: timeoutS }, (timeoutS + 10) * 1000);
-    return { stdout: r.stdout.toString('utf8'), stderr: r.stderr.toString('utf8'), exit_code: r.exit_code };
+        return () => stream?.cancel();
+      },
+    });
   }
 
   async stopPodSandbox(id: string): Promise<void> {

@@ -1,11 +1,11 @@
-import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { GVisorBinaries } from './binaries.ts';
 import { type Config, type NodeConfig, type RunscFlags, durationMs, effectiveRunscFlags } from './config.ts';
 import { InfrastructureError } from './errors.ts';
+import { NodeJournal } from './journal.ts';
 import { until } from './wait.ts';
 import { log } from './log.ts';
-import { mustExec, readNodeFile, sh, writeNodeFile, type NodeAccess } from './node.ts';
+import { readNodeFile, sh, type NodeAccess } from './node.ts';
 import {
   LIMIT_NOFILE_DROPIN,
   limitNofileExpected,
@@ -23,15 +23,8 @@ import {
 export const STATE_FILE = '/var/lib/gvisor-e2e/installed.json';
 export const PATH_DROPIN = 'containerd.service.d/gvisor-e2e-path.conf';
 const STANDARD_PATH = ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'];
-
-interface InstallState {
-  /** Files the installer created (removed on uninstall). */
-  created: string[];
-  /** Files the installer replaced, with the backup that restores them. */
-  replaced: { path: string; backup: string }[];
-  /** Directories the installer made for its files (removed on uninstall when empty). */
-  dirs?: string[];
-}
+/** Backup suffix of the files the installer replaces. */
+const BACKUP_SUFFIX = '.gvisor-e2e.orig';
 
 export interface NodeFacts {
   osFamily: string;
@@ -46,22 +39,6 @@ export async function nodeFacts(node: NodeAccess): Promise<NodeFacts> {
   return { osFamily, systemd: r.code === 0 };
 }
 
-const sha256 = (b: string | Buffer) => createHash('sha256').update(b).digest('hex');
-
-async function remoteSha256(node: NodeAccess, path: string): Promise<string | undefined> {
-  const r = await node.exec(`sha256sum ${sh(path)} 2>/dev/null`);
-  return r.code === 0 ? r.stdout.split(/\s+/)[0] : undefined;
-}
-
-async function loadState(node: NodeAccess): Promise<InstallState> {
-  const text = await readNodeFile(node, STATE_FILE);
-  if (!text) return { created: [], replaced: [] };
-  try {
-    return JSON.parse(text) as InstallState;
-  } catch {
-    throw new InfrastructureError(`[${node.name}] ${STATE_FILE} is corrupt; remove it after restoring the node by hand`);
-  }
-}
 
 export interface InstallResult {
   node: string;
@@ -101,31 +78,15 @@ export async function installNode(node: NodeAccess, cfg: Config, bins: GVisorBin
   const p = node.config.paths;
   const inPool = rules.gvisorNode(cfg, node.config);
   const facts = await nodeFacts(node);
-  const state = await loadState(node);
+  const journal = await NodeJournal.open(node, STATE_FILE, BACKUP_SUFFIX);
   const changed: string[] = [];
 
-  /** Writes a file if its content differs, recording whether we created or replaced it. */
+  /** Writes a file if its content differs; the journal records it before. */
   const put = async (path: string, content: string | Buffer, mode: string) => {
-    const current = await remoteSha256(node, path);
-    if (current === sha256(content)) return;
-    if (current === undefined) {
-      if (!state.created.includes(path)) state.created.push(path);
-      // Each missing level of the parent, so uninstall leaves no empty directory of ours behind.
-      const made = await mustExec(node, `d=$(dirname ${sh(path)}); while [ ! -d "$d" ]; do echo "$d"; d=$(dirname "$d"); done`);
-      for (const d of made.split('\n').filter(Boolean)) if (!(state.dirs ??= []).includes(d)) state.dirs.push(d);
-    } else if (!state.created.includes(path) && !state.replaced.some((r) => r.path === path)) {
-      const backup = `${path}.gvisor-e2e.orig`;
-      await mustExec(node, `cp -p ${sh(path)} ${sh(backup)}`);
-      state.replaced.push({ path, backup });
-    }
-    await writeNodeFile(node, path, content, mode);
-    changed.push(path);
+    if (await journal.put(path, content, mode)) changed.push(path);
   };
   const remove = async (path: string) => {
-    if (!state.created.includes(path)) return;
-    await mustExec(node, `rm -f ${sh(path)}`);
-    state.created = state.created.filter((c) => c !== path);
-    changed.push(`-${path}`);
+    if (await journal.remove(path)) changed.push(`-${path}`);
   };
 
   if (inPool) {
@@ -136,7 +97,7 @@ export async function installNode(node: NodeAccess, cfg: Config, bins: GVisorBin
   }
 
   // config.toml is always rendered from the original, so re-applying converges.
-  const backup = state.replaced.find((r) => r.path === p.containerdConfig)?.backup;
+  const backup = journal.backupOf(p.containerdConfig);
   const original = (backup ? await readNodeFile(node, backup) : undefined) ?? (await readNodeFile(node, p.containerdConfig)) ?? '';
   let rendered: string;
   try {
@@ -164,31 +125,16 @@ export async function installNode(node: NodeAccess, cfg: Config, bins: GVisorBin
     await put(pathDropIn, `[Service]\nEnvironment="PATH=${[g.binaryPath, ...STANDARD_PATH].join(':')}"\n`, '0644');
   } else await remove(pathDropIn);
 
-  await writeNodeFile(node, STATE_FILE, JSON.stringify(state, null, 2), '0600');
+  await journal.save();
   if (changed.length > 0) await restartContainerd(node, cfg);
   return { node: node.name, inPool, changed, facts };
 }
 
-/** Puts back the backups of replaced files and removes created ones, as a state record lists them; returns the paths. */
-export async function restoreRecordedFiles(node: NodeAccess, state: { replaced: { path: string; backup: string }[]; created: string[] }): Promise<string[]> {
-  const undone: string[] = [];
-  for (const r of state.replaced) {
-    await mustExec(node, `if [ -f ${sh(r.backup)} ]; then mv -f ${sh(r.backup)} ${sh(r.path)}; fi`);
-    undone.push(r.path);
-  }
-  for (const c of state.created) {
-    await mustExec(node, `rm -f ${sh(c)}`);
-    undone.push(c);
-  }
-  return undone;
-}
-
 /** Restores every file the installer replaced and removes every file it created. */
 export async function uninstallNode(node: NodeAccess, cfg: Config): Promise<string[]> {
-  const state = await loadState(node);
-  const undone = await restoreRecordedFiles(node, state);
-  for (const d of [...(state.dirs ?? [])].sort((a, b) => b.length - a.length)) await node.exec(`rmdir ${sh(d)} 2>/dev/null`);
-  await node.exec(`rm -f ${sh(STATE_FILE)}; rmdir ${sh(cfg.gvisor.binaryPath)} "$(dirname ${sh(STATE_FILE)})" 2>/dev/null; true`);
+  const undone = await (await NodeJournal.open(node, STATE_FILE, BACKUP_SUFFIX)).undo();
+  // Records written before the journal kept its dirs: binaryPath and the record's own dir.
+  await node.exec(`rmdir ${sh(cfg.gvisor.binaryPath)} "$(dirname ${sh(STATE_FILE)})" 2>/dev/null; true`);
   if (undone.length > 0) await restartContainerd(node, cfg);
   return undone;
 }

@@ -6,7 +6,7 @@ import { isGVisorNode } from './installer.ts';
 import { log } from './log.ts';
 import { registerSecret } from './redact.ts';
 import { MANAGED_LABEL, RUN_LABEL, SandboxStartError } from './sandbox.ts';
-import { until } from './wait.ts';
+import { until, untilWoken } from './wait.ts';
 import { exponential, retry, withAttempts } from './retry.ts';
 
 // The Kubernetes side of installing gVisor, as gardener-extension-runtime-gvisor leaves it:
@@ -150,10 +150,15 @@ export interface PodRun {
   exitCode: number;
 }
 
-/** Events of one object, as "Reason: message | …" (what a failed wait reports). */
-export async function eventsOf(core: k8s.CoreV1Api, ns: string, name: string): Promise<string> {
+/** Events of one object; none when they cannot be listed (they only explain, never decide, a failure). */
+export async function eventsOf(core: k8s.CoreV1Api, ns: string, name: string): Promise<k8s.CoreV1Event[]> {
   const list = await core.listNamespacedEvent({ namespace: ns, fieldSelector: `involvedObject.name=${name}` }).catch(() => ({ items: [] as k8s.CoreV1Event[] }));
-  return list.items.map((e) => `${e.reason}: ${e.message}`).join(' | ') || '(none)';
+  return list.items;
+}
+
+/** Events as "Reason: message | …" (what a failed wait reports). */
+export function eventSummary(events: k8s.CoreV1Event[]): string {
+  return events.map((e) => `${e.reason}: ${e.message}`).join(' | ') || '(none)';
 }
 
 /**
@@ -162,56 +167,43 @@ export async function eventsOf(core: k8s.CoreV1Api, ns: string, name: string): P
  * other objects (events). A watch the server closes is re-opened; the wait ends at `timeoutMs`.
  */
 export function watchPod(kc: k8s.KubeConfig, ns: string, name: string, what: () => string, timeoutMs: number, decide: (pod: k8s.V1Pod) => Promise<boolean>, tickMs = 1000): Promise<k8s.V1Pod> {
-  return new Promise<k8s.V1Pod>((resolve, reject) => {
-    let last: k8s.V1Pod | undefined;
-    let finished = false;
-    let deciding = false;
-    let controller: AbortController | undefined;
-    const finish = (err: unknown, pod?: k8s.V1Pod) => {
-      if (finished) return;
-      finished = true;
-      clearTimeout(timer);
-      clearInterval(ticker);
-      controller?.abort();
-      if (err) reject(err);
-      else resolve(pod!);
-    };
-    const evaluate = async () => {
-      if (!last || deciding || finished) return;
-      deciding = true;
-      const pod = last;
-      try {
-        if (await decide(pod)) finish(undefined, pod);
-      } catch (e) {
-        finish(e);
-      } finally {
-        deciding = false;
-      }
-    };
-    const open = () => {
-      new k8s.Watch(kc)
-        .watch(
-          `/api/v1/namespaces/${ns}/pods`,
-          { fieldSelector: `metadata.name=${name}` },
-          (type, obj: k8s.V1Pod) => {
-            if (type === 'ADDED' || type === 'MODIFIED') {
-              last = obj;
-              void evaluate();
-            }
-          },
-          () => {
-            // Closed by the server (its watch timeout) or by a broken connection: open it again.
-            if (!finished) setTimeout(() => !finished && open(), 200);
-          },
-        )
-        .then(
-          (c) => (finished ? c.abort() : (controller = c)),
-          () => !finished && setTimeout(() => !finished && open(), 500),
-        );
-    };
-    const timer = setTimeout(() => finish(new TimeoutError(what(), timeoutMs)), timeoutMs);
-    const ticker = setInterval(() => void evaluate(), tickMs);
-    open();
+  let last: k8s.V1Pod | undefined;
+  const done = async () => {
+    const pod = last;
+    return pod && (await decide(pod)) ? pod : undefined;
+  };
+  return untilWoken(what, timeoutMs, done, {
+    tickMs,
+    events: (wake) => {
+      let stopped = false;
+      let controller: AbortController | undefined;
+      const open = () => {
+        new k8s.Watch(kc)
+          .watch(
+            `/api/v1/namespaces/${ns}/pods`,
+            { fieldSelector: `metadata.name=${name}` },
+            (type, obj: k8s.V1Pod) => {
+              if (type === 'ADDED' || type === 'MODIFIED') {
+                last = obj;
+                wake();
+              }
+            },
+            () => {
+              // Closed by the server (its watch timeout) or by a broken connection: open it again.
+              if (!stopped) setTimeout(() => !stopped && open(), 200);
+            },
+          )
+          .then(
+            (c) => (stopped ? c.abort() : (controller = c)),
+            () => !stopped && setTimeout(() => !stopped && open(), 500),
+          );
+      };
+      open();
+      return () => {
+        stopped = true;
+        controller?.abort();
+      };
+    },
   });
 }
 
@@ -227,8 +219,7 @@ export async function runPodToCompletion(kc: k8s.KubeConfig, p: k8s.V1Pod, timeo
     last = await watchPod(kc, ns, name, () => `pod ${ns}/${name} to finish`, timeoutMs, async (pod) => {
       if (pod.status?.phase === 'Pending' && pod.spec?.nodeName && Date.now() - t0 > 3000) {
         // The runtime refused the sandbox (unknown handler, runsc missing…): the node's answer, at once.
-        const list = await core.listNamespacedEvent({ namespace: ns, fieldSelector: `involvedObject.name=${name}` }).catch(() => ({ items: [] as k8s.CoreV1Event[] }));
-        const refused = list.items.find((e) => e.reason === 'FailedCreatePodSandBox');
+        const refused = (await eventsOf(core, ns, name)).find((e) => e.reason === 'FailedCreatePodSandBox');
         // The handler when the caller knows it (the RuntimeClass name may differ from it).
         if (refused) throw new SandboxStartError(handler ?? p.spec?.runtimeClassName ?? 'runc', pod.spec.nodeName, refused.message ?? '');
       }
@@ -240,7 +231,7 @@ export async function runPodToCompletion(kc: k8s.KubeConfig, p: k8s.V1Pod, timeo
     });
   } catch (e) {
     if (!(e instanceof TimeoutError)) throw e;
-    throw new TimeoutError(`pod ${ns}/${name} to finish (events: ${await eventsOf(core, ns, name)})`, timeoutMs);
+    throw new TimeoutError(`pod ${ns}/${name} to finish (events: ${eventSummary(await eventsOf(core, ns, name))})`, timeoutMs);
   }
   const logs = await api(`reading logs of pod ${ns}/${name}`, () => core.readNamespacedPodLog({ name, namespace: ns, container: 'main' }));
   const exitCode = last.status?.containerStatuses?.[0]?.state?.terminated?.exitCode ?? -1;

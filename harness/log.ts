@@ -1,6 +1,6 @@
 import { redact } from './redact.ts';
 
-// Progress goes to stderr so that stdout stays machine-readable (e.g. `run --json`).
+// Progress goes to stderr so that stdout carries only results (the nodes `up` lists, the report path `run` prints).
 // Lines, not spinners: CI logs are not TTYs, and a line per step is what nightly logs need.
 
 export type Level = 'debug' | 'info' | 'warn' | 'error';

@@ -9,6 +9,7 @@ import { InfrastructureError, TimeoutError } from './errors.ts';
 import { log } from './log.ts';
 import { redact } from './redact.ts';
 import { fixedDelays, retry, withAttempts } from './retry.ts';
+import { until } from './wait.ts';
 
 // A node is reached through one interface, whatever carries the commands: SSH for VMs and
 // real hosts, plain child processes for the harness's own host, `docker exec` for kind nodes.
@@ -369,6 +370,56 @@ export function openNode(cfg: NodeConfig): NodeAccess {
     case 'docker':
       return new DockerExecNode(cfg);
   }
+}
+
+/** The banner line ("SSH-2.0-…") an sshd on 127.0.0.1:port sends, or undefined when none comes within timeoutMs. */
+export function sshBanner(port: number, timeoutMs: number): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const sock = netConnect({ host: '127.0.0.1', port });
+    let buf = '';
+    const done = (v: string | undefined) => {
+      clearTimeout(timer);
+      sock.destroy();
+      resolve(v);
+    };
+    const timer = setTimeout(() => done(undefined), timeoutMs);
+    sock.setEncoding('utf8');
+    sock.on('data', (d: string) => {
+      buf += d;
+      const i = buf.indexOf('SSH-2.0');
+      if (i >= 0 && buf.indexOf('\n', i) >= 0) done(buf.slice(i, buf.indexOf('\n', i)).trim());
+    });
+    sock.on('error', () => done(undefined));
+    sock.on('close', () => done(undefined));
+  });
+}
+
+/**
+ * Waits for the sshd of a machine the harness just started (a test node, a VM) to answer on
+ * 127.0.0.1:port; returns its banner. `gone()` says why waiting is pointless (the process that
+ * serves it exited): that message is thrown at once. `onAttempt` sees the time waited so far.
+ */
+export async function waitForSshd(
+  what: string,
+  port: number,
+  timeoutMs: number,
+  o: { gone: () => string | undefined; intervalMs?: number; onAttempt?: (waitedMs: number) => void },
+): Promise<string> {
+  const t0 = Date.now();
+  let banner: string | undefined;
+  await until(
+    `sshd of ${what} on 127.0.0.1:${port}`,
+    timeoutMs,
+    async () => {
+      const why = o.gone();
+      if (why) throw new InfrastructureError(why);
+      o.onAttempt?.(Date.now() - t0);
+      banner = await sshBanner(port, Math.max(100, Math.min(2000, t0 + timeoutMs - Date.now())));
+      return banner !== undefined;
+    },
+    o.intervalMs ?? 150,
+  );
+  return banner!;
 }
 
 /** Quotes a string for a POSIX shell. */

@@ -1,8 +1,8 @@
 import { spawn } from 'node:child_process';
 import { runSync, shSync } from '../../harness/process.ts';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync, symlinkSync, writeFileSync, chmodSync } from 'node:fs';
-import { connect } from 'node:net';
 import { join } from 'node:path';
+import { waitForSshd } from '../../harness/node.ts';
 
 // A throwaway Kubernetes-style node on the harness's own host: its own mount namespace (so
 // /etc/containerd, /var, /run, /usr/local/bin are private and the harness's default paths are
@@ -188,7 +188,8 @@ done
     child.stdin!.end('go\n');
     child.unref();
     (child.stderr as unknown as { unref?: () => void }).unref?.();
-    await waitForSsh(o.name, o.sshPort, timeoutMs, () => existsSync(`/proc/${pid}`)).catch((e: Error) => {
+    const gone = () => (existsSync(`/proc/${pid}`) ? undefined : `sshd of test node ${o.name} exited before listening on 127.0.0.1:${o.sshPort}`);
+    await waitForSshd(`test node ${o.name}`, o.sshPort, timeoutMs, { gone, intervalMs: 100 }).catch((e: Error) => {
       // Nothing half-started may stay behind: the whole process group goes.
       try {
         process.kill(-pid, 'SIGKILL');
@@ -308,11 +309,6 @@ done
     // Overlay snapshots were mounted in the node's mount namespace, which is gone with its processes.
     rmSync(this.stateDir, { recursive: true, force: true });
   }
-
-  /** Processes of this node still alive (for leak checks). */
-  leftoverPids(): number[] {
-    return this.nodePids();
-  }
 }
 
 /** Maps uid/gid 0..2^32-3 of the new user namespace to the same host ids, once unshare has made it. */
@@ -334,26 +330,3 @@ async function mapRootUser(pid: number, name: string, timeoutMs: number): Promis
   writeFileSync(`/proc/${pid}/gid_map`, '0 0 4294967294\n');
 }
 
-export function waitForSsh(name: string, port: number, timeoutMs: number, alive: () => boolean): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  return new Promise((res, rej) => {
-    const attempt = () => {
-      if (!alive()) return rej(new Error(`sshd of test node ${name} exited before listening on 127.0.0.1:${port}`));
-      const s = connect(port, '127.0.0.1');
-      s.once('data', (d) => {
-        s.destroy();
-        if (d.toString().startsWith('SSH-2.0')) res();
-        else retry();
-      });
-      s.once('error', () => {
-        s.destroy();
-        retry();
-      });
-    };
-    const retry = () => {
-      if (Date.now() > deadline) rej(new Error(`timed out after ${timeoutMs / 1000}s waiting for sshd of test node ${name} on 127.0.0.1:${port}`));
-      else setTimeout(attempt, 100);
-    };
-    attempt();
-  });
-}

@@ -14,6 +14,7 @@ import { chmod, mkdir, readFile, readdir, rename, rm, stat, writeFile } from "no
 import { connect } from "node:net";
 import { delimiter, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { waitForSshd } from "../../harness/node.ts";
 
 export interface RootfsOptions {
   cacheDir: string;
@@ -404,28 +405,6 @@ function consoleTail(path: string, n = 20): string {
   }
 }
 
-/** Resolves with the SSH banner if something answers on the port, else null. */
-function probeSsh(port: number, timeoutMs: number): Promise<string | null> {
-  return new Promise((resolve) => {
-    const sock = connect({ host: "127.0.0.1", port });
-    let buf = "";
-    const done = (v: string | null): void => {
-      clearTimeout(timer);
-      sock.destroy();
-      resolve(v);
-    };
-    const timer = setTimeout(() => done(null), timeoutMs);
-    sock.setEncoding("utf8");
-    sock.on("data", (d: string) => {
-      buf += d;
-      const i = buf.indexOf("SSH-2.0");
-      if (i >= 0 && buf.indexOf("\n", i) >= 0) done(buf.slice(i, buf.indexOf("\n", i)).trim());
-    });
-    sock.on("error", () => done(null));
-    sock.on("close", () => done(null));
-  });
-}
-
 function childPids(pid: number): number[] {
   try {
     return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
@@ -454,7 +433,6 @@ export class NspawnNode {
   readonly pid: number;
 
   private readonly stateDir: string;
-  private readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   private exitInfo: { code: number | null; signal: NodeJS.Signals | null } | undefined;
   private stopping: Promise<void> | undefined;
   private readonly progress: (msg: string) => void;
@@ -473,14 +451,11 @@ export class NspawnNode {
     this.stateDir = init.stateDir;
     this.pid = init.child.pid!;
     this.progress = init.progress;
-    this.exited = new Promise((resolve) => {
-      const onExit = (code: number | null, signal: NodeJS.Signals | null): void => {
-        this.exitInfo = { code, signal };
-        resolve(this.exitInfo);
-      };
-      if (init.child.exitCode !== null || init.child.signalCode !== null) onExit(init.child.exitCode, init.child.signalCode);
-      else init.child.once("exit", onExit);
-    });
+    const onExit = (code: number | null, signal: NodeJS.Signals | null): void => {
+      this.exitInfo = { code, signal };
+    };
+    if (init.child.exitCode !== null || init.child.signalCode !== null) onExit(init.child.exitCode, init.child.signalCode);
+    else init.child.once("exit", onExit);
   }
 
   static async start(opts: NspawnNodeOptions): Promise<NspawnNode> {
@@ -560,30 +535,20 @@ export class NspawnNode {
     progress(`booting ${opts.name} (nspawn pid ${node.pid}), waiting for sshd on 127.0.0.1:${opts.sshPort}`);
 
     const t0 = Date.now();
-    const deadline = t0 + timeoutMs;
-    for (;;) {
-      if (node.exitInfo) {
-        const how = node.exitInfo.signal ? `signal ${node.exitInfo.signal}` : `exit code ${node.exitInfo.code}`;
-        const tail = consoleTail(consoleLog);
-        await node.stop();
-        throw new Error(`systemd-nspawn for node ${opts.name} exited early with ${how}; last console lines (${consoleLog}):\n${tail}`);
-      }
-      const left = deadline - Date.now();
-      if (left <= 0) {
-        // Take the tail before stop(), which would fill the log with shutdown lines.
-        const tail = consoleTail(consoleLog);
-        await node.stop();
-        throw new Error(
-          `timed out after ${Number((timeoutMs / 1000).toFixed(1))}s waiting for sshd of nspawn node ${opts.name} on 127.0.0.1:${opts.sshPort}; ` +
-            `last console lines (${consoleLog}):\n${tail}`,
-        );
-      }
-      const banner = await probeSsh(opts.sshPort, Math.min(2000, left));
-      if (banner) {
-        progress(`${opts.name}: sshd answered (${banner}) ${((Date.now() - t0) / 1000).toFixed(1)}s after spawn`);
-        return node;
-      }
-      await sleep(Math.min(150, Math.max(0, deadline - Date.now())));
+    const gone = () => {
+      if (!node.exitInfo) return undefined;
+      const how = node.exitInfo.signal ? `signal ${node.exitInfo.signal}` : `exit code ${node.exitInfo.code}`;
+      return `systemd-nspawn for node ${opts.name} exited early with ${how}`;
+    };
+    try {
+      const banner = await waitForSshd(`nspawn node ${opts.name}`, opts.sshPort, timeoutMs, { gone });
+      progress(`${opts.name}: sshd answered (${banner}) ${((Date.now() - t0) / 1000).toFixed(1)}s after spawn`);
+      return node;
+    } catch (e) {
+      // Take the tail before stop(), which would fill the log with shutdown lines.
+      const tail = consoleTail(consoleLog);
+      await node.stop();
+      throw new Error(`${(e as Error).message}; last console lines (${consoleLog}):\n${tail}`);
     }
   }
 
@@ -628,45 +593,45 @@ export class NspawnNode {
     return this.stopping;
   }
 
-  private async doStop(): Promise<void> {
-    if (!this.exitInfo) {
-      this.progress(`powering off ${this.name} (nspawn pid ${this.pid})`);
-      try {
-        // nspawn turns SIGTERM into --kill-signal (SIGRTMIN+4 = poweroff) for the
-        // container's systemd; signalling nspawn with SIGRTMIN+4 itself would just kill it.
-        process.kill(this.pid, "SIGTERM");
-      } catch {
-        /* already gone */
-      }
-      const gone = await Promise.race([this.exited.then(() => true), sleep(15_000).then(() => false)]);
-      if (!gone) {
-        this.progress(`${this.name} did not power off in 15s; SIGKILL`);
-        // The container's init is a child of nspawn in its own session and PID
-        // namespace; killing it takes the whole namespace down, which killing
-        // nspawn alone would not.
-        for (const c of childPids(this.pid)) {
-          try {
-            process.kill(c, "SIGKILL");
-          } catch {
-            /* already gone */
-          }
-        }
-        try {
-          // The whole process group: nspawn was started detached as its group leader.
-          process.kill(-this.pid, "SIGKILL");
-        } catch {
-          /* already gone */
-        }
-        try {
-          process.kill(this.pid, "SIGKILL");
-        } catch {
-          /* already gone */
-        }
-        await Promise.race([this.exited, sleep(5_000)]);
-      }
-    }
-    await removeTree(join(this.stateDir, "rootfs"));
+  private doStop(): Promise<void> {
+    return powerOff({ pid: this.pid, name: this.name, stateDir: this.stateDir, running: () => !this.exitInfo, progress: this.progress });
   }
+}
+
+/**
+ * Powers an nspawn node off: SIGTERM (nspawn turns it into --kill-signal, SIGRTMIN+4 = poweroff,
+ * for the container's systemd; signalling nspawn with SIGRTMIN+4 itself would just kill it), up to
+ * 15 s, then SIGKILL; then removes <stateDir>/rootfs. `running()` says whether that nspawn is still
+ * there (for a recorded pid: still ours, so a recycled pid is never signalled).
+ */
+async function powerOff(o: { pid: number; name: string; stateDir: string; running: () => boolean; progress?: (msg: string) => void }): Promise<void> {
+  const kill = (pid: number, signal: NodeJS.Signals) => {
+    try {
+      process.kill(pid, signal);
+    } catch {
+      /* already gone */
+    }
+  };
+  const stopped = async (ms: number) => {
+    const deadline = Date.now() + ms;
+    while (o.running() && Date.now() < deadline) await sleep(100);
+    return !o.running();
+  };
+  if (o.running()) {
+    o.progress?.(`powering off ${o.name} (nspawn pid ${o.pid})`);
+    kill(o.pid, "SIGTERM");
+    if (!(await stopped(15_000)) && o.running()) {
+      o.progress?.(`${o.name} did not power off in 15s; SIGKILL`);
+      // The container's init is a child of nspawn in its own session and PID namespace; killing
+      // it takes the whole namespace down, which killing nspawn alone would not. Then the whole
+      // process group (nspawn was started detached as its group leader), then nspawn.
+      for (const c of childPids(o.pid)) kill(c, "SIGKILL");
+      kill(-o.pid, "SIGKILL");
+      kill(o.pid, "SIGKILL");
+      await stopped(5_000);
+    }
+  }
+  await removeTree(join(o.stateDir, "rootfs"));
 }
 
 /** True while `pid` is still the systemd-nspawn of machine `name` (a recycled pid is not). */
@@ -684,31 +649,6 @@ export function nspawnAlive(pid: number, name: string): boolean {
  * SIGKILL fallback as stop(), driven by the recorded pid. The pid is only signalled while it
  * still is that node's systemd-nspawn, so a recycled pid is never touched.
  */
-export async function stopRecordedNspawn(rec: { pid: number; name: string; stateDir: string }): Promise<void> {
-  const isOurs = (): boolean => nspawnAlive(rec.pid, rec.name);
-  if (isOurs()) {
-    try {
-      process.kill(rec.pid, 'SIGTERM');
-    } catch {
-      /* gone */
-    }
-    const deadline = Date.now() + 15_000;
-    while (isOurs() && Date.now() < deadline) await sleep(200);
-    if (isOurs()) {
-      for (const c of childPids(rec.pid)) {
-        try {
-          process.kill(c, 'SIGKILL');
-        } catch {
-          /* gone */
-        }
-      }
-      try {
-        process.kill(rec.pid, 'SIGKILL');
-      } catch {
-        /* gone */
-      }
-      await sleep(500);
-    }
-  }
-  await removeTree(join(rec.stateDir, 'rootfs'));
+export function stopRecordedNspawn(rec: { pid: number; name: string; stateDir: string }): Promise<void> {
+  return powerOff({ ...rec, running: () => nspawnAlive(rec.pid, rec.name) });
 }

@@ -1,13 +1,13 @@
-import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { buildContainerd } from '../../harness/binaries.ts';
 import { type Config, type NodeConfig, dnsName, nodeConfig, OS_FAMILIES, sshAccess } from '../../harness/config.ts';
 import { InfrastructureError } from '../../harness/errors.ts';
 import { buildTestImage } from '../../harness/image.ts';
-import { restartContainerd, restoreRecordedFiles } from '../../harness/installer.ts';
+import { restartContainerd } from '../../harness/installer.ts';
+import { NodeJournal } from '../../harness/journal.ts';
 import { log, step } from '../../harness/log.ts';
-import { knownHostKeys, mustExec, readNodeFile, sh, SshNode, writeNodeFile, type NodeAccess } from '../../harness/node.ts';
+import { knownHostKeys, mustExec, sh, SshNode, type NodeAccess } from '../../harness/node.ts';
 import { BaseProvider } from '../common/base.ts';
 import { uninstallHosts } from '../common/hosts.ts';
 import { checkMembers, requireManifestPools } from '../common/pools.ts';
@@ -70,11 +70,8 @@ export const CNI_CONFLIST = '/etc/cni/net.d/10-gvisor-e2e.conflist';
 const BACKUP_SUFFIX = '.gvisor-e2e-vm.orig';
 const CNI_PLUGINS = ['bridge', 'host-local', 'loopback'];
 
-export interface ProvisionState {
-  created: string[];
-  replaced: { path: string; backup: string }[];
-  /** Directories the provider made (removed on down when empty). */
-  dirs: string[];
+/** What provisionHost keeps in its journal's record, beside the journal's own fields. */
+export interface ProvisionFacts {
   /** `containerd --version` before provisioning, or null when there was none. */
   containerdBefore: string | null;
   wasActive: boolean;
@@ -172,21 +169,9 @@ export function vmNodeConfig(h: VmHost): NodeConfig {
   });
 }
 
-const sha256 = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
-
 /** A binary of the harness machine, for hosts that lack it (same distribution family assumed). */
 function hostBinary(name: string, dirs: string[]): string | undefined {
   return dirs.map((d) => `${d}/${name}`).find((p) => existsSync(p));
-}
-
-async function loadState(node: NodeAccess): Promise<ProvisionState | undefined> {
-  const text = await readNodeFile(node, PROVISION_STATE);
-  if (text === undefined) return undefined;
-  try {
-    return JSON.parse(text) as ProvisionState;
-  } catch {
-    throw new InfrastructureError(`[${node.name}] ${PROVISION_STATE} is corrupt; restore the host by hand and remove it`);
-  }
 }
 
 async function containerdVersion(node: NodeAccess): Promise<ContainerdVersion | undefined> {
@@ -211,46 +196,26 @@ export async function provisionHost(node: NodeAccess, cfg: Config, sandboxImage:
   const want = process.arch === 'arm64' ? 'aarch64' : 'x86_64';
   if (arch !== want) throw new InfrastructureError(`[${node.name}] is ${arch}, but the harness builds containerd and runsc for ${want}`);
 
-  const existing = await loadState(node);
+  const journal = await NodeJournal.open<ProvisionFacts>(node, PROVISION_STATE, BACKUP_SUFFIX);
   const current = await containerdVersion(node);
-  if (!existing && containerdNewEnough(current)) {
+  if (!journal.existed && containerdNewEnough(current)) {
     log('info', `[${node.name}] containerd ${current!.raw} is new enough for the runsc shim: nothing to provision`);
     return { host: node.name, before: current!.raw, after: current!.raw, changed: [] };
   }
-  const active = (await node.exec('systemctl is-active containerd')).stdout.trim() === 'active';
-  const runBefore = (await node.exec('ls -A /run/containerd 2>/dev/null')).stdout.split('\n').filter(Boolean);
-  const state: ProvisionState = existing ?? { created: [], replaced: [], dirs: [], containerdBefore: current?.raw ?? null, wasActive: active, enabled: false, runBefore };
-  if (!existing) log('info', `[${node.name}] containerd ${current ? `${current.raw} is too old for the runsc shim (needs >= 2.0)` : 'is missing'}: provisioning containerd 2.x`);
+  const state = journal.extra;
+  if (!journal.existed) {
+    const active = (await node.exec('systemctl is-active containerd')).stdout.trim() === 'active';
+    const runBefore = (await node.exec('ls -A /run/containerd 2>/dev/null')).stdout.split('\n').filter(Boolean);
+    Object.assign(state, { containerdBefore: current?.raw ?? null, wasActive: active, enabled: false, runBefore } satisfies ProvisionFacts);
+    log('info', `[${node.name}] containerd ${current ? `${current.raw} is too old for the runsc shim (needs >= 2.0)` : 'is missing'}: provisioning containerd 2.x`);
+  }
   const changed: string[] = [];
-  const save = () => writeNodeFile(node, PROVISION_STATE, JSON.stringify(state, null, 2), '0600');
-
-  const mkdirs = async (dir: string) => {
-    // Record each level we create, so down removes exactly those (when empty).
-    const r = await mustExec(node, `d=${sh(dir)}; while [ ! -d "$d" ]; do echo "$d"; d=$(dirname "$d"); done; mkdir -p ${sh(dir)}`);
-    for (const d of r.split('\n').filter(Boolean)) if (!state.dirs.includes(d)) state.dirs.push(d);
-  };
   /** Writes a file when it differs; `once`: leave it alone after the first write (the installer renders on top of it). */
   const put = async (path: string, content: Buffer | string, mode: string, once = false) => {
-    const mine = state.created.includes(path) || state.replaced.some((r) => r.path === path);
-    if (once && mine) return;
-    const r = await node.exec(`sha256sum ${sh(path)} 2>/dev/null`);
-    const cur = r.code === 0 ? r.stdout.split(/\s+/)[0] : undefined;
-    if (cur === sha256(content)) return;
-    await mkdirs(path.slice(0, path.lastIndexOf('/')) || '/');
-    if (cur === undefined) {
-      if (!mine) state.created.push(path);
-    } else if (!mine) {
-      const backup = `${path}${BACKUP_SUFFIX}`;
-      await mustExec(node, `cp -p ${sh(path)} ${sh(backup)}`);
-      state.replaced.push({ path, backup });
-    }
-    await save();
-    await writeNodeFile(node, path, content, mode);
-    changed.push(path);
+    if (await journal.put(path, content, mode, { once })) changed.push(path);
   };
 
-  await mkdirs('/var/lib/gvisor-e2e');
-  await save();
+  await journal.save();
   const bins = await buildContainerd();
   await put(`${CONTAINERD_BIN_DIR}/containerd`, readFileSync(bins.containerd), '0755');
   await put(`${CONTAINERD_BIN_DIR}/ctr`, readFileSync(bins.ctr), '0755');
@@ -261,7 +226,7 @@ export async function provisionHost(node: NodeAccess, cfg: Config, sandboxImage:
     ['containerd-shim-runc-v2', ['/usr/bin', '/usr/local/bin'], CONTAINERD_BIN_DIR],
   ] as const) {
     const ours = `${dest}/${name}`;
-    if (!state.created.includes(ours) && (await node.exec(`command -v ${name}`)).code === 0) continue;
+    if (!journal.created(ours) && (await node.exec(`command -v ${name}`)).code === 0) continue;
     const src = hostBinary(name, [...dirs]);
     if (!src) throw new InfrastructureError(`[${node.name}] has no ${name} and neither has this machine to copy it from: apt-get install -y ${name === 'runc' ? 'runc' : 'containerd'}`);
     await put(ours, readFileSync(src), '0755');
@@ -270,7 +235,7 @@ export async function provisionHost(node: NodeAccess, cfg: Config, sandboxImage:
   // CNI plugins: a directory on the host that has them all, else this machine's under /opt/cni/bin.
   let cniDir = '';
   for (const d of [CNI_BIN_DIR, '/usr/lib/cni', '/usr/libexec/cni']) {
-    if ((await node.exec(CNI_PLUGINS.map((p) => `[ -x ${d}/${p} ]`).join(' && '))).code === 0 && !state.created.includes(`${d}/bridge`)) {
+    if ((await node.exec(CNI_PLUGINS.map((p) => `[ -x ${d}/${p} ]`).join(' && '))).code === 0 && !journal.created(`${d}/bridge`)) {
       cniDir = d;
       break;
     }
@@ -289,43 +254,46 @@ export async function provisionHost(node: NodeAccess, cfg: Config, sandboxImage:
   await put(node.config.paths.containerdConfig, renderProvisionedConfig({ sandboxImage, cniBinDir: cniDir }), '0644', true);
   await put(CONTAINERD_UNIT, renderContainerdUnit(), '0644');
   if ((await node.exec('systemctl is-enabled containerd')).stdout.trim() !== 'enabled') {
-    await mustExec(node, 'systemctl daemon-reload && systemctl enable containerd');
     state.enabled = true;
+    await journal.save(); // recorded first, like every change
+    await mustExec(node, 'systemctl daemon-reload && systemctl enable containerd');
     changed.push('systemctl enable containerd');
   }
-  await save();
+  await journal.save();
   if (changed.length > 0) await restartContainerd(node, cfg);
   const after = await containerdVersion(node);
   if (!containerdNewEnough(after)) {
     throw new InfrastructureError(`[${node.name}] after provisioning, \`containerd --version\` reports ${after?.raw ?? 'nothing'}, expected 2.x from ${CONTAINERD_BIN_DIR}`);
   }
-  return { host: node.name, before: state.containerdBefore, after: after!.raw, changed };
+  return { host: node.name, before: state.containerdBefore ?? null, after: after!.raw, changed };
 }
 
 /** Removes what provisionHost put on the host and brings back the containerd that ran before. */
 export async function unprovisionHost(node: NodeAccess, cfg: Config): Promise<string[]> {
-  const state = await loadState(node);
-  if (!state) return [];
+  const journal = await NodeJournal.open<ProvisionFacts>(node, PROVISION_STATE, BACKUP_SUFFIX);
+  if (!journal.existed) return [];
+  const state = journal.extra;
   await node.exec('systemctl stop containerd', { timeoutMs: 60_000 });
   // Shims of the provisioned containerd (pods `down` could not remove) live in its state dir.
   await node.exec(`for p in /proc/[0-9]*; do case "$(readlink $p/cwd 2>/dev/null)" in ${CONTAINERD_STATE}/*) kill -9 "\${p#/proc/}";; esac; done; true`);
-  const undone = await restoreRecordedFiles(node, state);
-  if (state.enabled) await node.exec('systemctl disable containerd');
-  await mustExec(node, 'systemctl daemon-reload');
-  // What the provisioned containerd and its shims made under /run/containerd (e.g. the runsc shim's root).
-  const runNow = (await node.exec('ls -A /run/containerd 2>/dev/null')).stdout.split('\n').filter(Boolean);
-  const runNew = state.runBefore ? runNow.filter((e) => !state.runBefore!.includes(e)).map((e) => `/run/containerd/${e}`) : [];
-  // The provisioned containerd's data: mounts first (lazily), then the trees, never crossing into a mount.
-  for (const dir of [CONTAINERD_ROOT, CONTAINERD_STATE, ...runNew]) {
-    await mustExec(
-      node,
-      `for m in $(awk '{print $5}' /proc/self/mountinfo | grep -E '^${dir}(/|$)' | sort -r); do umount -l "$m"; done; rm -rf --one-file-system ${sh(dir)}`,
-      { timeoutMs: 120_000 },
-    );
-    undone.push(dir);
-  }
-  await mustExec(node, `rm -f ${sh(PROVISION_STATE)}; rmdir /run/gvisor-e2e /run/containerd 2>/dev/null; true`);
-  for (const d of [...state.dirs].sort((a, b) => b.length - a.length)) await node.exec(`rmdir ${sh(d)} 2>/dev/null`);
+  // Files first, then (while the record still exists) what the provisioned containerd left; then the record and its dirs.
+  const undone = await journal.undo(async () => {
+    if (state.enabled) await node.exec('systemctl disable containerd');
+    await mustExec(node, 'systemctl daemon-reload');
+    // What the provisioned containerd and its shims made under /run/containerd (e.g. the runsc shim's root).
+    const runNow = (await node.exec('ls -A /run/containerd 2>/dev/null')).stdout.split('\n').filter(Boolean);
+    const runNew = state.runBefore ? runNow.filter((e) => !state.runBefore!.includes(e)).map((e) => `/run/containerd/${e}`) : [];
+    // The provisioned containerd's data: mounts first (lazily), then the trees, never crossing into a mount.
+    for (const dir of [CONTAINERD_ROOT, CONTAINERD_STATE, ...runNew]) {
+      await mustExec(
+        node,
+        `for m in $(awk '{print $5}' /proc/self/mountinfo | grep -E '^${dir}(/|$)' | sort -r); do umount -l "$m"; done; rm -rf --one-file-system ${sh(dir)}`,
+        { timeoutMs: 120_000 },
+      );
+    }
+    return [CONTAINERD_ROOT, CONTAINERD_STATE, ...runNew];
+  });
+  await node.exec('rmdir /run/gvisor-e2e /run/containerd 2>/dev/null; true');
   if (state.wasActive) await restartContainerd(node, cfg);
   return undone;
 }

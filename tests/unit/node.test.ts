@@ -2,9 +2,10 @@ import { execFileSync } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { fingerprint, knownHostKeys, sh } from '../../harness/node.ts';
+import { fingerprint, knownHostKeys, sh, sshBanner, waitForSshd } from '../../harness/node.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'gvisor-e2e-unit-node-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -149,5 +150,39 @@ describe('knownHostKeys: markers (OpenSSH semantics)', () => {
   it('an @cert-authority key is not a host key', () => {
     const kh = `@cert-authority h ${a.type} ${a.b64}\n`;
     expect(knownHostKeys(kh, 'h', 22)).toEqual([]);
+  });
+});
+
+describe('waitForSshd', () => {
+  /** A listener that sends `greeting` to each client (or nothing). */
+  async function listener(greeting?: string): Promise<{ port: number; close: () => void }> {
+    const srv = createServer((s) => (greeting ? s.end(greeting) : s.on('error', () => undefined)));
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+    return { port: (srv.address() as AddressInfo).port, close: () => srv.close() };
+  }
+
+  it("returns the sshd's banner line, after lines before it", async () => {
+    const l = await listener('hello\r\nSSH-2.0-OpenSSH_9.2p1 Debian-2\r\n');
+    try {
+      expect(await waitForSshd('test node a', l.port, 5000, { gone: () => undefined })).toBe('SSH-2.0-OpenSSH_9.2p1 Debian-2');
+      expect(await sshBanner(l.port, 1000)).toBe('SSH-2.0-OpenSSH_9.2p1 Debian-2');
+    } finally {
+      l.close();
+    }
+  });
+
+  it('times out naming the node and the port when something else answers', async () => {
+    const l = await listener('HTTP/1.1 400 Bad Request\r\n\r\n');
+    try {
+      await expect(waitForSshd('VM b', l.port, 400, { gone: () => undefined, intervalMs: 50 })).rejects.toThrow(`waiting for sshd of VM b on 127.0.0.1:${l.port}`);
+    } finally {
+      l.close();
+    }
+  });
+
+  it('gives up at once with the reason when the process serving it is gone', async () => {
+    const t0 = Date.now();
+    await expect(waitForSshd('test node c', 9, 10_000, { gone: () => 'qemu for VM c exited during boot' })).rejects.toThrow('qemu for VM c exited during boot');
+    expect(Date.now() - t0).toBeLessThan(2000);
   });
 });

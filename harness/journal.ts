@@ -1,0 +1,155 @@
+// The journal of changes the harness makes to a node's files, kept on the node, so they can be undone exactly.
+import { createHash } from 'node:crypto';
+import { InfrastructureError } from './errors.ts';
+import { mustExec, readNodeFile, sh, writeNodeFile, type NodeAccess } from './node.ts';
+
+/** The record's own fields; the installer's `installed.json` and the vm provider's `provisioned.json` have this shape. */
+export interface JournalRecord {
+  /** Files the harness created (removed on undo). */
+  created: string[];
+  /** Files the harness replaced, with the backup that restores them. */
+  replaced: { path: string; backup: string }[];
+  /** Directories the harness made (removed on undo when empty). */
+  dirs?: string[];
+}
+
+const sha256 = (b: string | Buffer) => createHash('sha256').update(b).digest('hex');
+const parent = (path: string) => path.slice(0, path.lastIndexOf('/')) || '/';
+
+/**
+ * Every change is written to the record on the node before it is made, so a crash in between
+ * leaves a record that undo can act on; undo therefore tolerates recorded changes that never
+ * happened (a created file that is absent, a backup that was never taken, a dir never made).
+ * `X` is the caller's own fields, kept at the top level of the same record.
+ */
+export class NodeJournal<X extends object = Record<never, never>> {
+  private constructor(
+    private readonly node: NodeAccess,
+    readonly stateFile: string,
+    private readonly backupSuffix: string,
+    private readonly record: JournalRecord & Partial<X>,
+    /** A record was on the node already. */
+    readonly existed: boolean,
+  ) {}
+  /** The record's directory exists, or its missing levels are recorded. */
+  private stateDirKnown = false;
+
+  /** Reads the node's record at stateFile, or starts an empty one (nothing is written until a change or save()). */
+  static async open<X extends object = Record<never, never>>(node: NodeAccess, stateFile: string, backupSuffix: string): Promise<NodeJournal<X>> {
+    const text = await readNodeFile(node, stateFile);
+    let record: JournalRecord & Partial<X>;
+    try {
+      record = JSON.parse(text ?? '{}');
+      if (typeof record !== 'object' || record === null || Array.isArray(record)) throw new Error('not an object');
+    } catch {
+      throw new InfrastructureError(`[${node.name}] ${stateFile} is corrupt; restore the node by hand and remove it`);
+    }
+    record.created ??= [];
+    record.replaced ??= [];
+    return new NodeJournal<X>(node, stateFile, backupSuffix, record, text !== undefined);
+  }
+
+  /** The caller's fields, saved with the record. */
+  get extra(): Partial<X> {
+    return this.record;
+  }
+  created(path: string): boolean {
+    return this.record.created.includes(path);
+  }
+  backupOf(path: string): string | undefined {
+    return this.record.replaced.find((r) => r.path === path)?.backup;
+  }
+  /** The journal created or replaced this file. */
+  owns(path: string): boolean {
+    return this.created(path) || this.backupOf(path) !== undefined;
+  }
+
+  /** Writes the record (recording the directories made for it, which are removed with it). */
+  async save(): Promise<void> {
+    if (!this.stateDirKnown) {
+      this.recordDirs(await this.missingDirs(parent(this.stateFile)));
+      this.stateDirKnown = true;
+    }
+    await writeNodeFile(this.node, this.stateFile, `${JSON.stringify(this.record, null, 2)}\n`, '0600');
+  }
+
+  /** Makes dir and its missing parents, recording each level made (removed on undo when empty). */
+  async mkdirs(dir: string): Promise<void> {
+    const missing = await this.missingDirs(dir);
+    if (missing.length === 0) return;
+    this.recordDirs(missing);
+    await this.save();
+    await mustExec(this.node, `mkdir -p ${sh(dir)}`);
+  }
+
+  /**
+   * Writes a file unless it already has this content (by sha256): a new file is recorded as created,
+   * an existing one not ours is backed up first. `once`: a file already ours is left alone (a later
+   * step renders on top of it). Returns whether the file was written.
+   */
+  async put(path: string, content: string | Buffer, mode: string, opts: { once?: boolean } = {}): Promise<boolean> {
+    if (opts.once && this.owns(path)) return false;
+    const r = await this.node.exec(`sha256sum ${sh(path)} 2>/dev/null`);
+    const current = r.code === 0 ? r.stdout.split(/\s+/)[0] : undefined;
+    if (current === sha256(content)) return false;
+    // writeNodeFile makes the missing parents; they are recorded first.
+    this.recordDirs(await this.missingDirs(parent(path)));
+    if (!this.owns(path)) {
+      if (current === undefined) this.record.created.push(path);
+      else this.record.replaced.push({ path, backup: `${path}${this.backupSuffix}` });
+    }
+    await this.save();
+    const backup = this.backupOf(path);
+    // Taken only once: a backup missing here means a crash came after the record, before the copy,
+    // so the file is still the original. Copy then rename, so a backup is never half a file.
+    if (backup !== undefined && current !== undefined) {
+      await mustExec(this.node, `[ -e ${sh(backup)} ] || { cp -p ${sh(path)} ${sh(`${backup}.tmp`)} && mv -f ${sh(`${backup}.tmp`)} ${sh(backup)}; }`);
+    }
+    await writeNodeFile(this.node, path, content, mode);
+    return true;
+  }
+
+  /** Removes a file the journal created (nothing else); returns whether it did. The record is updated on the next save(). */
+  async remove(path: string): Promise<boolean> {
+    if (!this.created(path)) return false;
+    // The file goes first: a crash before the record is saved leaves it listed, and undo tolerates that.
+    await mustExec(this.node, `rm -f ${sh(path)}`);
+    this.record.created = this.record.created.filter((c) => c !== path);
+    return true;
+  }
+
+  /**
+   * Restores every backup, removes every created file, runs `also` (the caller's own undo, while the
+   * record still exists), then removes the record and the dirs made (deepest first, when empty).
+   * Returns the paths undone, then what `also` returns.
+   */
+  async undo(also?: () => Promise<string[] | void>): Promise<string[]> {
+    const undone: string[] = [];
+    for (const r of this.record.replaced) {
+      await mustExec(this.node, `if [ -f ${sh(r.backup)} ]; then mv -f ${sh(r.backup)} ${sh(r.path)}; fi`);
+      undone.push(r.path);
+    }
+    for (const c of this.record.created) {
+      await mustExec(this.node, `rm -f ${sh(c)}`);
+      undone.push(c);
+    }
+    undone.push(...((await also?.()) ?? []));
+    await mustExec(this.node, `rm -f ${sh(this.stateFile)}`);
+    for (const d of [...(this.record.dirs ?? [])].sort((a, b) => b.length - a.length)) await this.node.exec(`rmdir ${sh(d)} 2>/dev/null`);
+    this.record.created = [];
+    this.record.replaced = [];
+    this.record.dirs = [];
+    this.stateDirKnown = false;
+    return undone;
+  }
+
+  /** dir and each missing parent level, deepest first. */
+  private async missingDirs(dir: string): Promise<string[]> {
+    const out = await mustExec(this.node, `d=${sh(dir)}; while [ ! -d "$d" ]; do echo "$d"; d=$(dirname "$d"); done`);
+    return out.split('\n').filter(Boolean);
+  }
+
+  private recordDirs(dirs: string[]): void {
+    for (const d of dirs) if (!(this.record.dirs ??= []).includes(d)) this.record.dirs.push(d);
+  }
+}
