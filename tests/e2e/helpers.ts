@@ -41,6 +41,12 @@ export function writeConfig(dir: string, name: string, cfg: object): string {
   return path;
 }
 
+/** `gvisor-e2e run` of some suites against a running, installed cluster; its output and summary. */
+export function runInstalled(cfgPath: string, reportsDir: string, suites: string[]): CliResult & { summary: RunSummary } {
+  const r = cli(['--config', cfgPath, 'run', '--keep', '--no-install', '--suite', ...suites]);
+  return { ...r, summary: latestSummary(reportsDir) };
+}
+
 export function latestSummary(reportsDir: string): RunSummary {
   return JSON.parse(readFileSync(join(reportsDir, 'latest', 'summary.json'), 'utf8')) as RunSummary;
 }

@@ -6,7 +6,7 @@ import { type Config, type NodeConfig } from '../../harness/config.ts';
 import { parseConfig, providerFor } from '../../clusters/index.ts';
 import { GVISOR_NODE_LABEL, kubeConfig } from '../../harness/kube.ts';
 import { down, install, up } from '../../bin/app.ts';
-import { cli, failures, latestSummary, localCluster, scratch, writeConfig, expectLocalClusterGone } from './helpers.ts';
+import { cli, failures, latestSummary, localCluster, scratch, writeConfig, expectLocalClusterGone, runInstalled } from './helpers.ts';
 import { cite, gardener } from '../../suites/spec/index.ts';
 
 // The embedded Kubernetes cluster: etcd + kube-apiserver + controller-manager + scheduler as
@@ -24,10 +24,7 @@ let nodes: NodeConfig[] = [];
 let core: k8s.CoreV1Api;
 let nodeApi: k8s.NodeV1Api;
 
-function runSuites(suites: string[]) {
-  const r = cli(['--config', cfgPath, 'run', '--keep', '--no-install', '--suite', ...suites]);
-  return { ...r, summary: latestSummary(reports) };
-}
+const runSuites = (suites: string[]) => runInstalled(cfgPath, reports, suites);
 
 beforeAll(async () => {
   nodes = await up(cfg);

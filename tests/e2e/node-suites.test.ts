@@ -9,7 +9,7 @@ import { openNode, type NodeAccess } from '../../harness/node.ts';
 import { restartContainerd } from '../../harness/installer.ts';
 import { down, install, up } from '../../bin/app.ts';
 import { cite, gardener, imageBuilder } from '../../suites/spec/index.ts';
-import { cli, failures, latestSummary, localCluster, scratch, sshNodeConfig, stateRoot, writeConfig } from './helpers.ts';
+import { cli, failures, latestSummary, localCluster, scratch, sshNodeConfig, stateRoot, writeConfig, runInstalled } from './helpers.ts';
 
 // The four node-level suites against a real local cluster: a namespaced node running
 // containerd 2.x + runsc + containerd-shim-runsc-v1 (pool "gvisor") and a Debian node booted by
@@ -37,10 +37,7 @@ let gv: NodeAccess;
 let sd: NodeAccess;
 
 /** `gvisor-e2e run` against the running cluster, without re-installing. */
-function runSuites(suites: string[], config = cfgPath) {
-  const r = cli(['--config', config, 'run', '--keep', '--no-install', '--suite', ...suites]);
-  return { ...r, summary: latestSummary(reports) };
-}
+const runSuites = (suites: string[], config = cfgPath) => runInstalled(config, reports, suites);
 
 async function sh(node: NodeAccess, cmd: string): Promise<void> {
   const r = await node.exec(cmd);

@@ -6,7 +6,7 @@ import { parseConfig } from '../../clusters/index.ts';
 import { INSTALL_RULES, type InstallRules } from '../../harness/installer.ts';
 import { down, install, up } from '../../bin/app.ts';
 import { cite, gardener, imageBuilder } from '../../suites/spec/index.ts';
-import { cli, expectLocalClusterGone, failures, latestSummary, localCluster, scratch, writeConfig } from './helpers.ts';
+import { cli, expectLocalClusterGone, failures, latestSummary, localCluster, scratch, writeConfig, runInstalled } from './helpers.ts';
 
 // One host node in the gVisor pool, net-raw "false" and containerd.enableLimitNoFile true. The
 // cluster is installed with the installer's own rules (the suites pass), then with a wrong rule
@@ -28,15 +28,9 @@ let nodes: NodeConfig[] = [];
 let isDown = false;
 
 /** The `install` verb with an injected rule object. */
-async function installWith(rules: InstallRules): Promise<void> {
-  await install(cfg, nodes, rules);
-}
-
+const installWith = (rules: InstallRules) => install(cfg, nodes, rules);
 /** `gvisor-e2e run` against the running cluster, without re-installing. */
-function runSuites(suites: string[]) {
-  const r = cli(['--config', cfgPath, 'run', '--keep', '--no-install', '--suite', ...suites]);
-  return { ...r, summary: latestSummary(reports) };
-}
+const runSuites = (suites: string[]) => runInstalled(cfgPath, reports, suites);
 
 beforeAll(async () => {
   nodes = await up(cfg);
