@@ -9,7 +9,6 @@ import { type Config, type NodeConfig, type SuiteName, durationMs, SUITE_NEEDS }
 import { CriClient } from './cri.ts';
 import { InfrastructureError } from './errors.ts';
 // What the suites expect comes from the written spec, never from the installer's own rules.
-import { cite, expectedNetRaw, gardener } from '../suites/spec/index.ts';
 import { NoNodeAccess, openNode, type NodeAccess } from './node.ts';
 import { SandboxStartError, runOneShot, type OneShotResult } from './sandbox.ts';
 // Types only: the Kubernetes client (~80 MB per process) is loaded when a run has a cluster API.
@@ -48,9 +47,9 @@ export class CheckFailed extends Error {
   override readonly name = 'AssertionError';
 }
 
-/** Fails the check with `message`; with a spec rule, the message also names where upstream states it. */
-export function check(ok: unknown, message: string, rule?: { source: string }): asserts ok {
-  if (!ok) throw new CheckFailed(rule ? `${message}${cite(rule)}` : message);
+/** Fails the check with `message` (suites/context.ts adds where upstream states the rule). */
+export function check(ok: unknown, message: string): asserts ok {
+  if (!ok) throw new CheckFailed(message);
 }
 
 /** Annotation type under which each pod a check created travels to the report (see report.ts). */
@@ -69,7 +68,11 @@ export async function recordPod(r: PodRecord): Promise<void> {
   await TestRunner.getCurrentTest()?.context.annotate(JSON.stringify(r), POD_ANNOTATION);
 }
 
-export class SuiteContext {
+/**
+ * The framework side of a suite. What the suite expects (which pools get gVisor, net-raw) is not the
+ * harness's to say: suites/context.ts answers it from the conformance spec.
+ */
+export abstract class SuiteContext {
   private access = new Map<string, NodeAccess>();
   private cris = new Map<string, Promise<CriClient>>();
   readonly plan: RunPlan;
@@ -101,15 +104,16 @@ export class SuiteContext {
   get nodes(): NodeConfig[] {
     return this.plan.nodes;
   }
+  /** Whether nodes of `pool` run gVisor. */
+  protected abstract onGVisorPool(pool: string): boolean;
+  /** net-raw as the sandbox should have it. */
+  abstract get netRaw(): 'true' | 'false';
+
   get gvisorNodes(): NodeConfig[] {
-    return this.plan.nodes.filter((n) => gardener.gvisorOnPool(this.gvisor.pools, n.pool));
+    return this.plan.nodes.filter((n) => this.onGVisorPool(n.pool));
   }
   get otherNodes(): NodeConfig[] {
-    return this.plan.nodes.filter((n) => !gardener.gvisorOnPool(this.gvisor.pools, n.pool));
-  }
-  /** net-raw as the spec expects it for the configured configFlags (gardener.runscFlags). */
-  get netRaw(): 'true' | 'false' {
-    return expectedNetRaw(this.config);
+    return this.plan.nodes.filter((n) => !this.onGVisorPool(n.pool));
   }
 
   node(n: NodeConfig): NodeAccess {

@@ -1,7 +1,7 @@
 import { afterAll } from 'vitest';
 import { readNodeFile, type NodeAccess } from '../../harness/node.ts';
 import { parseNofile, parseSystemdLimit } from '../../harness/probes.ts';
-import { SuiteContext, check } from '../../harness/suite.ts';
+import { SuiteContext, check } from '../context.ts';
 import { imageBuilder, nodeOsFamily } from '../spec/index.ts';
 
 // image-builder caps containerd's LimitNOFILE at 1048576 with a systemd drop-in on Flatcar and

@@ -1,7 +1,7 @@
 import { afterAll } from 'vitest';
 import { readNodeFile } from '../../harness/node.ts';
 import { NET_RAW_PROBE, parseNetRawProbe } from '../../harness/probes.ts';
-import { SuiteContext, check } from '../../harness/suite.ts';
+import { SuiteContext, check } from '../context.ts';
 import { gardener, parseTomlFile, runscConfigOf } from '../spec/index.ts';
 
 // With net-raw off (gVisor's default) the sandboxed app has no CAP_NET_RAW, so ping cannot open

@@ -1,6 +1,6 @@
 import { afterAll } from 'vitest';
 import { readNodeFile, sh } from '../../harness/node.ts';
-import { SuiteContext, check } from '../../harness/suite.ts';
+import { SuiteContext, check } from '../context.ts';
 import { gardener, imageBuilder, parseTomlFile, runscConfigOf, runtimeTable, type Toml } from '../spec/index.ts';
 
 // Each describe block is one node (its title is the node name, which the report uses).

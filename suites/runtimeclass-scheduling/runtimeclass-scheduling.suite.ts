@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, it } from 'vitest';
 import { api, createRunNamespace, kubeConfig, privilegeOf, runPodToCompletion, testPod } from '../../harness/kube.ts';
 import { until } from '../../harness/wait.ts';
 import { NET_RAW_PROBE, parseNetRawProbe } from '../../harness/probes.ts';
-import { SuiteContext, check, recordPod } from '../../harness/suite.ts';
+import { SuiteContext, check, recordPod } from '../context.ts';
 import { gardener, imageBuilder } from '../spec/index.ts';
 
 // Through Kubernetes: a pod asking for the gVisor RuntimeClass lands only on the gVisor pool and

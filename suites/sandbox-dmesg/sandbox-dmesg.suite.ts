@@ -1,5 +1,5 @@
 import { afterAll } from 'vitest';
-import { SuiteContext, check } from '../../harness/suite.ts';
+import { SuiteContext, check } from '../context.ts';
 import { gardener, imageBuilder } from '../spec/index.ts';
 
 // gVisor's Sentry prints its own boot log to the sandbox's dmesg ("Starting gVisor..." …

@@ -17,6 +17,10 @@ describe('layers point one way', () => {
     expect(offenders).toEqual([]);
   });
 
+  it('harness/ imports nothing from suites/ (the suites and their spec sit above it)', () => {
+    expect(sources('harness').filter((f) => /from '(\.\.\/)+suites\//.test(readFileSync(join(ROOT, f), 'utf8')))).toEqual([]);
+  });
+
   it('clusters/ imports nothing from bin/', () => {
     expect(sources('clusters').filter((f) => /from '(\.\.\/)+bin\//.test(readFileSync(join(ROOT, f), 'utf8')))).toEqual([]);
   });
