@@ -1,7 +1,7 @@
 // The harness's own record of a cluster on this machine: <stateDir>/state.json, written atomically,
 // marked with the provider that owns it, and a lock so that a second run on the same cluster waits
 // (and says who holds it) instead of racing the first.
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmdirSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { homedir, hostname } from 'node:os';
 import { dirname, join } from 'node:path';
 import { InfrastructureError } from './errors.ts';
@@ -66,9 +66,35 @@ export class StateFile<T extends object> {
     writeFileAtomic(this.file, JSON.stringify({ owner: this.owner, ...s }, null, 2));
   }
 
-  /** Removes the whole state directory (only ever one the harness made for this cluster). */
+  /** Writes the record (and so the owner marker) before anything else goes into the directory. */
+  claim(initial: T): void {
+    if (this.read() === undefined) this.write(initial);
+  }
+
+  /**
+   * Removes the state directory, and everything in it, only while it holds this provider's record:
+   * a stateDir pointing at a directory the harness did not make (no record) loses nothing but an
+   * empty directory. Another provider's record is refused (read() says whose it is).
+   */
   remove(): void {
-    rmSync(this.dir, { recursive: true, force: true });
+    if (!existsSync(this.dir)) return;
+    let ours: boolean;
+    try {
+      ours = this.read() !== undefined;
+    } catch (e) {
+      // A record cut short (written before writes were atomic) is still ours by its name and place.
+      if (!(e instanceof SyntaxError)) throw e;
+      ours = true;
+    }
+    if (ours) {
+      rmSync(this.dir, { recursive: true, force: true });
+      return;
+    }
+    try {
+      rmdirSync(this.dir);
+    } catch {
+      log('warn', `${this.dir} holds no gvisor-e2e record (${this.file}) and is not empty: left as it is`);
+    }
   }
 }
 

@@ -150,7 +150,8 @@ export class ExistingProvider extends BaseProvider<ExistingCluster> {
   override kubeconfig(): string {
     if (!this.spec.context) return this.spec.kubeconfig;
     const kc = this.load();
-    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    // The record first: `down` removes the state directory (and this copy) only while it holds it.
+    this.state.claim(this.readState());
     writeFileSync(this.contextKubeconfig, kc.exportConfig(), { mode: 0o600 });
     return this.contextKubeconfig;
   }

@@ -219,13 +219,13 @@ export class KindProvider extends BaseProvider<KindCluster> {
 
     const configFile = join(this.dir, 'kind-config.yaml');
     const kubeconfig = join(this.dir, 'kubeconfig');
-    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    // Recorded before anything is made (the directory's owner marker too), so that `down` after a
+    // crash still deletes the cluster and removes only a directory that holds this record.
+    const state: State = { provider: 'kind', cluster: this.spec.name, kubeconfig, nodes: workers };
+    this.state.write(state);
     writeFileSync(configFile, renderKindConfig(this.cfg));
     // kind writes credentials into the kubeconfig: create it private before kind fills it.
     writeFileSync(kubeconfig, '', { mode: 0o600 });
-    // Recorded before creating, so that `down` after a crash still deletes the cluster.
-    const state: State = { provider: 'kind', cluster: this.spec.name, kubeconfig, nodes: workers };
-    this.state.write(state);
     try {
       const wait = this.spec.wait;
       await step(`kind create cluster "${this.spec.name}" (${workers.length} workers, ${this.spec.nodeImage})`, () =>

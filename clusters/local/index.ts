@@ -152,11 +152,12 @@ export class LocalProvider extends BaseProvider<LocalCluster> {
       await this.down();
     }
     try {
+      // The record (with its owner marker) first: `down` removes the directory only while it holds it.
+      const state: State = { cluster: this.spec.name, nodes: [] };
+      this.writeState(state);
       mkdirSync(join(this.dir, 'ssh'), { recursive: true, mode: 0o700 });
       runSync(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', `gvisor-e2e-${this.spec.name}`, '-f', this.keyPath]);
       const pub = readFileSync(`${this.keyPath}.pub`, 'utf8');
-      const state: State = { cluster: this.spec.name, nodes: [] };
-      this.writeState(state);
       const image = await buildTestImage();
       const needHost = wanted.some((w) => w.pool.kind === 'host');
       const needSystemd = wanted.some((w) => w.pool.kind === 'systemd');

@@ -1,6 +1,6 @@
 // The state file helper and the cluster lock: atomic writes, the owner marker, who holds a lock.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -36,6 +36,29 @@ describe('StateFile', () => {
     const local = new StateFile(d, { provider: 'local', cluster: 'legacy' }, (s) => s.provider === undefined);
     expect(kind.read()).toMatchObject({ nodes: [] });
     expect(() => local.read()).toThrow(/belongs to another provider's cluster "legacy"/);
+  });
+
+  it("remove() takes the directory only while it holds this provider's record", () => {
+    const d = join(dir, 'rm');
+    const f = new StateFile<{ n: number }>(d, { provider: 'local', cluster: 'rm' });
+    f.claim({ n: 1 });
+    writeFileSync(join(d, 'made-by-us'), 'x');
+    f.remove();
+    expect(existsSync(d)).toBe(false);
+    // A stateDir pointing at a directory the harness did not make: nothing in it is touched.
+    mkdirSync(d);
+    writeFileSync(join(d, 'users-file'), 'keep');
+    f.remove();
+    expect(readFileSync(join(d, 'users-file'), 'utf8')).toBe('keep');
+    // Another provider's record is refused, not removed.
+    new StateFile(d, { provider: 'kind', cluster: 'rm' }).write({});
+    expect(() => f.remove()).toThrow(/belongs to another provider's cluster/);
+    expect(existsSync(join(d, 'users-file'))).toBe(true);
+    rmSync(d, { recursive: true });
+    // An empty directory without a record goes.
+    mkdirSync(d);
+    f.remove();
+    expect(existsSync(d)).toBe(false);
   });
 
   it('writeFileAtomic replaces the whole file or nothing', () => {
