@@ -12,7 +12,7 @@ import { type Config, type NodeConfig, type SuiteName, chooseSuites, effectiveRu
 import { ConfigError } from '../harness/errors.ts';
 import { applyImageBuilderVars, loadImageBuilderVars } from '../harness/imagebuilder.ts';
 import { buildTestImage, importTestImage, type TestImage } from '../harness/image.ts';
-import { INSTALL_RULES, installNode, isGVisorNode, type InstallRules } from '../harness/installer.ts';
+import { INSTALL_RULES, installNode, type InstallRules } from '../harness/installer.ts';
 import { log, step } from '../harness/log.ts';
 import { loadManifest } from '../harness/manifests.ts';
 import { mapLimit } from '../harness/map-limit.ts';
@@ -80,19 +80,21 @@ function installWith(provider: ClusterProvider, cfg: Config, nodes: NodeConfig[]
 async function installNodes(provider: ClusterProvider, cfg: Config, nodes: NodeConfig[], rules: InstallRules): Promise<InstallOutcome> {
   effectiveRunscFlags(cfg.gvisor.configFlags); // warns once about ignored flags
   const { installsNodes, kubernetesApi } = provider.info().capabilities;
-  const bins = installsNodes && nodes.some((n) => isGVisorNode(cfg, n)) ? await gvisorBinaries(cfg.gvisor) : undefined;
+  // The same rule that decides where gVisor goes decides whether its binaries are needed.
+  const gvisorNode = (n: NodeConfig) => rules.gvisorNode(cfg, n);
+  const bins = installsNodes && nodes.some(gvisorNode) ? await gvisorBinaries(cfg.gvisor) : undefined;
   const image = await step('build the busybox test image', () => buildTestImage());
   // Install only where the cluster lets the harness install, and only where it can reach the node.
   const unreachable = nodes.filter((n) => n.access.type === 'api');
-  if (installsNodes && unreachable.some((n) => isGVisorNode(cfg, n))) {
-    const names = unreachable.filter((n) => isGVisorNode(cfg, n)).map((n) => n.name);
+  if (installsNodes && unreachable.some(gvisorNode)) {
+    const names = unreachable.filter(gvisorNode).map((n) => n.name);
     throw new ConfigError('config', [{ path: 'cluster.nodes', message: `install: true needs SSH access to every gVisor-pool node; none for ${names.join(', ')}` }]);
   }
   if (unreachable.length) log('info', `not reachable except through the API (nothing installed, test image not imported): ${unreachable.map((n) => n.name).join(', ')}`);
   await mapLimit(nodes.filter((n) => n.access.type !== 'api'), 4, async (n) => {
     const node = openNode(n);
     try {
-      await step(`${installsNodes ? 'install on' : 'import the test image on'} ${n.name} (pool ${n.pool}${isGVisorNode(cfg, n) ? ', gVisor' : ''})`, async () => {
+      await step(`${installsNodes ? 'install on' : 'import the test image on'} ${n.name} (pool ${n.pool}${gvisorNode(n) ? ', gVisor' : ''})`, async () => {
         if (installsNodes) {
           const r = await installNode(node, cfg, bins, rules);
           log('info', `[${n.name}] ${r.changed.length ? `changed: ${r.changed.join(', ')}` : 'already up to date'} (os ${r.facts.osFamily}${r.facts.systemd ? ', systemd' : ''})`);

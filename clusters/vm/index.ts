@@ -322,12 +322,18 @@ export class VmProvider extends BaseProvider<VmCluster> {
     return nodes;
   }
 
+  /** Set once this provider undid the install (the verb's uninstall and `down`'s own need it once). */
+  private uninstalled = false;
+
   /** The install comes off before `down` removes the containerd it was made for. */
   override async uninstall(): Promise<void> {
+    if (this.uninstalled) return;
     await uninstallHosts(this.cfg, this.nodes());
+    this.uninstalled = true;
   }
 
   async down(): Promise<void> {
+    // Also with --keep-install: the install cannot outlive the containerd it was made for.
     await this.uninstall();
     await Promise.all(this.nodes().map(async (n) => {
       const node = new SshNode(n);
@@ -357,16 +363,9 @@ export class VmProvider extends BaseProvider<VmCluster> {
   }
 }
 
-export interface HostFinding {
-  check: string;
-  ok: boolean;
-  detail: string;
-  fix?: string;
-}
-
 /** What `doctor` says about each host: key files, pinned host key, SSH, systemd, containerd. */
-export async function vmDoctor(spec: VmCluster): Promise<HostFinding[]> {
-  const f: HostFinding[] = [];
+export async function vmDoctor(spec: VmCluster): Promise<Finding[]> {
+  const f: Finding[] = [];
   for (const h of spec.hosts) {
     const at = `${h.user}@${h.address}:${h.port}`;
     const keyOk = existsSync(h.privateKeyPath);
