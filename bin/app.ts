@@ -182,7 +182,7 @@ export async function run(cfg: Config, opts: RunOptions = {}): Promise<RunSummar
  */
 export async function repro(base: Config, source: string, manifest: string, opts: { imageBuilder?: string; keep?: boolean }): Promise<RunSummary> {
   const made = reproConfig(base);
-  if (!made || !capabilitiesOf(base).reshapesPools) {
+  if (!made) {
     throw new ConfigError(source, [{ path: 'cluster.provider', message: `repro makes a cluster from the manifest's pools, which provider "${base.cluster.provider}" cannot (it needs ${CAPABILITY_NAMES.reshapesPools}; use provider "local")` }]);
   }
   let cfg = applyManifest(made, loadManifest(manifest));

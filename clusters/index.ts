@@ -69,8 +69,8 @@ export function applyManifest<C extends Config>(cfg: C, spec: GVisorSpec): C {
   return out;
 }
 
-/** The config `repro` runs: this provider's cluster made from a manifest, or undefined where it cannot. */
+/** The config `repro` runs: this provider's cluster made from a manifest, or undefined where it cannot (no `reshapesPools`). */
 export function reproConfig<C extends Config>(cfg: C): C | undefined {
   const d = definitionOf(cfg.cluster);
-  return d.forRepro ? { ...cfg, cluster: d.forRepro(cfg.cluster) } : undefined;
+  return d.capabilities(cfg.cluster).reshapesPools && d.forRepro ? { ...cfg, cluster: d.forRepro(cfg.cluster) } : undefined;
 }

@@ -71,7 +71,7 @@ export type { CommandResult };
 /** Runs argv[0] with argv[1..]; never throws for a non-zero exit (tests inject a recorder). */
 export type Runner = (argv: string[], opts?: { timeoutMs?: number }) => Promise<CommandResult>;
 
-export const defaultRunner: Runner = (argv, opts = {}) => runCommand(argv, opts);
+export const defaultRunner: Runner = runCommand;
 
 /** kind's own error (from its "ERROR:" line on), without its progress lines and warnings. */
 export function kindError(r: CommandResult): string {
