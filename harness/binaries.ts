@@ -1,6 +1,6 @@
-import { runCommand } from './process.ts';
+import { runCommand, runSync } from './process.ts';
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { GVisorConfig } from './config.ts';
@@ -20,8 +20,27 @@ export function cacheRoot(): string {
 export interface GVisorBinaries {
   runsc: string;
   shim: string;
+  /**
+   * runsc's sidecar binaries (gVisor 2026+), by file name: they go into `gvisor-bin/` next to runsc
+   * (runsc/gvisorbinaries/gvisorbinaries.go). Empty for a release or directory without them.
+   */
+  sidecars: Record<string, string>;
   /** What `runsc --version` must report on the nodes. */
   expectedVersion: string;
+}
+
+/** The sidecars' directory, next to runsc (gvisorbinaries.go: binDirName). */
+export const SIDECAR_DIR = 'gvisor-bin';
+
+/** The sidecar files in a local `gvisor-bin/` directory (regular files only), or none. */
+export function sidecarsIn(dir: string): Record<string, string> {
+  const bin = join(dir, SIDECAR_DIR);
+  if (!existsSync(bin)) return {};
+  return Object.fromEntries(
+    readdirSync(bin, { withFileTypes: true })
+      .filter((e) => e.isFile())
+      .map((e) => [e.name, join(bin, e.name)]),
+  );
 }
 
 /** The environment for building upstream Go modules: static binaries; go.sum lines recorded as needed. */
@@ -40,11 +59,14 @@ export async function go(workDir: string | undefined, args: string[]): Promise<s
 }
 
 interface GoBuild {
-  /** Output file name in the cache entry. */
+  /** Output file name in the cache entry (may be in a subdirectory). */
   name: string;
+  /** The package to build; with `main`, a package of the wrapper module holding that source. */
   pkg: string;
   ldflags: string;
   tags?: string;
+  /** A small wrapper main (Go source), for upstream binaries whose main is a Bazel target only. */
+  main?: string;
 }
 
 /**
@@ -61,7 +83,12 @@ async function buildIntoCache(title: string, entry: string, get: string[], build
       await go(work, ['get', ...get]);
       const out = join(work, 'out');
       for (const b of builds) {
-        await go(work, ['build', ...(b.tags ? ['-tags', b.tags] : []), '-trimpath', '-ldflags', b.ldflags, '-o', join(out, b.name), b.pkg]);
+        mkdirSync(dirname(join(out, b.name)), { recursive: true });
+        if (b.main) {
+          mkdirSync(join(work, b.pkg), { recursive: true });
+          writeFileSync(join(work, b.pkg, 'main.go'), b.main);
+        }
+        await go(work, ['build', ...(b.tags ? ['-tags', b.tags] : []), '-trimpath', '-ldflags', b.ldflags, '-o', join(out, b.name), b.main ? `./${b.pkg}` : b.pkg]);
       }
       mkdirSync(dirname(dir), { recursive: true });
       rmSync(dir, { recursive: true, force: true });
@@ -73,18 +100,48 @@ async function buildIntoCache(title: string, entry: string, get: string[], build
   return dir;
 }
 
-/** Builds runsc and containerd-shim-runsc-v1 from the gvisor.dev/gvisor module (about 2 min on 2 cores). */
-export async function buildGVisor(version = GVISOR_MODULE_VERSION): Promise<GVisorBinaries> {
+/**
+ * The sidecars the gvisor.dev/gvisor Go module can build. Upstream, each is a Bazel target whose main
+ * is not in the module; the wrapper main calls the entry point upstream's does (cli.Run with the
+ * sidecar's identity and its subcommands, as runsc/cli/maincli does for runsc). The others cannot
+ * be built from the module: gvisor-sentry-prewarmer is C, and the commands of checkpointgofer and
+ * runsc-metric-server are not in it. Without them runsc starts without the prewarmer and uses its
+ * embedded checkpointgofer, and the runsc-installation suite says so in the report.
+ */
+const SIDECAR_MAINS: Record<string, string> = {
+  gvisor_sentry: `package main
+
+import (
+	"gvisor.dev/gvisor/runsc/cli"
+	"gvisor.dev/gvisor/runsc/cmd/sentry/sentrycmd"
+	"gvisor.dev/gvisor/runsc/cmd/util"
+	"gvisor.dev/gvisor/runsc/gvisorbinaries"
+)
+
+func main() {
+	cli.Run(&gvisorbinaries.GvisorSentry, map[util.SubCommand]string{new(sentrycmd.Boot): "", new(sentrycmd.Umount): ""}, nil)
+}
+`,
+};
+
+/**
+ * Builds runsc, containerd-shim-runsc-v1 and the sidecar it can (gvisor-bin/gvisor_sentry)
+ * from the gvisor.dev/gvisor module (about 4 min on 2 cores). `label` is the version the binaries report
+ * (default: the module version); all of them carry the same one, as one release's do.
+ */
+export async function buildGVisor(version = GVISOR_MODULE_VERSION, label = version): Promise<GVisorBinaries> {
+  const ldflags = `-s -w -X gvisor.dev/gvisor/runsc/version.version=${label}`;
   const dir = await buildIntoCache(
-    `build runsc + containerd-shim-runsc-v1 ${version} from the gvisor.dev/gvisor Go module`,
-    join('gvisor', version),
+    `build runsc + containerd-shim-runsc-v1 + sidecars ${version}${label === version ? '' : ` (labelled ${label})`} from the gvisor.dev/gvisor Go module`,
+    join('gvisor', label === version ? version : `${version}+${label}`),
     [`gvisor.dev/gvisor/runsc@${version}`, `gvisor.dev/gvisor/shim@${version}`],
     [
-      { name: 'runsc', pkg: 'gvisor.dev/gvisor/runsc', ldflags: `-s -w -X gvisor.dev/gvisor/runsc/version.version=${version}` },
+      { name: 'runsc', pkg: 'gvisor.dev/gvisor/runsc', ldflags },
       { name: 'containerd-shim-runsc-v1', pkg: 'gvisor.dev/gvisor/shim', ldflags: '-s -w' },
+      ...Object.entries(SIDECAR_MAINS).map(([name, main]) => ({ name: `${SIDECAR_DIR}/${name}`, pkg: `sidecar/${name.replace(/-/g, '_')}`, ldflags, main })),
     ],
   );
-  return { runsc: join(dir, 'runsc'), shim: join(dir, 'containerd-shim-runsc-v1'), expectedVersion: version };
+  return { runsc: join(dir, 'runsc'), shim: join(dir, 'containerd-shim-runsc-v1'), sidecars: sidecarsIn(dir), expectedVersion: label };
 }
 
 /** Builds containerd and ctr from the containerd/v2 Go module (pure Go: no btrfs/devmapper/zfs snapshotters). */
@@ -111,40 +168,131 @@ export async function buildKind(version = KIND_VERSION): Promise<string> {
   return join(dir, 'kind');
 }
 
-const RELEASE_BASE = 'https://storage.googleapis.com/gvisor/releases/release';
+/** gVisor's release bucket (runsc/cmd/install_sidecars.go, releaseTarballURL). */
+export const RELEASE_BASE = 'https://storage.googleapis.com/gvisor/releases/release';
 
-/** Downloads a release like image-builder does (runsc + shim, each checked against its .sha512). */
-export async function downloadRelease(version: string): Promise<GVisorBinaries> {
+/**
+ * The layouts of a release directory, newest first. Since about 20260831 a release is one tarball
+ * (zstd and bz2, each with a .sha512) holding runsc, the shim and gvisor-bin/; before, runsc and the
+ * shim were loose files with a .sha512 each (what image-builder's role still fetches).
+ */
+export type ReleaseLayout = 'gvisor.tar.zstd' | 'gvisor.tar.bz2' | 'loose files';
+
+/** A release that was not there: every URL tried, per layout. */
+class NotFound extends Error {}
+
+/**
+ * Downloads a release (`latest` or a date yyyymmdd[.n]) from `base`, trying the tarball layout
+ * (zstd where this host can unpack it, then bz2) before the loose-file one, each file checked
+ * against its .sha512. Cached by version, except `latest`.
+ */
+export async function downloadRelease(version: string, base = RELEASE_BASE): Promise<GVisorBinaries & { layout: ReleaseLayout }> {
   if (version !== 'latest' && !/^\d{8}(\.\d+)?$/.test(version)) {
     throw new InfrastructureError(`gvisor.version "${version}" is not a release: expected "latest" or a date "yyyymmdd"`);
   }
   const arch = process.arch === 'arm64' ? 'aarch64' : 'x86_64';
-  const dir = join(cacheRoot(), 'gvisor-release', version);
-  const bins = { runsc: join(dir, 'runsc'), shim: join(dir, 'containerd-shim-runsc-v1'), expectedVersion: version === 'latest' ? '' : `release-${version}` };
-  if (version !== 'latest' && existsSync(bins.runsc) && existsSync(bins.shim)) return bins;
-  await step(`download gVisor release ${version}`, async () => {
-    mkdirSync(dir, { recursive: true });
-    for (const name of ['runsc', 'containerd-shim-runsc-v1']) {
-      const url = `${RELEASE_BASE}/${version}/${arch}/${name}`;
-      const [bin, sum] = await Promise.all([fetchBytes(url), fetchBytes(`${url}.sha512`)]);
-      const want = sum.toString('utf8').split(/\s+/)[0];
-      const got = createHash('sha512').update(bin).digest('hex');
-      if (want !== got) throw new InfrastructureError(`${url}: sha512 mismatch (expected ${want}, got ${got})`);
-      writeFileSync(join(dir, `${name}.tmp`), bin);
-      chmodSync(join(dir, `${name}.tmp`), 0o755);
-      renameSync(join(dir, `${name}.tmp`), join(dir, name));
+  const url = `${base.replace(/\/+$/, '')}/${version}/${arch}`;
+  // Keyed by the bucket too: a mirror's "20260914" is not necessarily the bucket's.
+  const dir = join(cacheRoot(), 'gvisor-release', createHash('sha256').update(base).digest('hex').slice(0, 12), version);
+  const expectedVersion = version === 'latest' ? '' : `release-${version}`;
+  const cached = (): (GVisorBinaries & { layout: ReleaseLayout }) | undefined => {
+    if (!existsSync(join(dir, 'runsc')) || !existsSync(join(dir, 'containerd-shim-runsc-v1')) || !existsSync(join(dir, 'layout'))) return undefined;
+    const layout = readFileSync(join(dir, 'layout'), 'utf8').trim() as ReleaseLayout;
+    return { runsc: join(dir, 'runsc'), shim: join(dir, 'containerd-shim-runsc-v1'), sidecars: sidecarsIn(dir), expectedVersion, layout };
+  };
+  if (version !== 'latest') {
+    const hit = cached();
+    if (hit) return hit;
+  }
+  const layouts: ReleaseLayout[] = [...(hasTool('zstd') ? (['gvisor.tar.zstd'] as const) : []), 'gvisor.tar.bz2', 'loose files'];
+  const tried: string[] = [];
+  await step(`download gVisor release ${version} from ${url}`, async () => {
+    mkdirSync(dirname(dir), { recursive: true });
+    const work = mkdtempSync(join(dirname(dir), `.${version}.`));
+    try {
+      for (const layout of layouts) {
+        try {
+          if (layout === 'loose files') {
+            for (const name of ['runsc', 'containerd-shim-runsc-v1']) {
+              writeFileSync(join(work, name), await fetchVerified(`${url}/${name}`), { mode: 0o755 });
+            }
+          } else {
+            const tarball = join(work, layout);
+            writeFileSync(tarball, await fetchVerified(`${url}/${layout}`));
+            await unpackRelease(tarball, work, `${url}/${layout}`);
+            rmSync(tarball);
+          }
+          writeFileSync(join(work, 'layout'), `${layout}\n`);
+          rmSync(dir, { recursive: true, force: true });
+          renameSync(work, dir);
+          return;
+        } catch (e) {
+          if (!(e instanceof NotFound)) throw e;
+          tried.push(`${layout} (${e.message})`);
+        }
+      }
+      throw new InfrastructureError(`gVisor release ${version} was not found at ${url}: tried ${tried.join('; ')}`);
+    } finally {
+      rmSync(work, { recursive: true, force: true });
     }
   });
-  return bins;
+  return cached()!;
+}
+
+function hasTool(name: string): boolean {
+  try {
+    runSync(['sh', '-c', `command -v ${name}`]);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Downloads url and its url.sha512 and checks one against the other. A 404 of either is NotFound. */
+async function fetchVerified(url: string): Promise<Buffer> {
+  const [bin, sum] = await Promise.all([fetchBytes(url), fetchBytes(`${url}.sha512`)]);
+  const want = sum.toString('utf8').trim().split(/\s+/)[0]?.toLowerCase() ?? '';
+  const got = createHash('sha512').update(bin).digest('hex');
+  if (want !== got) throw new InfrastructureError(`${url}: sha512 mismatch: ${url}.sha512 says ${want || '(empty)'}, the download is ${got}`);
+  return bin;
+}
+
+/**
+ * Unpacks runsc, the shim and gvisor-bin/* from a release tarball into dir. GNU tar does the work
+ * (Node 20 has neither zstd nor bzip2, and tar is on every host that has the decompressor); its
+ * members are listed first, and anything but those regular files (paths with "..", links,
+ * devices) is refused, so a hostile tarball cannot write outside dir.
+ */
+async function unpackRelease(tarball: string, dir: string, url: string): Promise<void> {
+  const z = tarball.endsWith('.zstd') ? '--zstd' : '--bzip2';
+  const list = await runCommand(['tar', z, '-tvf', tarball], { timeoutMs: 300_000 });
+  if (list.code !== 0) throw new InfrastructureError(`${url}: not a readable tarball: ${list.stderr.trim().slice(-400)}`);
+  const wanted: string[] = [];
+  for (const line of list.stdout.split('\n').filter(Boolean)) {
+    const name = line.split(/\s+/).slice(5).join(' ');
+    const clean = name.replace(/^\.\//, '');
+    if (line.startsWith('d') || clean === '') continue;
+    const ok = clean === 'runsc' || clean === 'containerd-shim-runsc-v1' || new RegExp(`^${SIDECAR_DIR}/[A-Za-z0-9_.-]+$`).test(clean);
+    if (!ok) continue;
+    if (!line.startsWith('-')) throw new InfrastructureError(`${url}: member ${name} is not a regular file (${line.slice(0, 10)}); refusing the release`);
+    wanted.push(name);
+  }
+  for (const need of ['runsc', 'containerd-shim-runsc-v1']) {
+    if (!wanted.some((w) => w.replace(/^\.\//, '') === need)) throw new InfrastructureError(`${url}: the tarball has no ${need}`);
+  }
+  const r = await runCommand(['tar', z, '-xf', tarball, '-C', dir, '--no-same-owner', '--no-same-permissions', '--', ...wanted], { timeoutMs: 300_000 });
+  if (r.code !== 0) throw new InfrastructureError(`${url}: unpacking failed: ${r.stderr.trim().slice(-400)}`);
+  for (const w of wanted) chmodSync(join(dir, w), 0o755);
 }
 
 async function fetchBytes(url: string): Promise<Buffer> {
   let res: Response;
   try {
-    res = await fetch(url, { signal: AbortSignal.timeout(120_000) });
+    res = await fetch(url, { signal: AbortSignal.timeout(300_000) });
   } catch (e) {
     throw new InfrastructureError(`cannot download ${url}: ${(e as Error).message}`);
   }
+  if (res.status === 404) throw new NotFound(`${url}: HTTP 404`);
   if (!res.ok) throw new InfrastructureError(`cannot download ${url}: HTTP ${res.status}`);
   return Buffer.from(await res.arrayBuffer());
 }
@@ -155,12 +303,12 @@ export async function gvisorBinaries(g: GVisorConfig): Promise<GVisorBinaries> {
     case 'build':
       return buildGVisor(g.version === 'latest' ? GVISOR_MODULE_VERSION : g.version);
     case 'release':
-      return downloadRelease(g.version);
+      return downloadRelease(g.version, g.source.url);
     case 'dir': {
       const runsc = join(g.source.path, 'runsc');
       const shim = join(g.source.path, 'containerd-shim-runsc-v1');
       if (!existsSync(runsc)) throw new InfrastructureError(`gvisor.source.path: ${runsc} does not exist`);
-      return { runsc, shim, expectedVersion: g.version === 'latest' ? '' : g.version };
+      return { runsc, shim, sidecars: sidecarsIn(g.source.path), expectedVersion: g.version === 'latest' ? '' : g.version };
     }
   }
 }

@@ -73,7 +73,13 @@ const gvisorSource = z.discriminatedUnion('type', [
   /** Use binaries from a directory on the harness host (runsc, containerd-shim-runsc-v1). */
   z.object({ type: z.literal('dir'), path: z.string().min(1) }).strict(),
   /** Download a dated release (yyyymmdd) or "latest" from gVisor's release bucket, sha512-checked. */
-  z.object({ type: z.literal('release') }).strict(),
+  z
+    .object({
+      type: z.literal('release'),
+      /** A mirror of the bucket (default https://storage.googleapis.com/gvisor/releases/release), laid out as the bucket is: <url>/<version>/<arch>/…. */
+      url: z.string().regex(/^https?:\/\/[^\s]+$/, 'an http(s) URL').optional(),
+    })
+    .strict(),
 ]);
 
 const gvisorSchema = z

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import type { GVisorBinaries } from './binaries.ts';
+import { SIDECAR_DIR, type GVisorBinaries } from './binaries.ts';
 import { type Config, type NodeConfig, type RunscFlags, durationMs, effectiveRunscFlags } from './config.ts';
 import { InfrastructureError } from './errors.ts';
 import { NodeJournal } from './journal.ts';
@@ -93,6 +93,8 @@ export async function installNode(node: NodeAccess, cfg: Config, bins: GVisorBin
     if (!bins) throw new InfrastructureError('gVisor binaries are needed to install a gVisor pool node');
     await put(`${g.binaryPath}/runsc`, readFileSync(bins.runsc), '0755');
     if (g.shim === 'runsc') await put(`${g.binaryPath}/containerd-shim-runsc-v1`, readFileSync(bins.shim), '0755');
+    // runsc finds its sidecars in gvisor-bin/ next to itself (gVisor 2026+; runsc/gvisorbinaries).
+    for (const [name, file] of Object.entries(bins.sidecars)) await put(`${g.binaryPath}/${SIDECAR_DIR}/${name}`, readFileSync(file), '0755');
     await put(p.runscConfig, renderRunscToml(rules.runscFlags(g.configFlags)), '0644');
   }
 

@@ -19,6 +19,8 @@ export interface CheckResult {
   durationMs: number;
   message?: string;
   notes: string[];
+  /** What the check found worth fixing that does not fail it (e.g. a deprecated fallback runsc runs on). */
+  warnings: string[];
   /** Attempts made (more than 1 with --retries). */
   attempts: number;
 }
@@ -55,6 +57,8 @@ export interface RunSummary {
 
 /** Must match suite.ts POD_ANNOTATION (not imported: suite.ts pulls in vitest's test API). */
 const POD_ANNOTATION = 'gvisor-e2e.pod';
+/** Must match suite.ts WARNING_ANNOTATION. */
+const WARNING_ANNOTATION = 'gvisor-e2e.warning';
 
 /** Errors that mean "the node answered wrong"; anything else means we could not ask. */
 const PRODUCT_ERRORS = new Set(['AssertionError', 'SandboxStartError', 'CriError', 'UnschedulableError']);
@@ -89,7 +93,7 @@ export function summarize(runId: string, cluster: string, startedAt: Date, modul
     const moduleErrors = m.errors();
     if (moduleErrors.length > 0) {
       // The suite could not even start (a node unreachable while collecting, a bad plan).
-      checks.push({ suite, node: '-', name: '(suite setup)', state: 'broken', durationMs: 0, message: redact(moduleErrors.map((e) => e.message).join('; ')), notes: [], attempts: 1 });
+      checks.push({ suite, node: '-', name: '(suite setup)', state: 'broken', durationMs: 0, message: redact(moduleErrors.map((e) => e.message).join('; ')), notes: [], warnings: [], attempts: 1 });
     }
     for (const t of m.children.allTests()) {
       const r = t.result();
@@ -105,8 +109,9 @@ export function summarize(runId: string, cluster: string, startedAt: Date, modul
           /* not ours */
         }
       }
-      const notes = annotations.filter((a) => a.type !== POD_ANNOTATION).map((a) => redact(a.message));
-      checks.push({ suite, node, name: t.name, state, durationMs: d?.duration ?? 0, message, notes, attempts: (d?.retryCount ?? 0) + 1 });
+      const notes = annotations.filter((a) => a.type !== POD_ANNOTATION && a.type !== WARNING_ANNOTATION).map((a) => redact(a.message));
+      const warnings = annotations.filter((a) => a.type === WARNING_ANNOTATION).map((a) => redact(a.message));
+      checks.push({ suite, node, name: t.name, state, durationMs: d?.duration ?? 0, message, notes, warnings, attempts: (d?.retryCount ?? 0) + 1 });
     }
   }
   for (const c of checks) {
@@ -147,7 +152,13 @@ export function table(summary: RunSummary): string {
   return t.toString();
 }
 
+/** The run's warnings, one line each (printed under the table: a passing run can still need work). */
+export function warningLines(summary: RunSummary): string[] {
+  return summary.checks.flatMap((c) => (c.warnings ?? []).map((w) => `WARNING \`${c.suite}\` [${c.node}] ${w.replace(/\n/g, ' ')}`));
+}
+
 export function markdown(summary: RunSummary): string {
+  const warnings = warningLines(summary);
   const lines = [
     `# gvisor-e2e run ${summary.runId}`,
     '',
@@ -174,6 +185,7 @@ export function markdown(summary: RunSummary): string {
       : `The checks created ${summary.pods.total} pod(s); these had more than least privilege:`,
     ...summary.pods.privileged.map((p) => `- \`${p.suite}\` [${p.node}] ${p.pod} (${p.handler}): ${p.privileged.join('; ')}`),
     '',
+    ...(warnings.length ? ['## Warnings', '', ...warnings.map((w) => `- ${w}`), ''] : []),
     '## Checks',
     '',
     ...summary.checks.map((c) => `- ${ICON[c.state]} \`${c.suite}\` [${c.node}] ${c.name}${c.message ? ` — ${c.message.replace(/\n/g, ' ')}` : ''}`),

@@ -8,7 +8,7 @@ import { startVitest } from 'vitest/node';
 import type { Capabilities } from './capabilities.ts';
 import { type Config, type NodeConfig, type SuiteName, durationMs } from './config.ts';
 import { log, step } from './log.ts';
-import { SummaryReporter, summarize, table, writeReports, type RunSummary } from './report.ts';
+import { SummaryReporter, summarize, table, warningLines, writeReports, type RunSummary } from './report.ts';
 import { newRunId, RunDir, writingReports } from './rundir.ts';
 import { PLAN_ENV, type RunPlan } from './suite.ts';
 import { ROOT_DIR } from './paths.ts';
@@ -76,6 +76,7 @@ export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteN
   const summary = summarize(run.runId, cfg.cluster.name, startedAt, reporter.modules, suites);
   // The verdict is printed before the reports are written, so a full disk does not hide it.
   process.stdout.write(`\n${table(summary)}\n`);
+  for (const w of warningLines(summary)) process.stdout.write(`${w}\n`);
   writingReports(run.dir, () => writeReports(run, summary));
   const html = await step('write HTML reports (Allure)', () => writeHtmlReports(run, summary.suites.map((s) => s.name)));
   run.markLatest();

@@ -63,6 +63,14 @@ export interface PodRecord {
   privileged: string[];
 }
 
+/** Annotation type of a warning: the check passes, and the report lists it under "Warnings". */
+export const WARNING_ANNOTATION = 'gvisor-e2e.warning';
+
+/** Warns in the report from the running check (it does not change the check's verdict). */
+export async function warn(message: string): Promise<void> {
+  await TestRunner.getCurrentTest()?.context.annotate(redact(message), WARNING_ANNOTATION);
+}
+
 /** Records a pod the running check created, so the report can list pods and name privileged ones. */
 export async function recordPod(r: PodRecord): Promise<void> {
   await TestRunner.getCurrentTest()?.context.annotate(JSON.stringify(r), POD_ANNOTATION);

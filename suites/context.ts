@@ -3,7 +3,7 @@
 import { check as fail, SuiteContext as HarnessSuiteContext } from '../harness/suite.ts';
 import { cite, expectedNetRaw, gardener } from './spec/index.ts';
 
-export { recordPod } from '../harness/suite.ts';
+export { recordPod, warn } from '../harness/suite.ts';
 
 export class SuiteContext extends HarnessSuiteContext {
   protected onGVisorPool(pool: string): boolean {

@@ -1,7 +1,8 @@
 import { afterAll } from 'vitest';
 import { readNodeFile, sh } from '../../harness/node.ts';
-import { SuiteContext, check } from '../context.ts';
-import { gardener, imageBuilder, parseTomlFile, runscConfigOf, runtimeTable, type Toml } from '../spec/index.ts';
+import { SuiteContext, check, warn } from '../context.ts';
+import { gardener, gvisor, imageBuilder, parseTomlFile, runscConfigOf, runtimeTable, type Toml } from '../spec/index.ts';
+import { judgeSidecars, type SidecarFacts, type SidecarFile } from './sidecars.ts';
 
 // Each describe block is one node (its title is the node name, which the report uses).
 // runsc and its shim are where the config says, run, report the expected version, and
@@ -25,6 +26,56 @@ async function containerdConfigText(n: (typeof ctx.nodes)[number]): Promise<stri
 
 async function containerdConfig(n: (typeof ctx.nodes)[number]): Promise<Toml> {
   return parseTomlFile(await containerdConfigText(n), n.paths.containerdConfig, n.name);
+}
+
+/** The value after "(default " in runsc's help for one flag of `runsc flags`, or undefined where runsc lacks the flag. */
+function flagDefault(help: string, flag: string): string | undefined {
+  const lines = help.split('\n');
+  const i = lines.findIndex((l) => new RegExp(`^\\s*-${flag}(\\s|$)`).test(l));
+  if (i < 0) return undefined;
+  const next = lines.findIndex((l, k) => k > i && /^\s*-[a-zA-Z]/.test(l));
+  const block = lines.slice(i, next < 0 ? undefined : next).join(' ');
+  return /\(default (\S+?)\)/.exec(block)?.[1] ?? '';
+}
+
+/** What runsc on node n is, how it is told to treat sidecars, and what its gvisor-bin/ holds (one command). */
+async function sidecarFacts(n: (typeof ctx.nodes)[number]): Promise<SidecarFacts> {
+  const names = gvisor.sidecars();
+  const node = ctx.node(n);
+  const head = await node.exec(
+    [
+      `r=${sh(runsc)}`,
+      'echo "version $("$r" --version 2>/dev/null | head -n1)"',
+      'if [ -d "$(dirname "$r")/gvisor-bin" ]; then echo "next 1"; else echo "next 0"; fi',
+      'echo "resolved $(readlink -f "$r")"',
+    ].join('\n'),
+  );
+  const kv = (k: string) => head.stdout.split('\n').find((l) => l.startsWith(`${k} `))?.slice(k.length + 1).trim() ?? '';
+  const runscVersion = /^runsc version (\S+)/.exec(kv('version'))?.[1] ?? kv('version');
+  const dir = gvisor.sidecarDir({ runsc, nextToPathIsDir: kv('next') === '1', resolvedRunsc: kv('resolved') || runsc });
+  const help = (await node.exec(`${sh(runsc)} flags 2>&1`)).stdout;
+  const toml = await readNodeFile(node, n.paths.runscConfig);
+  const conf = toml === undefined ? {} : runscConfigOf(parseTomlFile(toml, n.paths.runscConfig, n.name));
+  const files: SidecarFile[] = [];
+  for (const x of names) {
+    const f = `${dir}/${x.name}`;
+    const st = (await node.exec(`if [ ! -e ${sh(f)} ]; then echo missing; elif [ ! -f ${sh(f)} ]; then echo not-regular; elif [ ! -x ${sh(f)} ]; then echo not-executable; else echo ok; fi`)).stdout.trim() as SidecarFile['state'];
+    const file: SidecarFile = { name: x.name, state: st };
+    // Unset, not empty: the sidecar prints its label before it would check GVISOR_ENFORCE_RELEASE.
+    if (st === 'ok' && x.reportsVersion) file.version = (await node.exec(`env -u GVISOR_ENFORCE_RELEASE timeout 20 ${sh(f)} --version 2>/dev/null | head -n1`)).stdout.trim();
+    files.push(file);
+  }
+  const usage = flagDefault(help, 'sidecar-usage-policy');
+  const release = flagDefault(help, 'sidecar-release-enforcement-policy');
+  return {
+    node: n.name,
+    runsc,
+    runscVersion,
+    defaults: { usage: usage === undefined ? undefined : usage || 'DEFAULT', release: release === undefined ? undefined : release || 'IF_RELEASE_BUILD' },
+    configured: { usage: conf['sidecar-usage-policy'], release: conf['sidecar-release-enforcement-policy'] },
+    dir,
+    files,
+  };
 }
 
 ctx.eachNode(ctx.gvisorNodes, (n) => {
@@ -53,6 +104,14 @@ ctx.eachNode(ctx.gvisorNodes, (n) => {
     const r = await ctx.node(n).exec(`ldd ${sh(runsc)} 2>&1 || true`);
     const missing = r.stdout.split('\n').filter((l) => /not found/.test(l));
     check(missing.length === 0, `runsc on ${n.name} needs files that are not installed: ${missing.join('; ')}`);
+  });
+
+  ctx.test(n, `runsc's sidecar binaries are in gvisor-bin/ next to it, usable, from runsc's release`, async (t) => {
+    const facts = await sidecarFacts(n);
+    const v = judgeSidecars(facts);
+    if (v.notApplicable) return t.skip(v.notApplicable);
+    for (const w of v.warnings) await warn(w);
+    check(v.failures.length === 0, v.failures.join('; '));
   });
 
   if (g.shim === 'runsc') {

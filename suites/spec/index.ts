@@ -2,6 +2,7 @@
 
 import { parse as parseToml } from 'smol-toml';
 import * as gardener from './gardener.ts';
+import * as gvisor from './gvisor.ts';
 import * as imageBuilder from './image-builder.ts';
 import { at, type Toml } from './rule.ts';
 
@@ -9,7 +10,7 @@ import { at, type Toml } from './rule.ts';
 // in the installer must not also be the suites' expectation. tests/unit/spec.test.ts cross-checks
 // the two statements on the good cases.
 
-export { gardener, imageBuilder, at, type Toml };
+export { gardener, gvisor, imageBuilder, at, type Toml };
 export type { Rule } from './rule.ts';
 
 /** The suffix a failure message gets: where upstream states the rule that failed. */

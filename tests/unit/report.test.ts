@@ -112,9 +112,9 @@ const SUMMARY: RunSummary = {
     },
   ],
   checks: [
-    { suite: 'net-raw', node: 'node-1', name: 'ping works', state: 'passed', durationMs: 100, notes: [], attempts: 1 },
-    { suite: 'net-raw', node: 'node-1', name: 'ping is refused', state: 'failed', durationMs: 200, message: 'output a | b\nsecond line', notes: [], attempts: 1 },
-    { suite: 'sandbox-dmesg', node: 'node-2', name: 'boots', state: 'passed', durationMs: 300, notes: [], attempts: 1 },
+    { suite: 'net-raw', node: 'node-1', name: 'ping works', state: 'passed', durationMs: 100, notes: [], warnings: [], attempts: 1 },
+    { suite: 'net-raw', node: 'node-1', name: 'ping is refused', state: 'failed', durationMs: 200, message: 'output a | b\nsecond line', notes: [], warnings: [], attempts: 1 },
+    { suite: 'sandbox-dmesg', node: 'node-2', name: 'boots', state: 'passed', durationMs: 300, notes: [], warnings: [], attempts: 1 },
   ],
   pods: { total: 3, privileged: [] },
 };
