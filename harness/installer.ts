@@ -134,7 +134,9 @@ export async function installNode(node: NodeAccess, cfg: Config, bins: GVisorBin
 
 /** Restores every file the installer replaced and removes every file it created. */
 export async function uninstallNode(node: NodeAccess, cfg: Config): Promise<string[]> {
-  const undone = await (await NodeJournal.open(node, STATE_FILE, BACKUP_SUFFIX)).undo();
+  const journal = await NodeJournal.open(node, STATE_FILE, BACKUP_SUFFIX);
+  const undone = await journal.undo();
+  for (const k of journal.kept) log('warn', `[${node.name}] ${k.path}: ${k.why}`);
   // Records written before the journal kept its dirs: binaryPath and the record's own dir.
   await node.exec(`rmdir ${sh(cfg.gvisor.binaryPath)} "$(dirname ${sh(STATE_FILE)})" 2>/dev/null; true`);
   if (undone.length > 0) await restartContainerd(node, cfg);

@@ -11,6 +11,17 @@ export interface JournalRecord {
   replaced: { path: string; backup: string }[];
   /** Directories the harness made (removed on undo when empty). */
   dirs?: string[];
+  /**
+   * sha256 of what the harness writes to each path, recorded before it writes: undo restores or
+   * removes a file only while it still holds that (someone else's later edit is kept, and reported).
+   */
+  written?: Record<string, string>;
+}
+
+/** What undo left alone, and why: the caller reports it. */
+export interface KeptFile {
+  path: string;
+  why: string;
 }
 
 const sha256 = (b: string | Buffer) => createHash('sha256').update(b).digest('hex');
@@ -31,6 +42,8 @@ export class NodeJournal<X extends object = Record<never, never>> {
     /** A record was on the node already. */
     readonly existed: boolean,
   ) {}
+  /** Files the last undo() left alone, with the reason (the caller reports them). */
+  readonly kept: KeptFile[] = [];
   /** The record's directory exists, or its missing levels are recorded. */
   private stateDirKnown = false;
 
@@ -89,15 +102,16 @@ export class NodeJournal<X extends object = Record<never, never>> {
    */
   async put(path: string, content: string | Buffer, mode: string, opts: { once?: boolean } = {}): Promise<boolean> {
     if (opts.once && this.owns(path)) return false;
-    const r = await this.node.exec(`sha256sum ${sh(path)} 2>/dev/null`);
-    const current = r.code === 0 ? r.stdout.split(/\s+/)[0] : undefined;
-    if (current === sha256(content)) return false;
+    const current = await this.hashOf(path);
+    const want = sha256(content);
+    if (current === want) return false;
     // writeNodeFile makes the missing parents; they are recorded first.
     this.recordDirs(await this.missingDirs(parent(path)));
     if (!this.owns(path)) {
       if (current === undefined) this.record.created.push(path);
       else this.record.replaced.push({ path, backup: `${path}${this.backupSuffix}` });
     }
+    (this.record.written ??= {})[path] = want;
     await this.save();
     const backup = this.backupOf(path);
     // Taken only once: a backup missing here means a crash came after the record, before the copy,
@@ -125,13 +139,33 @@ export class NodeJournal<X extends object = Record<never, never>> {
    */
   async undo(also?: () => Promise<string[] | void>): Promise<string[]> {
     const undone: string[] = [];
+    const written = this.record.written ?? {};
+    // Records from before `written` existed have no hash: undone as they always were.
+    const ours = (path: string, current: string | undefined) => current === undefined || written[path] === undefined || current === written[path];
     for (const r of this.record.replaced) {
-      await mustExec(this.node, `if [ -f ${sh(r.backup)} ]; then mv -f ${sh(r.backup)} ${sh(r.path)}; fi`);
-      undone.push(r.path);
+      const current = await this.hashOf(r.path);
+      const backup = await this.hashOf(r.backup);
+      if (backup === undefined) {
+        // A crash between the record and the copy: the file was never replaced.
+      } else if (ours(r.path, current)) {
+        await mustExec(this.node, `mv -f ${sh(r.backup)} ${sh(r.path)}`);
+        undone.push(r.path);
+      } else if (current === backup) {
+        // A crash between the copy and the write: the file is still the original.
+        await mustExec(this.node, `rm -f ${sh(r.backup)}`);
+      } else {
+        this.kept.push({ path: r.path, why: `changed since gvisor-e2e wrote it; left as it is, the original is kept at ${r.backup}` });
+      }
     }
     for (const c of this.record.created) {
-      await mustExec(this.node, `rm -f ${sh(c)}`);
-      undone.push(c);
+      const current = await this.hashOf(c);
+      if (current === undefined) continue;
+      if (ours(c, current)) {
+        await mustExec(this.node, `rm -f ${sh(c)}`);
+        undone.push(c);
+      } else {
+        this.kept.push({ path: c, why: 'gvisor-e2e created it, but it changed since; left as it is' });
+      }
     }
     undone.push(...((await also?.()) ?? []));
     await mustExec(this.node, `rm -f ${sh(this.stateFile)}`);
@@ -139,8 +173,25 @@ export class NodeJournal<X extends object = Record<never, never>> {
     this.record.created = [];
     this.record.replaced = [];
     this.record.dirs = [];
+    this.record.written = {};
     this.stateDirKnown = false;
     return undone;
+  }
+
+  /**
+   * sha256 of a file, or undefined when there is no file. A file that is there but cannot be hashed
+   * (sha256sum missing or failing) is an error: taken for absent, it would be overwritten without a
+   * backup, and undo would delete the original.
+   */
+  private async hashOf(path: string): Promise<string | undefined> {
+    const r = await this.node.exec(`if [ -e ${sh(path)} ] || [ -L ${sh(path)} ]; then sha256sum ${sh(path)}; else echo absent; fi`);
+    const out = r.stdout.trim();
+    if (r.code === 0 && out === 'absent') return undefined;
+    const hash = out.split(/\s+/)[0] ?? '';
+    if (r.code !== 0 || !/^[0-9a-f]{64}$/.test(hash)) {
+      throw new InfrastructureError(`[${this.node.name}] cannot read ${path} to compare it (sha256sum exited ${r.code}: ${(r.stderr || out).trim().slice(0, 300) || 'no output'}); nothing was changed`);
+    }
+    return hash;
   }
 
   /** dir and each missing parent level, deepest first. */

@@ -171,4 +171,45 @@ describe('NodeJournal', () => {
     writeFileSync(stateFile, '{"created": [');
     await expect(NodeJournal.open(local, stateFile, SUFFIX)).rejects.toThrow(`[local-1] ${stateFile} is corrupt`);
   });
+
+  it('a file sha256sum cannot read is an error, not "absent": nothing is overwritten, and the original survives undo', async () => {
+    const f = join(root, 'etc/containerd/config.toml');
+    mkdirSync(join(root, 'etc/containerd'), { recursive: true });
+    writeFileSync(f, 'original\n');
+    // The node's shell, with a sha256sum that fails (missing coreutils, an I/O error).
+    const broken: NodeAccess = { ...crashingNode(/^$/), exec: (c: string, o?: ExecOptions) => local.exec(`sha256sum() { echo "sha256sum: I/O error" >&2; return 1; }\n${c}`, o) };
+    const j = await NodeJournal.open(broken, stateFile, SUFFIX);
+    await expect(j.put(f, 'rendered\n', '0644')).rejects.toThrow(`[local-1] cannot read ${f} to compare it (sha256sum exited 1: sha256sum: I/O error); nothing was changed`);
+    expect(readFileSync(f, 'utf8')).toBe('original\n');
+    expect(existsSync(stateFile) ? record().created : []).not.toContain(f);
+    await (await NodeJournal.open(local, stateFile, SUFFIX)).undo();
+    expect(readFileSync(f, 'utf8')).toBe('original\n');
+  });
+
+  it("undo keeps a file someone changed after the harness wrote it (and says so), and restores the rest", async () => {
+    const edited = join(root, 'etc/config.toml');
+    const created = join(root, 'etc/new.conf');
+    const untouched = join(root, 'etc/runsc.toml');
+    mkdirSync(join(root, 'etc'), { recursive: true });
+    writeFileSync(edited, 'original\n');
+    writeFileSync(untouched, 'original runsc\n');
+    const j = await NodeJournal.open(local, stateFile, SUFFIX);
+    await j.put(edited, 'ours\n', '0644');
+    await j.put(created, 'ours\n', '0644');
+    await j.put(untouched, 'ours runsc\n', '0644');
+    await j.save();
+    // Another tool edits two of them after install.
+    writeFileSync(edited, 'ours\nplus an operator edit\n');
+    writeFileSync(created, 'ours, edited\n');
+    const u = await NodeJournal.open(local, stateFile, SUFFIX);
+    expect(await u.undo()).toEqual([untouched]);
+    expect(readFileSync(untouched, 'utf8')).toBe('original runsc\n');
+    expect(readFileSync(edited, 'utf8')).toBe('ours\nplus an operator edit\n');
+    expect(readFileSync(`${edited}${SUFFIX}`, 'utf8')).toBe('original\n');
+    expect(readFileSync(created, 'utf8')).toBe('ours, edited\n');
+    expect(u.kept).toEqual([
+      { path: edited, why: `changed since gvisor-e2e wrote it; left as it is, the original is kept at ${edited}${SUFFIX}` },
+      { path: created, why: 'gvisor-e2e created it, but it changed since; left as it is' },
+    ]);
+  });
 });
