@@ -58,7 +58,7 @@ export async function go(workDir: string | undefined, args: string[]): Promise<s
   return r.stdout;
 }
 
-interface GoBuild {
+export interface GoBuild {
   /** Output file name in the cache entry (may be in a subdirectory). */
   name: string;
   /** The package to build; with `main`, a package of the wrapper module holding that source. */
@@ -73,7 +73,7 @@ interface GoBuild {
  * Builds binaries from upstream Go modules into <cacheRoot>/<entry>, in a throwaway wrapper module,
  * and renames the result into place as a whole: an interrupted build never leaves half an entry.
  */
-async function buildIntoCache(title: string, entry: string, get: string[], builds: GoBuild[]): Promise<string> {
+export async function buildIntoCache(title: string, entry: string, get: string[], builds: GoBuild[]): Promise<string> {
   const dir = join(cacheRoot(), entry);
   if (builds.every((b) => existsSync(join(dir, b.name)))) return dir;
   await step(title, async () => {
@@ -192,8 +192,7 @@ export async function downloadRelease(version: string, base = RELEASE_BASE): Pro
   }
   const arch = process.arch === 'arm64' ? 'aarch64' : 'x86_64';
   const url = `${base.replace(/\/+$/, '')}/${version}/${arch}`;
-  // Keyed by the bucket too: a mirror's "20260914" is not necessarily the bucket's.
-  const dir = join(cacheRoot(), 'gvisor-release', createHash('sha256').update(base).digest('hex').slice(0, 12), version);
+  const dir = join(releaseCacheDir(base), version);
   const expectedVersion = version === 'latest' ? '' : `release-${version}`;
   const cached = (): (GVisorBinaries & { layout: ReleaseLayout }) | undefined => {
     if (!existsSync(join(dir, 'runsc')) || !existsSync(join(dir, 'containerd-shim-runsc-v1')) || !existsSync(join(dir, 'layout'))) return undefined;
@@ -237,6 +236,11 @@ export async function downloadRelease(version: string, base = RELEASE_BASE): Pro
     }
   });
   return cached()!;
+}
+
+/** Where releases from `base` are cached: keyed by the bucket too, as a mirror's "20260914" is not necessarily the bucket's. */
+export function releaseCacheDir(base = RELEASE_BASE): string {
+  return join(cacheRoot(), 'gvisor-release', createHash('sha256').update(base).digest('hex').slice(0, 12));
 }
 
 function hasTool(name: string): boolean {

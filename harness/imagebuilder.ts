@@ -118,7 +118,8 @@ export function applyImageBuilderVars(cfg: Config, v: ImageBuilderVars, warn: (m
   if (v.gvisorVersion) {
     out.gvisor.version = v.gvisorVersion;
     // image-builder downloads a dated release from gVisor's bucket; "latest" keeps the configured source.
-    if (v.gvisorVersion !== 'latest') out.gvisor.source = { type: 'release' };
+    // A configured mirror of the bucket stays the place to download from.
+    if (v.gvisorVersion !== 'latest') out.gvisor.source = { type: 'release', ...(out.gvisor.source.type === 'release' && out.gvisor.source.url ? { url: out.gvisor.source.url } : {}) };
   }
   if (v.imagePullProgressTimeout !== undefined) out.containerd.imagePullProgressTimeout = v.imagePullProgressTimeout;
   if (v.additionalSettings !== undefined) out.containerd.additionalSettings = v.additionalSettings;

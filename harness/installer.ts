@@ -1,4 +1,6 @@
 import { readFileSync } from 'node:fs';
+import { isDeepStrictEqual } from 'node:util';
+import { parse as parseToml } from 'smol-toml';
 import { SIDECAR_DIR, type GVisorBinaries } from './binaries.ts';
 import { type Config, type NodeConfig, type RunscFlags, durationMs, effectiveRunscFlags } from './config.ts';
 import { InfrastructureError } from './errors.ts';
@@ -44,6 +46,8 @@ export interface InstallResult {
   node: string;
   inPool: boolean;
   changed: string[];
+  /** containerd was restarted (its config or unit changed). */
+  restarted: boolean;
   facts: NodeFacts;
 }
 
@@ -98,24 +102,33 @@ export async function installNode(node: NodeAccess, cfg: Config, bins: GVisorBin
     await put(p.runscConfig, renderRunscToml(rules.runscFlags(g.configFlags)), '0644');
   }
 
-  // config.toml is always rendered from the original, so re-applying converges.
-  const backup = journal.backupOf(p.containerdConfig);
-  const original = (backup ? await readNodeFile(node, backup) : undefined) ?? (await readNodeFile(node, p.containerdConfig)) ?? '';
-  let rendered: string;
-  try {
-    rendered = rules.containerdConfig(original, {
-      gvisor: inPool,
-      handler: g.handler,
-      binaryPath: g.binaryPath,
-      shim: g.shim,
-      runscConfigPath: p.runscConfig,
-      imagePullProgressTimeout: cfg.containerd.imagePullProgressTimeout,
-      additionalSettings: cfg.containerd.additionalSettings,
-    });
-  } catch (e) {
-    throw new InfrastructureError(`[${node.name}] ${p.containerdConfig}: ${(e as Error).message}`);
+  // config.toml is always rendered from the original, so re-applying converges. A node outside the
+  // gVisor pools keeps its file untouched unless an image-builder customization applies to it (or
+  // an earlier install changed it, which this one converges).
+  const customized = Boolean(cfg.containerd.imagePullProgressTimeout || cfg.containerd.additionalSettings?.trim());
+  if (inPool || customized || journal.owns(p.containerdConfig)) {
+    const backup = journal.backupOf(p.containerdConfig);
+    const original = (backup ? await readNodeFile(node, backup) : undefined) ?? (await readNodeFile(node, p.containerdConfig)) ?? '';
+    const needed = inPool || customized;
+    let rendered = original;
+    try {
+      if (needed) rendered = rules.containerdConfig(original, {
+        gvisor: inPool,
+        handler: g.handler,
+        binaryPath: g.binaryPath,
+        shim: g.shim,
+        runscConfigPath: p.runscConfig,
+        imagePullProgressTimeout: cfg.containerd.imagePullProgressTimeout,
+        additionalSettings: cfg.containerd.additionalSettings,
+      });
+    } catch (e) {
+      throw new InfrastructureError(`[${node.name}] ${p.containerdConfig}: ${(e as Error).message}`);
+    }
+    // A file that already says all of it (a node the extension or image-builder set up) is left as
+    // it is: only the managed header would differ, and rewriting it would restart containerd.
+    const current = await readNodeFile(node, p.containerdConfig);
+    if (!(needed && current !== undefined && !journal.owns(p.containerdConfig) && sameToml(current, rendered))) await put(p.containerdConfig, rendered, '0644');
   }
-  await put(p.containerdConfig, rendered, '0644');
 
   const dropIn = `${p.systemdUnitDir}/${LIMIT_NOFILE_DROPIN}`;
   if (rules.limitNofileDropIn(facts.osFamily, cfg.containerd.enableLimitNoFile)) await put(dropIn, renderLimitNofileDropIn(), '0644');
@@ -128,8 +141,11 @@ export async function installNode(node: NodeAccess, cfg: Config, bins: GVisorBin
   } else await remove(pathDropIn);
 
   await journal.save();
-  if (changed.length > 0) await restartContainerd(node, cfg);
-  return { node: node.name, inPool, changed, facts };
+  // As the extension does: containerd restarts when its own config or unit changed, not for a new
+  // runsc, shim, sidecar or runsc.toml (each sandbox reads those when it starts).
+  const restarts = changed.some((c) => [p.containerdConfig, `-${p.containerdConfig}`].includes(c) || c.includes('containerd.service.d/'));
+  if (restarts) await restartContainerd(node, cfg);
+  return { node: node.name, inPool, changed, restarted: restarts, facts };
 }
 
 /** Restores every file the installer replaced and removes every file it created. */
@@ -141,6 +157,14 @@ export async function uninstallNode(node: NodeAccess, cfg: Config): Promise<stri
   await node.exec(`rmdir ${sh(cfg.gvisor.binaryPath)} "$(dirname ${sh(STATE_FILE)})" 2>/dev/null; true`);
   if (undone.length > 0) await restartContainerd(node, cfg);
   return undone;
+}
+
+function sameToml(a: string, b: string): boolean {
+  try {
+    return isDeepStrictEqual(parseToml(a), parseToml(b));
+  } catch {
+    return false;
+  }
 }
 
 export async function restartContainerd(node: NodeAccess, cfg: Config): Promise<void> {
