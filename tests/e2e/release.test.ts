@@ -200,6 +200,18 @@ describe('a cluster installed from a release tarball', () => {
   });
 });
 
+describe('a release that fails its check, through the CLI', () => {
+  it('`run` with a wrong .sha512 is broken (exit 2), names both digests, and leaves no cluster', () => {
+    const bname = `rb${process.pid}`;
+    const breports = join(dir, 'bad-reports');
+    const bad = writeConfig(dir, 'bad-sum.yaml', localCluster(bname, breports, { pools: [{ name: 'gvisor', kind: 'host' }] }, { gvisor: { pools: ['gvisor'], version: '20260916', source: { type: 'release', url: server.url } } }));
+    const r = cli(['--config', bad, 'run']);
+    expect(r.code, r.stderr.slice(-2000)).toBe(2);
+    expect(r.stderr).toMatch(new RegExp(`${server.url}/20260916/${ARCH}/gvisor.tar.zstd: sha512 mismatch: .*\\.sha512 says f{128}, the download is [0-9a-f]{128}`));
+    expect(existsSync(join(stateRoot(), bname))).toBe(false);
+  });
+});
+
 describe('repro with image-builder variables naming a dated release', () => {
   it('downloads the tarball layout into image-builder /usr/local/bin, with gvisor-bin/, and every suite passes', () => {
     const rname = `rr${process.pid}`;
