@@ -4,6 +4,7 @@ import { parseDocument } from 'yaml';
 import { z } from 'zod';
 import { ConfigError } from './errors.ts';
 import { log } from './log.ts';
+import { additionalSettingsClash, parseAdditionalSettings } from './render.ts';
 import type { Capabilities, Capability } from './capabilities.ts';
 
 // One YAML file describes the whole run. Unknown keys are errors (a typo must not silently
@@ -185,7 +186,19 @@ function baseSchema(cluster: z.ZodType<ClusterSpec>) {
 export type Config = z.infer<ReturnType<typeof baseSchema>>;
 
 function configSchemaWith(cluster: z.ZodType<ClusterSpec>, check: ClusterSchemas['check']) {
-  return baseSchema(cluster).superRefine((c, ctx) => check(c, (path, message) => ctx.addIssue({ code: 'custom', path, message })));
+  return baseSchema(cluster).superRefine((c, ctx) => {
+    check(c, (path, message) => ctx.addIssue({ code: 'custom', path, message }));
+    // Settings that would undo the install are refused here, naming the field, not at install time.
+    const extra = c.containerd.additionalSettings;
+    if (extra?.trim()) {
+      try {
+        const clash = additionalSettingsClash(parseAdditionalSettings(extra), c.gvisor.handler);
+        if (clash) ctx.addIssue({ code: 'custom', path: ['containerd', 'additionalSettings'], message: clash });
+      } catch (e) {
+        ctx.addIssue({ code: 'custom', path: ['containerd', 'additionalSettings'], message: (e as Error).message.replace(/^containerd\.additionalSettings /, '') });
+      }
+    }
+  });
 }
 export type NodeConfig = z.infer<typeof nodeSchema>;
 

@@ -3,6 +3,7 @@ import { parse as parseToml } from 'smol-toml';
 import { parseDocument } from 'yaml';
 import type { Config } from './config.ts';
 import { ConfigError } from './errors.ts';
+import { additionalSettingsClash, parseAdditionalSettings } from './render.ts';
 import { log } from './log.ts';
 
 // A customer's image-builder variables (the Ansible/Packer vars of kubernetes-sigs/image-builder's
@@ -122,7 +123,11 @@ export function applyImageBuilderVars(cfg: Config, v: ImageBuilderVars, warn: (m
     if (v.gvisorVersion !== 'latest') out.gvisor.source = { type: 'release', ...(out.gvisor.source.type === 'release' && out.gvisor.source.url ? { url: out.gvisor.source.url } : {}) };
   }
   if (v.imagePullProgressTimeout !== undefined) out.containerd.imagePullProgressTimeout = v.imagePullProgressTimeout;
-  if (v.additionalSettings !== undefined) out.containerd.additionalSettings = v.additionalSettings;
+  if (v.additionalSettings !== undefined) {
+    const clash = additionalSettingsClash(parseAdditionalSettings(v.additionalSettings), out.gvisor.handler);
+    if (clash) throw new ConfigError(v.source, [{ path: 'containerd_additional_settings', message: clash }]);
+    out.containerd.additionalSettings = v.additionalSettings;
+  }
   if (v.enableLimitNoFile !== undefined) out.containerd.enableLimitNoFile = v.enableLimitNoFile;
   return out;
 }

@@ -140,7 +140,8 @@ export async function installNode(node: NodeAccess, cfg: Config, bins: GVisorBin
     await put(pathDropIn, `[Service]\nEnvironment="PATH=${[g.binaryPath, ...STANDARD_PATH].join(':')}"\n`, '0644');
   } else await remove(pathDropIn);
 
-  await journal.save();
+  // A node the install did not change gets no record (and no directory for one).
+  if (journal.existed || changed.length > 0) await journal.save();
   // As the extension does: containerd restarts when its own config or unit changed, not for a new
   // runsc, shim, sidecar or runsc.toml (each sandbox reads those when it starts).
   const restarts = changed.some((c) => [p.containerdConfig, `-${p.containerdConfig}`].includes(c) || c.includes('containerd.service.d/'));

@@ -117,17 +117,64 @@ export function renderContainerdConfig(original: string, o: ContainerdRenderOpti
     if (version === 1) throw new Error('image_pull_progress_timeout needs containerd config version 2 or 3; the node has version 1');
     ensureTable(cfg, imagesPluginPath(version)).image_pull_progress_timeout = o.imagePullProgressTimeout;
   }
-  let text = `${MANAGED_HEADER}\n${stringifyToml(cfg)}\n`;
-  if (o.additionalSettings?.trim()) {
-    text += `\n# containerd_additional_settings\n${o.additionalSettings.trimEnd()}\n`;
-    try {
-      parseToml(text);
-    } catch (e) {
-      const msg = e instanceof TomlError ? e.message.split('\n')[0] : String(e);
-      throw new Error(`containerd.additionalSettings makes config.toml invalid TOML: ${msg}`);
-    }
+  if (!o.additionalSettings?.trim()) return `${MANAGED_HEADER}\n${stringifyToml(cfg)}\n`;
+  const clash = additionalSettingsClash(parseAdditionalSettings(o.additionalSettings), o.handler);
+  if (clash) throw new Error(`containerd.additionalSettings ${clash}`);
+  // Verbatim, as image-builder's template renders them at the end, except that keys before the
+  // settings' first table header go to the top of the file: appended after the last table, a
+  // headerless `SystemdCgroup = false` would land in that table (on containerd 2.x, runsc's options).
+  const { head, tables } = splitSettings(o.additionalSettings);
+  const text =
+    `${MANAGED_HEADER}\n` +
+    (head.trim() ? `# containerd_additional_settings (top-level keys)\n${head.trimEnd()}\n\n` : '') +
+    `${stringifyToml(cfg)}\n` +
+    (tables.trim() ? `\n# containerd_additional_settings\n${tables.trimEnd()}\n` : '');
+  try {
+    parseToml(text);
+  } catch (e) {
+    const msg = e instanceof TomlError ? e.message.split('\n')[0] : String(e);
+    throw new Error(`containerd.additionalSettings makes config.toml invalid TOML: ${msg}`);
   }
   return text;
+}
+
+/** The settings' lines before their first table header (top-level keys and comments), and the rest. */
+function splitSettings(settings: string): { head: string; tables: string } {
+  const lines = settings.split('\n');
+  const first = lines.findIndex((l) => /^\s*\[/.test(l));
+  if (first < 0) return { head: settings, tables: '' };
+  return { head: lines.slice(0, first).join('\n'), tables: lines.slice(first).join('\n') };
+}
+
+/** containerd.additionalSettings read as the TOML document of its own it is: its headerless keys are top level. */
+export function parseAdditionalSettings(settings: string): TomlTable {
+  try {
+    return parseToml(settings) as TomlTable;
+  } catch (e) {
+    const msg = e instanceof TomlError ? e.message.split('\n')[0] : String(e);
+    throw new Error(`containerd.additionalSettings is not valid TOML: ${msg}`);
+  }
+}
+
+/**
+ * What in the settings would undo the gVisor install, or undefined: a runtime table for the gVisor
+ * handler, or a `default_runtime_name` (which would send every pod to some runtime the harness did
+ * not choose), at any depth.
+ */
+export function additionalSettingsClash(extra: TomlTable, handler: string): string | undefined {
+  const walk = (t: TomlTable, path: string[]): string | undefined => {
+    for (const [k, v] of Object.entries(t)) {
+      const here = [...path, k];
+      if (k === 'default_runtime_name') return `sets ${here.join('.')}: the default runtime is not the harness's to change`;
+      if (path.at(-1) === 'runtimes' && k === handler) return `redefines runtime "${handler}" (${here.join('.')}), the gVisor handler the install writes`;
+      if (v && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Date)) {
+        const found = walk(v as TomlTable, here);
+        if (found) return found;
+      }
+    }
+    return undefined;
+  };
+  return walk(extra, []);
 }
 
 /** runsc.toml as the extension writes it: `[runsc_config]` with the honoured flags; debug and nvproxy off. */

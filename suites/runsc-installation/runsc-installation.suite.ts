@@ -184,11 +184,10 @@ if (timeout || extra?.trim()) {
       });
     }
     if (extra?.trim()) {
-      ctx.test(n, 'config.toml ends with containerd.additionalSettings', async () => {
-        const text = await containerdConfigText(n);
-        // The file's own lines stay out of the message (settings may hold credentials); the failed check attaches the file, redacted.
-        const lines = extra.trim().split('\n').length;
-        check(imageBuilder.additionalSettingsAtEnd(text, extra), `${n.paths.containerdConfig} on ${n.name} does not end with the ${lines} line(s) of containerd.additionalSettings`, imageBuilder.additionalSettingsAtEnd);
+      ctx.test(n, 'config.toml carries containerd.additionalSettings', async () => {
+        const missing = imageBuilder.additionalSettingsApplied(await containerdConfig(n), parseTomlFile(extra, 'containerd.additionalSettings', 'the config'));
+        // Key paths only: the values stay out of the message (settings may hold credentials); the failed check attaches the file, redacted.
+        check(missing.length === 0, `${n.paths.containerdConfig} on ${n.name} does not carry containerd.additionalSettings at ${missing.join(', ')}`, imageBuilder.additionalSettingsApplied);
       });
     }
   });

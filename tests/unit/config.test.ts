@@ -139,6 +139,16 @@ describe('parseConfig: valid configs get their defaults', () => {
     expect(c.gvisor).toMatchObject({ handler: 'gvisor', binaryPath: '/usr/local/bin', shim: 'runc-v2', configFlags: { 'net-raw': 'true' } });
     expect(c.containerd).toEqual({ imagePullProgressTimeout: '5m0s', additionalSettings: '[debug]\n  level = "info"\n', enableLimitNoFile: true });
   });
+
+  it('additionalSettings that would undo the install are refused at parse time, naming the field and the key', () => {
+    const withSettings = (toml: string) =>
+      nodesConfig({ gvisor: '  pools: [gvisor]', containerd: `containerd:\n  additionalSettings: |\n${toml.split('\n').map((l) => `    ${l}`).join('\n')}` });
+    expect(configError(() => parseConfig(withSettings('[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runsc]\nruntime_type = "io.containerd.runc.v2"'), 'x.yaml')).message).toBe(
+      'x.yaml: containerd.additionalSettings: redefines runtime "runsc" (plugins.io.containerd.cri.v1.runtime.containerd.runtimes.runsc), the gVisor handler the install writes',
+    );
+    expect(configError(() => parseConfig(withSettings('[plugins."io.containerd.cri.v1.runtime".containerd]\ndefault_runtime_name = "runsc"'), 'x.yaml')).message).toMatch(/^x\.yaml: containerd\.additionalSettings: sets plugins\..*\.default_runtime_name/);
+    expect(configError(() => parseConfig(withSettings('[debug'), 'x.yaml')).message).toMatch(/^x\.yaml: containerd\.additionalSettings: is not valid TOML/);
+  });
 });
 
 describe('parseConfig: errors name the source and the field', () => {

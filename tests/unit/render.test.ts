@@ -169,25 +169,35 @@ describe('renderContainerdConfig', () => {
     }
   });
 
-  it('additionalSettings are appended verbatim at the end and the result parses', () => {
+  it('additionalSettings are rendered verbatim, their tables at the end and their headerless keys at the top (top-level keys, as they mean)', () => {
     const extra = '[plugins."io.containerd.grpc.v1.cri".registry.mirrors."docker.io"]\n  endpoint = ["https://mirror.example"]\n\n[debug]\n  level = "debug"\n';
     const out = render(V2, { additionalSettings: extra });
     expect(out.endsWith(extra)).toBe(true);
-    expect(out.indexOf(extra)).toBeGreaterThan(out.indexOf('[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runsc]'));
     const cfg = parse(out);
     expect(getIn(cfg, [...V2_CRI, 'registry', 'mirrors', 'docker.io', 'endpoint'])).toEqual(['https://mirror.example']);
     expect(getIn(cfg, ['debug', 'level'])).toBe('debug');
     expect(getIn(cfg, [...V2_RUNTIMES, 'runsc'])).toEqual(RUNSC_ENTRY);
+    // Appended after the last table (runsc's options on containerd 2.x), this key would land in it.
+    const v3 = parse(render(V3, { additionalSettings: 'oom_score = -999\n' }));
+    expect(v3.oom_score).toBe(-999);
+    expect(JSON.stringify(v3.plugins)).not.toContain('oom_score');
+  });
+
+  it('additionalSettings that redefine the gVisor handler or default_runtime_name are refused, naming the key', () => {
+    expect(() => render(V2, { additionalSettings: '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runsc]\nruntime_type = "io.containerd.runc.v2"\n' })).toThrow(
+      'containerd.additionalSettings redefines runtime "runsc" (plugins.io.containerd.grpc.v1.cri.containerd.runtimes.runsc), the gVisor handler the install writes',
+    );
+    expect(() => render(V2, { additionalSettings: '[plugins."io.containerd.grpc.v1.cri".containerd]\ndefault_runtime_name = "runsc"\n' })).toThrow(/sets plugins\.io\.containerd\.grpc\.v1\.cri\.containerd\.default_runtime_name/);
   });
 
   it('blank additionalSettings add nothing', () => {
     expect(render(V2, { additionalSettings: '  \n' })).toBe(render(V2));
   });
 
-  it('additionalSettings that break TOML throw, naming containerd.additionalSettings', () => {
-    expect(() => render(V2, { additionalSettings: '[debug\nlevel = ' })).toThrow(/containerd\.additionalSettings/);
+  it('additionalSettings that are not TOML, or break config.toml, throw, naming containerd.additionalSettings', () => {
+    expect(() => render(V2, { additionalSettings: '[debug\nlevel = ' })).toThrow(/^containerd\.additionalSettings is not valid TOML/);
     // Redefining a table the config already has is invalid TOML too.
-    expect(() => render(V2, { additionalSettings: '[plugins."io.containerd.grpc.v1.cri".registry]\nconfig_path = "/x"\n' })).toThrow(/containerd\.additionalSettings/);
+    expect(() => render(V2, { additionalSettings: '[plugins."io.containerd.grpc.v1.cri".registry]\nconfig_path = "/x"\n' })).toThrow(/^containerd\.additionalSettings makes config\.toml invalid TOML/);
   });
 
   it('an original that does not parse is reported as such', () => {

@@ -96,13 +96,16 @@ describe('the image-builder profile', () => {
     expect(cite(imageBuilder.limitNofileDropIn)).toMatch(/^ \[rule: image-builder docs\/book\/src\/capi\/containerd\/customizing-containerd\.md .*images\/capi\/ansible\/roles\/containerd\/tasks\/main\.yml/);
   });
 
-  it('places image_pull_progress_timeout per config version and the additional settings at the end', () => {
+  it('places image_pull_progress_timeout per config version; the additional settings hold as a document of their own', () => {
     expect(imageBuilder.imagePullProgressTimeoutPath(1)).toBeUndefined();
     expect(imageBuilder.imagePullProgressTimeoutPath(2)).toEqual(['plugins', 'io.containerd.grpc.v1.cri', 'image_pull_progress_timeout']);
     expect(imageBuilder.imagePullProgressTimeoutPath(3)).toEqual(['plugins', 'io.containerd.cri.v1.images', 'image_pull_progress_timeout']);
-    expect(imageBuilder.additionalSettingsAtEnd('a = 1\n[debug]\n  level = "info"\n\n', '[debug]\n  level = "info"')).toBe(true);
-    expect(imageBuilder.additionalSettingsAtEnd('[debug]\n  level = "info"\na = 1\n', '[debug]\n  level = "info"')).toBe(false);
-    expect(imageBuilder.additionalSettingsAtEnd('anything', '  ')).toBe(true);
+    const t = (x: string) => parseTomlFile(x, 'f', 'n');
+    // The settings' headerless keys are top-level keys, whatever table config.toml ends with.
+    expect(imageBuilder.additionalSettingsApplied(t('a = 1\n[debug]\n  level = "info"\n'), t('[debug]\n  level = "info"'))).toEqual([]);
+    expect(imageBuilder.additionalSettingsApplied(t('[x]\nSystemdCgroup = false\n'), t('SystemdCgroup = false\n'))).toEqual(['SystemdCgroup']);
+    expect(imageBuilder.additionalSettingsApplied(t('[debug]\n  level = "warn"\n'), t('[debug]\n  level = "info"'))).toEqual(['debug.level']);
+    expect(imageBuilder.additionalSettingsApplied(t('anything = 1'), t(''))).toEqual([]);
   });
 
   it('reads the sandbox boot log: "Starting gVisor..." … "Ready!"', () => {
@@ -187,7 +190,10 @@ function specViolations(cfg: Config, n: NodeConfig, files: NodeFiles, osReleaseT
   if (cfg.containerd.imagePullProgressTimeout && version) {
     expect(imageBuilder.imagePullProgressTimeoutIn(doc, version) === cfg.containerd.imagePullProgressTimeout, 'image_pull_progress_timeout', imageBuilder.imagePullProgressTimeoutPath);
   }
-  if (cfg.containerd.additionalSettings) expect(imageBuilder.additionalSettingsAtEnd(files.configToml, cfg.containerd.additionalSettings), 'additional settings at the end', imageBuilder.additionalSettingsAtEnd);
+  if (cfg.containerd.additionalSettings) {
+    const missing = imageBuilder.additionalSettingsApplied(doc, parseTomlFile(cfg.containerd.additionalSettings, 'settings', n.name));
+    expect(missing.length === 0, `additional settings missing at ${missing.join(', ')}`, imageBuilder.additionalSettingsApplied);
+  }
   return out;
 }
 
