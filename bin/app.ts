@@ -18,6 +18,7 @@ import { loadManifest } from '../harness/manifests.ts';
 import { mapLimit } from '../harness/map-limit.ts';
 import { openNode } from '../harness/node.ts';
 import { ROOT_DIR } from '../harness/paths.ts';
+import { newRunId } from '../harness/rundir.ts';
 import { registerKnownSecrets } from '../harness/redact.ts';
 import type { RunSummary } from '../harness/report.ts';
 import { releaseClusterLock, withClusterLock } from '../harness/state.ts';
@@ -96,9 +97,10 @@ async function installNodes(provider: ClusterProvider, cfg: Config, nodes: NodeC
     try {
       await step(`${installsNodes ? 'install on' : 'import the test image on'} ${n.name} (pool ${n.pool}${gvisorNode(n) ? ', gVisor' : ''})`, async () => {
         if (installsNodes) {
+          // Recorded before the first change: down undoes a node whose install failed half-way too.
+          provider.recordOnNode(n.name, 'files');
           const r = await installNode(node, cfg, bins, rules);
           log('info', `[${n.name}] ${r.changed.length ? `changed: ${r.changed.join(', ')}` : 'already up to date'} (os ${r.facts.osFamily}${r.facts.systemd ? ', systemd' : ''})`);
-          if (r.changed.length) provider.recordOnNode(n.name, 'files');
         }
         if (await importTestImage(node, image, n.paths.containerdSocket, n.paths.tmpDir)) provider.recordOnNode(n.name, 'image');
       });
@@ -159,7 +161,11 @@ export async function run(cfg: Config, opts: RunOptions = {}): Promise<RunSummar
       try {
         const nodes = await upWith(provider);
         const outcome = opts.noInstall ? { image: await buildTestImage() } : await step('install gVisor', () => installWith(provider, cfg, nodes));
+        const runId = newRunId();
+        // Before the suites make anything: down after a crash removes this run's namespaces too.
+        provider.recordRun(runId);
         return await runSuites(cfg, nodes, suites, {
+          runId,
           image: { image: outcome.image.image, pause: outcome.image.pause },
           expectedVersion: outcome.bins?.expectedVersion ?? (cfg.gvisor.version === 'latest' ? '' : cfg.gvisor.version),
           kubeconfig: provider.kubeconfig(),

@@ -47,6 +47,8 @@ export interface ClusterProvider {
   installKubernetesObjects(nodes: NodeConfig[]): Promise<void>;
   /** Notes that install changed files on a node, or imported the test image there, so that down undoes it. */
   recordOnNode(node: string, what: 'files' | 'image'): void;
+  /** Notes a run about to start its suites, so that down removes that run's namespaces and no other run's. */
+  recordRun(runId: string): void;
   /** Builds and caches what this kind of cluster needs, so the first `up` is not also the first build. */
   warm(): Promise<void>;
 }

@@ -22,11 +22,13 @@ export interface SuiteRunInputs {
   capabilities: Capabilities;
   /** Retry a failing check up to N times; every attempt stays in the Allure report. */
   retries?: number;
+  /** The run's id (default: a new one). */
+  runId?: string;
 }
 
 /** Runs the selected suites with vitest against already-installed nodes; returns the summary. */
 export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteName[], inputs: SuiteRunInputs): Promise<RunSummary> {
-  const run = new RunDir(cfg.reportsDir, newRunId());
+  const run = new RunDir(cfg.reportsDir, inputs.runId ?? newRunId());
   run.create();
   const plan: RunPlan = {
     runId: run.runId,

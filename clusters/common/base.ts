@@ -44,6 +44,9 @@ export abstract class BaseProvider<C extends ClusterSpec> implements ClusterProv
   recordOnNode(_node: string, _what: 'files' | 'image'): void {
     // Only a cluster the harness does not own needs to remember where install touched it.
   }
+  recordRun(_runId: string): void {
+    // Only a cluster the harness does not own needs to tell its runs' namespaces from others'.
+  }
   async warm(): Promise<void> {}
 
 }

@@ -1,5 +1,7 @@
 import * as k8s from '@kubernetes/client-node';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { type Config, type NodeConfig, dnsLabel, nodeConfig, nodeSchema } from '../../harness/config.ts';
@@ -79,24 +81,68 @@ interface State {
   installedNodes: string[];
   /** Nodes where the harness imported its test image (removed again by down). */
   imageNodes?: string[];
+  /** The cluster this record is about (its API server and the context): another config's down must not use it. */
+  identity?: ClusterIdentity;
+  /** Runs whose suites' namespaces down removes (another harness's runs on the same cluster are not ours). */
+  runs?: string[];
+}
+
+interface ClusterIdentity {
+  server: string;
+  context: string;
+}
+
+/**
+ * The cluster a kubeconfig's context points at, read without loading the Kubernetes client, or
+ * undefined when the file does not say (load() then reports what is wrong with it).
+ */
+function identityOf(kubeconfig: string, context: string | undefined): ClusterIdentity | undefined {
+  try {
+    const doc = parseYaml(readFileSync(kubeconfig, 'utf8')) as { 'current-context'?: string; contexts?: { name: string; context?: { cluster?: string } }[]; clusters?: { name: string; cluster?: { server?: string } }[] };
+    const ctx = context ?? doc['current-context'];
+    const cluster = doc.contexts?.find((c) => c.name === ctx)?.context?.cluster;
+    const server = doc.clusters?.find((c) => c.name === cluster)?.cluster?.server;
+    return ctx && server ? { server, context: ctx } : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 export class ExistingProvider extends BaseProvider<ExistingCluster> {
   private readonly state: StateFile<State>;
   constructor(cfg: Config & { cluster: ExistingCluster }) {
-    const stateDir = cfg.cluster.stateDir ?? defaultStateDir(cfg.cluster.name);
+    // Keyed by the cluster (API server and context), not only by name: two configs that keep the
+    // default name "existing" for two clusters must not share, or delete, each other's record.
+    const identity = identityOf(cfg.cluster.kubeconfig, cfg.cluster.context);
+    const key = identity ? `-${createHash('sha256').update(`${identity.server}\n${identity.context}`).digest('hex').slice(0, 10)}` : '';
+    const stateDir = cfg.cluster.stateDir ?? defaultStateDir(`${cfg.cluster.name}${key}`);
     super(cfg, capabilities(cfg.cluster), stateDir);
+    this.identity = identity;
     this.state = new StateFile<State>(stateDir, { provider: 'existing', cluster: cfg.cluster.name }, (s) => Array.isArray(s.runtimeClasses));
   }
+  private readonly identity: ClusterIdentity | undefined;
 
   private get dir(): string {
     return this.state.dir;
   }
   private readState(): State {
-    return this.state.read() ?? { cluster: this.spec.name, runtimeClasses: [], nodeLabels: [], installedNodes: [] };
+    const s = this.state.read();
+    const id = this.identity;
+    if (s?.identity && id && (s.identity.server !== id.server || s.identity.context !== id.context)) {
+      throw new InfrastructureError(
+        `${this.dir} records cluster ${s.identity.server} (context "${s.identity.context}"), but this config points at ${id.server} (context "${id.context}"): run down with that cluster's config, or set another cluster.stateDir`,
+      );
+    }
+    return s ?? { cluster: this.spec.name, runtimeClasses: [], nodeLabels: [], installedNodes: [] };
   }
   private writeState(s: State): void {
-    this.state.write(s);
+    this.state.write({ ...s, ...(this.identity ? { identity: this.identity } : {}) });
+  }
+
+  override recordRun(runId: string): void {
+    const s = this.readState();
+    (s.runs ??= []).push(runId);
+    this.writeState(s);
   }
 
   override secrets(): Secrets {
@@ -222,16 +268,21 @@ export class ExistingProvider extends BaseProvider<ExistingCluster> {
   }
 
   /** Runs fn over SSH on a node of cluster.nodes (down's undo), or says what is left where there is no access. */
-  private async onNode(name: string, what: string, fn: (node: NodeAccess, n: NodeConfig) => Promise<void>): Promise<void> {
+  /** Whether it ran: false where the node has no SSH access in the config, or cannot be reached. */
+  private async onNode(name: string, what: string, fn: (node: NodeAccess, n: NodeConfig) => Promise<void>): Promise<boolean> {
     const spec = this.spec.nodes.find((x) => x.name === name);
     if (!spec) {
       log('warn', `${what} on node ${name} stay: it is no longer in cluster.nodes; run down with its SSH access to undo that`);
-      return;
+      return false;
     }
     const n = nodeConfig({ ...spec, pool: spec.pool ?? '-' });
     const node = openNode(n);
     try {
       await fn(node, n);
+      return true;
+    } catch (e) {
+      log('warn', `${what} on node ${name} stay: ${(e as Error).message}`);
+      return false;
     } finally {
       await node.close();
     }
@@ -242,12 +293,15 @@ export class ExistingProvider extends BaseProvider<ExistingCluster> {
     const core = kc.makeApiClient(k8s.CoreV1Api);
     const nodeApi = kc.makeApiClient(k8s.NodeV1Api);
     const state = this.readState();
-    // The suites' namespaces: only gvisor-e2e creates namespaces with these labels.
-    const nss = await api('listing the harness namespaces', () => core.listNamespace({ labelSelector: `${RUN_LABEL},${MANAGED_LABEL}=true` }));
-    for (const ns of nss.items.filter((x) => x.status?.phase !== 'Terminating')) {
+    // The suites' namespaces of this record's runs: another harness's run on the same cluster keeps its own.
+    const runs = new Set(state.runs ?? []);
+    const nss = runs.size ? await api('listing the harness namespaces', () => core.listNamespace({ labelSelector: `${RUN_LABEL},${MANAGED_LABEL}=true` })) : { items: [] };
+    for (const ns of nss.items.filter((x) => x.status?.phase !== 'Terminating' && runs.has(x.metadata?.labels?.[RUN_LABEL] ?? ''))) {
       await api(`deleting namespace ${ns.metadata!.name}`, () => core.deleteNamespace({ name: ns.metadata!.name! })).catch(notFound);
       log('info', `deleted namespace ${ns.metadata!.name}`);
     }
+    state.runs = [];
+    this.writeState(state);
     for (const rc of [...state.runtimeClasses]) {
       // The uid precondition: a RuntimeClass someone re-created under the same name is not ours.
       await nodeApi.deleteRuntimeClass({ name: rc.name, body: { preconditions: { uid: rc.uid } } }).catch((e: { code?: number }) => {
@@ -271,22 +325,27 @@ export class ExistingProvider extends BaseProvider<ExistingCluster> {
       this.writeState(state);
     }
     for (const name of [...(state.imageNodes ?? [])]) {
-      await this.onNode(name, 'the test image', async (node, n) => {
+      const done = await this.onNode(name, 'the test image', async (node, n) => {
         const img = await buildTestImage();
         await node.exec(`ctr --address ${sh(n.paths.containerdSocket)} -n k8s.io images rm ${sh(img.image)} ${sh(img.pause)}`);
         log('info', `[${name}] removed the test image`);
       });
+      if (!done) continue;
       state.imageNodes = state.imageNodes!.filter((x) => x !== name);
       this.writeState(state);
     }
     for (const name of [...state.installedNodes]) {
-      await this.onNode(name, 'the files install changed', async (node) => {
+      const done = await this.onNode(name, 'the files install changed', async (node) => {
         const undone = await step(`uninstall from ${name}`, () => uninstallNode(node, this.cfg));
         log('info', `[${name}] restored/removed: ${undone.join(', ') || 'nothing'}`);
       });
+      if (!done) continue;
       state.installedNodes = state.installedNodes.filter((x) => x !== name);
       this.writeState(state);
     }
+    // A node that could not be reached keeps its record: a later down with access undoes it.
+    const left = [...new Set([...state.installedNodes, ...(state.imageNodes ?? [])])];
+    if (left.length) throw new InfrastructureError(`down could not reach ${left.join(', ')}: their record stays in ${this.dir}; run down again with SSH access to them`);
     this.state.remove();
   }
 }

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Config, type NodeConfig } from '../../harness/config.ts';
 import { parseConfig, providerFor } from '../../clusters/index.ts';
 import { GVISOR_NODE_LABEL, kubeConfig } from '../../harness/kube.ts';
-import { RUN_LABEL } from '../../harness/sandbox.ts';
+import { MANAGED_LABEL, RUN_LABEL } from '../../harness/sandbox.ts';
 import { down, install, up } from '../../bin/app.ts';
 import { cli, latestSummary, localCluster, scratch, stateRoot, writeConfig, expectLocalClusterGone, suiteStates, ALL_SUITES_PASSED } from './helpers.ts';
 
@@ -93,6 +93,8 @@ afterAll(async () => {
 
 describe('provider: existing, on a cluster the harness did not create', () => {
   it('install: false — tests what is there: the suites pass, API-only node checks are skipped with the reason, only the run namespaces go', async () => {
+    // Another harness's run on the same cluster (a colleague's, a concurrent CI job): its namespace is not ours to delete.
+    await core.createNamespace({ body: { metadata: { name: 'another-harness-run', labels: { [RUN_LABEL]: 'someone-elses-run', [MANAGED_LABEL]: 'true' } } } });
     const r = cli(['--config', existingConfig(false), 'run']);
     expect(r.code, r.stderr.slice(-3000)).toBe(0);
     const s = latestSummary(reports);
@@ -111,6 +113,8 @@ describe('provider: existing, on a cluster the harness did not create', () => {
     expect((await core.readNamespace({ name: 'customer' })).status?.phase).toBe('Active');
     const left = (await core.listNamespace({ labelSelector: `${RUN_LABEL}=${s.runId}` })).items;
     expect(left.every((n) => n.status?.phase === 'Terminating')).toBe(true);
+    expect((await core.readNamespace({ name: 'another-harness-run' })).status?.phase).toBe('Active');
+    await core.deleteNamespace({ name: 'another-harness-run' });
     expect(existsSync(existingState)).toBe(false);
     // The token never reaches a log line or a report file.
     expect(token.length).toBeGreaterThan(20);

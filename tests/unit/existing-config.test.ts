@@ -1,8 +1,8 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { loadConfig, parseConfig } from '../../clusters/index.ts';
+import { loadConfig, parseConfig, providerFor } from '../../clusters/index.ts';
 import { selectSuites } from '../../bin/app.ts';
 import { ConfigError } from '../../harness/errors.ts';
 
@@ -147,5 +147,27 @@ current-context: a
     const { statSync, readFileSync } = await import('node:fs');
     expect(statSync(path).mode & 0o777).toBe(0o600);
     expect(JSON.parse(readFileSync(path, 'utf8'))['current-context']).toBe('a');
+  });
+
+  it("keys the default state dir by the cluster (server and context), and refuses another cluster's record", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'gvisor-e2e-unit-existing-'));
+    const kc = (server: string) => {
+      const f = join(dir, `${server.replace(/\W/g, '_')}.kubeconfig`);
+      writeFileSync(f, `apiVersion: v1\nkind: Config\ncurrent-context: c\ncontexts:\n- name: c\n  context: {cluster: k, user: u}\nclusters:\n- name: k\n  cluster: {server: "${server}"}\nusers:\n- name: u\n  user: {token: t0ken-value-for-test}\n`);
+      return f;
+    };
+    const a = providerFor(parseConfig(EXISTING(`  kubeconfig: ${kc('https://a.example:6443')}`), 'a.yaml'));
+    const b = providerFor(parseConfig(EXISTING(`  kubeconfig: ${kc('https://b.example:6443')}`), 'b.yaml'));
+    // Both keep the default name "existing": their records must not be the same directory.
+    expect(a.info().stateDir).toMatch(/\/existing-[0-9a-f]{10}$/);
+    expect(a.info().stateDir).not.toBe(b.info().stateDir);
+    // Pointed at the same stateDir, b refuses a's record, naming both clusters, before touching anything.
+    const shared = join(dir, 'shared');
+    const at = (server: string, file: string) => providerFor(parseConfig(EXISTING(`  kubeconfig: ${kc(server)}\n  stateDir: ${shared}`), file));
+    at('https://a.example:6443', 'a.yaml').recordRun('run-of-a');
+    await expect(at('https://b.example:6443', 'b.yaml').down()).rejects.toThrow(
+      `${shared} records cluster https://a.example:6443 (context "c"), but this config points at https://b.example:6443 (context "c")`,
+    );
+    rmSync(dir, { recursive: true, force: true });
   });
 });
