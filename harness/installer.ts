@@ -1,9 +1,11 @@
 import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { processStartTime } from './state.ts';
 import { isDeepStrictEqual } from 'node:util';
 import { parse as parseToml } from 'smol-toml';
 import { SIDECAR_DIR, type GVisorBinaries } from './binaries.ts';
 import { type Config, type NodeConfig, type RunscFlags, durationMs, effectiveRunscFlags } from './config.ts';
-import { InfrastructureError } from './errors.ts';
+import { InfrastructureError, TimeoutError } from './errors.ts';
 import { NodeJournal } from './journal.ts';
 import { until } from './wait.ts';
 import { log } from './log.ts';
@@ -77,7 +79,11 @@ export const INSTALL_RULES: InstallRules = {
   containerdConfig: renderContainerdConfig,
 };
 
-export async function installNode(node: NodeAccess, cfg: Config, bins: GVisorBinaries | undefined, rules: InstallRules = INSTALL_RULES): Promise<InstallResult> {
+export function installNode(node: NodeAccess, cfg: Config, bins: GVisorBinaries | undefined, rules: InstallRules = INSTALL_RULES): Promise<InstallResult> {
+  return withNodeLock(node, 'install', () => installLocked(node, cfg, bins, rules));
+}
+
+async function installLocked(node: NodeAccess, cfg: Config, bins: GVisorBinaries | undefined, rules: InstallRules): Promise<InstallResult> {
   const g = cfg.gvisor;
   const p = node.config.paths;
   const inPool = rules.gvisorNode(cfg, node.config);
@@ -149,8 +155,49 @@ export async function installNode(node: NodeAccess, cfg: Config, bins: GVisorBin
   return { node: node.name, inPool, changed, restarted: restarts, facts };
 }
 
+/** The lock one install or uninstall holds on a node: a directory in /run (gone with a reboot), holding its owner. */
+export const NODE_LOCK = '/run/gvisor-e2e-node.lock';
+const DEFAULT_LOCK = NODE_LOCK;
+
+/**
+ * Runs fn holding the node's lock, so two runs (two configs naming the same node) never change its
+ * files and record at once. A holder on this host whose process is gone (by pid and start time) is
+ * stale and replaced; any other holder is waited for, then named.
+ */
+export async function withNodeLock<R>(node: NodeAccess, what: string, fn: () => Promise<R>, opts: { waitMs?: number; lock?: string } = {}): Promise<R> {
+  const { waitMs = 300_000, lock: NODE_LOCK = DEFAULT_LOCK } = opts;
+  const me = `${hostname()} ${process.pid} ${processStartTime(process.pid) ?? '?'} ${what}`;
+  let holder = '';
+  await until(() => `the lock ${NODE_LOCK} on ${node.name} (held by ${holder || 'unknown'})`, waitMs, async () => {
+    const r = await node.exec(`mkdir ${sh(NODE_LOCK)} 2>/dev/null && printf %s ${sh(me)} > ${sh(`${NODE_LOCK}/owner`)} && echo got || cat ${sh(`${NODE_LOCK}/owner`)} 2>/dev/null`);
+    if (r.stdout.trim() === 'got') return true;
+    holder = r.stdout.trim();
+    const [host, pid, start] = holder.split(' ');
+    // A holder from this host that no longer runs: its lock is stale (a SIGKILLed run).
+    if (host === hostname() && pid && processStartTime(Number(pid)) !== start) {
+      await node.exec(`rm -rf ${sh(NODE_LOCK)}`);
+      log('warn', `[${node.name}] removed a stale node lock of process ${pid} (no longer running)`);
+    } else if (holder) {
+      log('info', `[${node.name}] waiting for the node lock, held by ${holder.split(' ').slice(3).join(' ') || 'a run'} (pid ${pid} on ${host})`);
+    }
+    return false;
+  }, 2_000).catch((e: Error) => {
+    if (!(e instanceof TimeoutError)) throw e;
+    throw new InfrastructureError(`${e.message}: another gvisor-e2e run is changing ${node.name}; wait for it, or remove ${NODE_LOCK} on the node if it is gone`);
+  });
+  try {
+    return await fn();
+  } finally {
+    await node.exec(`[ "$(cat ${sh(`${NODE_LOCK}/owner`)} 2>/dev/null)" = ${sh(me)} ] && rm -rf ${sh(NODE_LOCK)}`).catch(() => undefined);
+  }
+}
+
 /** Restores every file the installer replaced and removes every file it created. */
-export async function uninstallNode(node: NodeAccess, cfg: Config): Promise<string[]> {
+export function uninstallNode(node: NodeAccess, cfg: Config): Promise<string[]> {
+  return withNodeLock(node, 'uninstall', () => uninstallLocked(node, cfg));
+}
+
+async function uninstallLocked(node: NodeAccess, cfg: Config): Promise<string[]> {
   const journal = await NodeJournal.open(node, STATE_FILE, BACKUP_SUFFIX);
   const undone = await journal.undo();
   for (const k of journal.kept) log('warn', `[${node.name}] ${k.path}: ${k.why}`);

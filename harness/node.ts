@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { createHash, createHmac } from 'node:crypto';
+import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -435,12 +435,16 @@ export async function readNodeFile(node: NodeAccess, path: string): Promise<stri
 
 export async function writeNodeFile(node: NodeAccess, path: string, content: string | Buffer, mode = '0644'): Promise<void> {
   // Write to a temp file and rename, so a reader (containerd, systemd) never sees half a file.
-  const tmp = `${path}.gvisor-e2e.tmp`;
+  // A name of its own: two writers of one path (two runs on a node) must not share a temp file.
+  const tmp = `${path}.gvisor-e2e.${randomBytes(6).toString('hex')}.tmp`;
   const r = await node.exec(`mkdir -p "$(dirname ${sh(path)})" && cat > ${sh(tmp)} && chmod ${mode} ${sh(tmp)} && mv -f ${sh(tmp)} ${sh(path)}`, {
     stdin: content,
     timeoutMs: 120_000,
   });
-  if (r.code !== 0) throw new InfrastructureError(`[${node.name}] cannot write ${path}: ${r.stderr.trim()}`);
+  if (r.code !== 0) {
+    await node.exec(`rm -f ${sh(tmp)}`).catch(() => undefined);
+    throw new InfrastructureError(`[${node.name}] cannot write ${path}: ${r.stderr.trim()}`);
+  }
 }
 
 export async function mustExec(node: NodeAccess, command: string, opts?: ExecOptions): Promise<string> {
