@@ -85,6 +85,12 @@ describe('on a correctly configured cluster', () => {
     expect(names).toContain('gvisor-1: runsc is installed at /var/bin/containerruntimes/runsc and executable');
     expect(names).toContain('systemd-1: (outside the gVisor pools) has no runsc at /var/bin/containerruntimes/runsc');
     expect(r.stdout).toMatch(/runsc-installation\s+│ PASS/);
+    // The pinned build ships the one sidecar the module can build: the check passes, and warns about the others, in the terminal too.
+    const sidecars = r.summary.checks.find((c) => c.node === 'gvisor-1' && c.name.startsWith("runsc's sidecar binaries"))!;
+    expect(sidecars.state).toBe('passed');
+    expect(sidecars.warnings).toHaveLength(1);
+    expect(sidecars.warnings[0]).toContain('runsc on gvisor-1 runs without on-disk runsc-metric-server, checkpointgofer, gvisor-sentry-prewarmer in /var/bin/containerruntimes/gvisor-bin');
+    expect(r.stdout).toContain("WARNING `runsc-installation` [gvisor-1] runsc on gvisor-1 runs without on-disk");
     // The ignored flag got the extension's treatment: a warning, and runsc.toml without it.
     expect(r.stderr).not.toContain('gvisor.configFlags.debug'); // --no-install: no install step, no warning
   });
