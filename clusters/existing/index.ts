@@ -7,7 +7,8 @@ import { z } from 'zod';
 import { type Config, type NodeConfig, dnsLabel, nodeConfig, nodeSchema } from '../../harness/config.ts';
 import { ConfigError, InfrastructureError } from '../../harness/errors.ts';
 import { uninstallNode } from '../../harness/installer.ts';
-import { api, apiError, installKubernetesObjects } from '../../harness/kube.ts';
+import { api } from '../../harness/kube.ts';
+import { addKubernetesObjects, removeKubernetesObjects } from '../common/objects.ts';
 import { POOL_LABEL } from '../../harness/labels.ts';
 import { log, step } from '../../harness/log.ts';
 import { buildTestImage } from '../../harness/image.ts';
@@ -35,7 +36,7 @@ import { defineProvider, type Finding, type Secrets } from '../provider.ts';
 // harness that tests sandboxing should not quietly escape it.
 
 /** Marks objects this harness created on a cluster it does not own (the state file is what counts). */
-export const CREATED_BY_ANNOTATION = 'gvisor-e2e.dev/created-by';
+export { CREATED_BY_ANNOTATION } from '../common/objects.ts';
 
 const schema = z
   .object({
@@ -253,18 +254,7 @@ export class ExistingProvider extends BaseProvider<ExistingCluster> {
    */
   override async installKubernetesObjects(nodes: NodeConfig[]): Promise<void> {
     const state = this.readState();
-    await installKubernetesObjects(this.kubeconfig(), this.cfg, nodes, {
-      annotations: { [CREATED_BY_ANNOTATION]: this.spec.name },
-      labelling: (node, key, value) => {
-        // Recorded before the label is set: `down` after a crash still knows to remove it.
-        state.nodeLabels.push({ node, key, value });
-        this.writeState(state);
-      },
-      created: (rc) => {
-        state.runtimeClasses.push(rc);
-        this.writeState(state);
-      },
-    });
+    await addKubernetesObjects(this.kubeconfig(), this.cfg, nodes, state, () => this.writeState(state), this.spec.name);
   }
 
   /** Runs fn over SSH on a node of cluster.nodes (down's undo), or says what is left where there is no access. */
@@ -291,7 +281,6 @@ export class ExistingProvider extends BaseProvider<ExistingCluster> {
   async down(): Promise<void> {
     const kc = this.load();
     const core = kc.makeApiClient(k8s.CoreV1Api);
-    const nodeApi = kc.makeApiClient(k8s.NodeV1Api);
     const state = this.readState();
     // The suites' namespaces of this record's runs: another harness's run on the same cluster keeps its own.
     const runs = new Set(state.runs ?? []);
@@ -302,28 +291,7 @@ export class ExistingProvider extends BaseProvider<ExistingCluster> {
     }
     state.runs = [];
     this.writeState(state);
-    for (const rc of [...state.runtimeClasses]) {
-      // The uid precondition: a RuntimeClass someone re-created under the same name is not ours.
-      await nodeApi.deleteRuntimeClass({ name: rc.name, body: { preconditions: { uid: rc.uid } } }).catch((e: { code?: number }) => {
-        if (e.code === 409) log('warn', `RuntimeClass ${rc.name} was replaced by someone else since the harness created it; left as it is`);
-        else if (e.code !== 404) throw new InfrastructureError(`deleting RuntimeClass ${rc.name}: ${(e as Error).message}`);
-      });
-      state.runtimeClasses = state.runtimeClasses.filter((x) => x !== rc);
-      this.writeState(state);
-      log('info', `deleted RuntimeClass ${rc.name}`);
-    }
-    const json = k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.JsonPatch);
-    for (const l of [...state.nodeLabels]) {
-      const node = await core.readNode({ name: l.node }).catch((e: { code?: number }) => (e.code === 404 ? undefined : Promise.reject(apiError(`reading node ${l.node}`, e))));
-      if (node?.metadata?.labels?.[l.key] === l.value) {
-        // A JSON patch with a test op: the label goes only if it still has the value we set.
-        const path = `/metadata/labels/${l.key.replace(/~/g, '~0').replace(/\//g, '~1')}`;
-        await api(`removing label ${l.key} from node ${l.node}`, () => core.patchNode({ name: l.node, body: [{ op: 'test', path, value: l.value }, { op: 'remove', path }] }, json));
-        log('info', `removed label ${l.key} from node ${l.node}`);
-      }
-      state.nodeLabels = state.nodeLabels.filter((x) => x !== l);
-      this.writeState(state);
-    }
+    await removeKubernetesObjects(this.kubeconfig(), state, () => this.writeState(state));
     for (const name of [...(state.imageNodes ?? [])]) {
       const done = await this.onNode(name, 'the test image', async (node, n) => {
         const img = await buildTestImage();

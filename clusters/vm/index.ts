@@ -8,8 +8,10 @@ import { restartContainerd } from '../../harness/installer.ts';
 import { NodeJournal } from '../../harness/journal.ts';
 import { log, step } from '../../harness/log.ts';
 import { knownHostKeys, mustExec, sh, SshNode, type NodeAccess } from '../../harness/node.ts';
+import { defaultStateDir, StateFile } from '../../harness/state.ts';
 import { BaseProvider } from '../common/base.ts';
 import { uninstallHosts } from '../common/hosts.ts';
+import { addKubernetesObjects, removeKubernetesObjects, type ObjectsRecord } from '../common/objects.ts';
 import { checkMembers, requireManifestPools } from '../common/pools.ts';
 import { tool } from '../common/tools.ts';
 import { defineProvider, type Finding, type Secrets } from '../provider.ts';
@@ -299,8 +301,26 @@ export async function unprovisionHost(node: NodeAccess, cfg: Config): Promise<st
 }
 
 export class VmProvider extends BaseProvider<VmCluster> {
+  /** With a kubeconfig, the cluster is someone else's: what install adds there is recorded here and removed by uninstall. */
+  private readonly objects?: StateFile<ObjectsRecord>;
   constructor(cfg: Config & { cluster: VmCluster }) {
-    super(cfg, capabilities(cfg.cluster));
+    const stateDir = cfg.cluster.kubeconfig ? defaultStateDir(`vm-${cfg.cluster.name}`) : undefined;
+    super(cfg, capabilities(cfg.cluster), stateDir);
+    if (stateDir) this.objects = new StateFile<ObjectsRecord>(stateDir, { provider: 'vm', cluster: cfg.cluster.name });
+  }
+
+  /** As on an existing cluster: only what is missing is added (recorded first); a RuntimeClass or label that is there stays as it is. */
+  override async installKubernetesObjects(nodes: NodeConfig[]): Promise<void> {
+    if (!this.spec.kubeconfig || !this.objects) return;
+    const rec = this.objects.read() ?? { runtimeClasses: [], nodeLabels: [] };
+    await addKubernetesObjects(this.spec.kubeconfig, this.cfg, nodes, rec, () => this.objects!.write(rec), this.spec.name);
+  }
+
+  private async removeKubernetesObjects(): Promise<void> {
+    const rec = this.objects?.read();
+    if (!rec || !this.spec.kubeconfig) return;
+    await removeKubernetesObjects(this.spec.kubeconfig, rec, () => this.objects!.write(rec));
+    this.objects!.remove();
   }
 
   nodes(): NodeConfig[] {
@@ -328,6 +348,7 @@ export class VmProvider extends BaseProvider<VmCluster> {
   /** The install comes off before `down` removes the containerd it was made for. */
   override async uninstall(): Promise<void> {
     if (this.uninstalled) return;
+    await this.removeKubernetesObjects();
     await uninstallHosts(this.cfg, this.nodes());
     this.uninstalled = true;
   }

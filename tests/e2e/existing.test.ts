@@ -5,6 +5,7 @@ import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Config, type NodeConfig } from '../../harness/config.ts';
 import { parseConfig, providerFor } from '../../clusters/index.ts';
+import type { VmProvider } from '../../clusters/vm/index.ts';
 import { GVISOR_NODE_LABEL, kubeConfig } from '../../harness/kube.ts';
 import { MANAGED_LABEL, RUN_LABEL } from '../../harness/sandbox.ts';
 import { down, install, up } from '../../bin/app.ts';
@@ -115,7 +116,7 @@ describe('provider: existing, on a cluster the harness did not create', () => {
     expect(left.every((n) => n.status?.phase === 'Terminating')).toBe(true);
     expect((await core.readNamespace({ name: 'another-harness-run' })).status?.phase).toBe('Active');
     await core.deleteNamespace({ name: 'another-harness-run' });
-    expect(existsSync(existingState)).toBe(false);
+    expect(existsSync(existingState), r.stderr.slice(-2500)).toBe(false);
     // The token never reaches a log line or a report file.
     expect(token.length).toBeGreaterThan(20);
     expect(r.stdout + r.stderr).not.toContain(token);
@@ -180,5 +181,37 @@ describe('provider: existing, on a cluster the harness did not create', () => {
     expect(r2.code).toBe(64);
     expect(r2.stderr).toContain('config: cluster.pools[0].selector: no node of the cluster matches "no-such-label=1" (pool "gvisor")');
     expect(r.stderr + r2.stderr).not.toContain(token);
+  });
+
+  it('provider: vm with a kubeconfig treats the cluster as someone else\'s: a RuntimeClass or a label that is there is left, what it adds is recorded and removed by uninstall', async () => {
+    // What the customer has: a RuntimeClass under the name the config uses (another handler), and their own value of the gVisor label on a plain node.
+    await nodeApi.createRuntimeClass({ body: { metadata: { name: 'vm-existing-rc' }, handler: 'runc' } });
+    await core.patchNode({ name: 'plain-1', body: { metadata: { labels: { [GVISOR_NODE_LABEL]: 'customer-value' } } } }, merge);
+    const current = join(dir, 'customer-current.kubeconfig');
+    writeFileSync(current, readFileSync(kubeconfigPath, 'utf8').replace('current-context: decoy', 'current-context: customer'), { mode: 0o600 });
+    // Hosts that cannot be reached: only the Kubernetes objects are exercised here (the hosts' own install is vm.test.ts's).
+    const host = (n: string, pool: string) => ({ name: n, pool, address: '127.0.0.1', port: 1, user: 'root', privateKeyPath: join(dir, 'no-key'), hostKeyFingerprint: `SHA256:${'A'.repeat(43)}` });
+    const vmCfg = (rc: string) =>
+      parseConfig(JSON.stringify({ apiVersion: 'gvisor-e2e.dev/v1alpha1', kind: 'Config', cluster: { provider: 'vm', name: `${name}-vm`, hosts: [host('gvisor-1', 'gvisor'), host('plain-1', 'plain')], kubeconfig: current }, gvisor: { pools: ['gvisor'], runtimeClassName: rc } }), 'vm test config');
+    const vmState = join(process.env.GVISOR_E2E_STATE ?? join(process.env.HOME ?? '/root', '.local/state/gvisor-e2e'), `vm-${name}-vm`);
+    try {
+      const a = providerFor(vmCfg('vm-existing-rc'));
+      await a.installKubernetesObjects((a as VmProvider).nodes());
+      expect((await nodeApi.readRuntimeClass({ name: 'vm-existing-rc' })).handler).toBe('runc');
+      expect(await labelOf('plain-1')).toBe('customer-value');
+      expect(await labelOf('gvisor-1')).toBe('true');
+      const b = providerFor(vmCfg('vm-new-rc'));
+      await b.installKubernetesObjects((b as VmProvider).nodes());
+      const made = await nodeApi.readRuntimeClass({ name: 'vm-new-rc' });
+      expect(JSON.parse(readFileSync(join(vmState, 'state.json'), 'utf8')).runtimeClasses).toEqual([{ name: 'vm-new-rc', uid: made.metadata!.uid }]);
+      // uninstall removes what it recorded first; the unreachable hosts then fail it, as they should.
+      await expect(b.uninstall()).rejects.toThrow();
+      expect(await rcExists('vm-new-rc')).toBe(false);
+      expect(await rcExists('vm-existing-rc')).toBe(true);
+      expect(existsSync(vmState)).toBe(false);
+    } finally {
+      await nodeApi.deleteRuntimeClass({ name: 'vm-existing-rc' }).catch(() => undefined);
+      await core.patchNode({ name: 'plain-1', body: { metadata: { labels: { [GVISOR_NODE_LABEL]: null } } } }, merge).catch(() => undefined);
+    }
   });
 });
