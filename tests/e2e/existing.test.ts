@@ -190,9 +190,9 @@ describe('provider: existing, on a cluster the harness did not create', () => {
     const current = join(dir, 'customer-current.kubeconfig');
     writeFileSync(current, readFileSync(kubeconfigPath, 'utf8').replace('current-context: decoy', 'current-context: customer'), { mode: 0o600 });
     // Hosts that cannot be reached: only the Kubernetes objects are exercised here (the hosts' own install is vm.test.ts's).
-    const host = (n: string, pool: string) => ({ name: n, pool, address: '127.0.0.1', port: 1, user: 'root', privateKeyPath: join(dir, 'no-key'), hostKeyFingerprint: `SHA256:${'A'.repeat(43)}` });
+    const host = (n: string, pool: string, port: number) => ({ name: n, pool, address: '127.0.0.1', port, user: 'root', privateKeyPath: join(dir, 'no-key'), hostKeyFingerprint: `SHA256:${'A'.repeat(43)}` });
     const vmCfg = (rc: string) =>
-      parseConfig(JSON.stringify({ apiVersion: 'gvisor-e2e.dev/v1alpha1', kind: 'Config', cluster: { provider: 'vm', name: `${name}-vm`, hosts: [host('gvisor-1', 'gvisor'), host('plain-1', 'plain')], kubeconfig: current }, gvisor: { pools: ['gvisor'], runtimeClassName: rc } }), 'vm test config');
+      parseConfig(JSON.stringify({ apiVersion: 'gvisor-e2e.dev/v1alpha1', kind: 'Config', cluster: { provider: 'vm', name: `${name}-vm`, hosts: [host('gvisor-1', 'gvisor', 1), host('plain-1', 'plain', 2)], kubeconfig: current }, gvisor: { pools: ['gvisor'], runtimeClassName: rc } }), 'vm test config');
     const vmState = join(process.env.GVISOR_E2E_STATE ?? join(process.env.HOME ?? '/root', '.local/state/gvisor-e2e'), `vm-${name}-vm`);
     try {
       const a = providerFor(vmCfg('vm-existing-rc'));
