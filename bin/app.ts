@@ -12,7 +12,7 @@ import { type Config, type NodeConfig, type SuiteName, chooseSuites, effectiveRu
 import { ConfigError } from '../harness/errors.ts';
 import { applyImageBuilderVars, loadImageBuilderVars } from '../harness/imagebuilder.ts';
 import { buildTestImage, importTestImage, type TestImage } from '../harness/image.ts';
-import { INSTALL_RULES, installNode, type InstallRules } from '../harness/installer.ts';
+import { INSTALL_RULES, installNode, recordTestImage, type InstallRules } from '../harness/installer.ts';
 import { log, step } from '../harness/log.ts';
 import { loadManifest } from '../harness/manifests.ts';
 import { mapLimit } from '../harness/map-limit.ts';
@@ -102,7 +102,9 @@ async function installNodes(provider: ClusterProvider, cfg: Config, nodes: NodeC
           const r = await installNode(node, cfg, bins, rules);
           log('info', `[${n.name}] ${r.changed.length ? `changed: ${r.changed.join(', ')}` : 'already up to date'} (os ${r.facts.osFamily}${r.facts.systemd ? ', systemd' : ''})`);
         }
-        if (await importTestImage(node, image, n.paths.containerdSocket, n.paths.tmpDir)) provider.recordOnNode(n.name, 'image');
+        // A node the harness installs on records the image in its own journal; on other clusters the provider records it.
+        const before = installsNodes ? (missing: string[]) => recordTestImage(node, missing) : undefined;
+        if (await importTestImage(node, image, n.paths.containerdSocket, n.paths.tmpDir, undefined, before)) provider.recordOnNode(n.name, 'image');
       });
     } finally {
       await node.close();

@@ -118,14 +118,19 @@ class CtrImportFailed extends Error {
  * Imports the test image into containerd's k8s.io namespace on a node, once; true when it imported
  * it now. Transient ctr errors are retried with backoff.
  */
-export async function importTestImage(node: NodeAccess, img: TestImage, socket: string, tmpDir: string, delaysMs = [1000, 2000, 4000]): Promise<boolean> {
+export async function importTestImage(node: NodeAccess, img: TestImage, socket: string, tmpDir: string, delaysMs = [1000, 2000, 4000], before?: (missing: string[]) => Promise<void>): Promise<boolean> {
   const ctr = `ctr --address ${sh(socket)} -n k8s.io`;
+  let missing: string[] = [];
   const imported = async () => {
     const have = await node.exec(`${ctr} images ls -q`);
     const names = have.stdout.split('\n');
-    return have.code === 0 && names.includes(img.image) && names.includes(img.pause);
+    missing = [img.image, img.pause].filter((r) => !names.includes(r));
+    return have.code === 0 && missing.length === 0;
   };
   if (await imported()) return false;
+  // The caller records the import before it happens (down removes the image after a crash too):
+  // only the refs that are not there yet (a node's own pause image is not the harness's to remove).
+  await before?.(missing);
   const remote = `${tmpDir}/gvisor-e2e-image-${process.pid}-${Date.now()}.tar`;
   await writeNodeFile(node, remote, readFileSync(img.archive), '0600');
   try {

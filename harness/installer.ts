@@ -155,6 +155,16 @@ async function installLocked(node: NodeAccess, cfg: Config, bins: GVisorBinaries
   return { node: node.name, inPool, changed, restarted: restarts, facts };
 }
 
+/** Records, before it happens, that the test image is imported on the node: uninstall removes it again. */
+export async function recordTestImage(node: NodeAccess, refs: string[]): Promise<void> {
+  await withNodeLock(node, 'record the test image', async () => {
+    const journal = await NodeJournal.open<{ images?: string[] }>(node, STATE_FILE, BACKUP_SUFFIX);
+    const images = (journal.extra.images ??= []);
+    for (const r of refs) if (!images.includes(r)) images.push(r);
+    await journal.save();
+  });
+}
+
 /** The lock one install or uninstall holds on a node: a directory in /run (gone with a reboot), holding its owner. */
 export const NODE_LOCK = '/run/gvisor-e2e-node.lock';
 const DEFAULT_LOCK = NODE_LOCK;
@@ -198,8 +208,14 @@ export function uninstallNode(node: NodeAccess, cfg: Config): Promise<string[]> 
 }
 
 async function uninstallLocked(node: NodeAccess, cfg: Config): Promise<string[]> {
-  const journal = await NodeJournal.open(node, STATE_FILE, BACKUP_SUFFIX);
-  const undone = await journal.undo();
+  const journal = await NodeJournal.open<{ images?: string[] }>(node, STATE_FILE, BACKUP_SUFFIX);
+  const images = journal.extra.images ?? [];
+  const undone = await journal.undo(async () => {
+    if (!images.length) return [];
+    // Only the refs the harness imported; one already gone is fine.
+    await node.exec(`ctr --address ${sh(node.config.paths.containerdSocket)} -n k8s.io images rm ${images.map(sh).join(' ')}`);
+    return images.map((i) => `image ${i}`);
+  });
   for (const k of journal.kept) log('warn', `[${node.name}] ${k.path}: ${k.why}`);
   // Records written before the journal kept its dirs: binaryPath and the record's own dir.
   await node.exec(`rmdir ${sh(cfg.gvisor.binaryPath)} "$(dirname ${sh(STATE_FILE)})" 2>/dev/null; true`);
