@@ -23,6 +23,8 @@ export interface TestImage {
   image: string;
   /** Name usable as containerd's sandbox_image. */
   pause: string;
+  /** The image id (its config digest): containerd's CRI keeps a `sha256:<id>` ref beside the names. */
+  id: string;
 }
 
 const sha = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
@@ -40,7 +42,9 @@ export async function buildTestImage(busybox = BUSYBOX): Promise<TestImage> {
   const pause = `gvisor-e2e.local/pause:${tag}`;
   const dir = join(cacheRoot(), 'images');
   const archive = join(dir, `busybox-${tag}.oci.tar`);
-  if (existsSync(archive)) return { archive, image, pause };
+  // The id is kept beside the archive (an archive cached before ids were kept is built again).
+  if (existsSync(archive) && existsSync(`${archive}.id`)) return { archive, image, pause, id: readFileSync(`${archive}.id`, 'utf8').trim() };
+  let id = '';
 
   const work = mkdtempSync(join(tmpdir(), 'gvisor-e2e-image-'));
   try {
@@ -67,6 +71,7 @@ export async function buildTestImage(busybox = BUSYBOX): Promise<TestImage> {
         history: [{ created_by: 'gvisor-e2e: busybox-static' }],
       }),
     );
+    id = `sha256:${sha(config)}`;
     const manifest = Buffer.from(
       JSON.stringify({
         schemaVersion: 2,
@@ -89,11 +94,12 @@ export async function buildTestImage(busybox = BUSYBOX): Promise<TestImage> {
     );
     mkdirSync(dir, { recursive: true });
     await tarCreate({ file: `${archive}.tmp`, cwd: layout, portable: true, mtime: new Date(0) }, ['oci-layout', 'index.json', 'blobs']);
+    writeFileSync(`${archive}.id`, `${id}\n`);
     renameSync(`${archive}.tmp`, archive);
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
-  return { archive, image, pause };
+  return { archive, image, pause, id };
 }
 
 /**
@@ -124,8 +130,8 @@ export async function importTestImage(node: NodeAccess, img: TestImage, socket: 
   const imported = async () => {
     const have = await node.exec(`${ctr} images ls -q`);
     const names = have.stdout.split('\n');
-    missing = [img.image, img.pause].filter((r) => !names.includes(r));
-    return have.code === 0 && missing.length === 0;
+    missing = [img.image, img.pause, img.id].filter((r) => !names.includes(r));
+    return have.code === 0 && names.includes(img.image) && names.includes(img.pause);
   };
   if (await imported()) return false;
   // The caller records the import before it happens (down removes the image after a crash too):

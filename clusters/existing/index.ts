@@ -295,7 +295,7 @@ export class ExistingProvider extends BaseProvider<ExistingCluster> {
     for (const name of [...(state.imageNodes ?? [])]) {
       const done = await this.onNode(name, 'the test image', async (node, n) => {
         const img = await buildTestImage();
-        await node.exec(`ctr --address ${sh(n.paths.containerdSocket)} -n k8s.io images rm ${sh(img.image)} ${sh(img.pause)}`);
+        await node.exec(`ctr --address ${sh(n.paths.containerdSocket)} -n k8s.io images rm ${sh(img.image)} ${sh(img.pause)} ${sh(img.id)}`);
         log('info', `[${name}] removed the test image`);
       });
       if (!done) continue;

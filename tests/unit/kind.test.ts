@@ -152,7 +152,7 @@ function provider(rec: Recorder, name: string): { p: KindProvider; cfg: KindConf
   const state = join(scratch, name);
   const cfg = kindCfg(`name: ${name}\nstateDir: ${state}\nwait: 2m\npools: [{ name: gvisor }, { name: plain }]`);
   cfg.reportsDir = join(scratch, `${name}-reports`);
-  const image = { archive: '/cache/busybox.oci.tar', image: 'gvisor-e2e.local/busybox:x', pause: 'gvisor-e2e.local/pause:x' };
+  const image = { archive: '/cache/busybox.oci.tar', image: 'gvisor-e2e.local/busybox:x', pause: 'gvisor-e2e.local/pause:x', id: 'sha256:0000' };
   return { p: new KindProvider(cfg, { run: rec.run, kind: 'kind', testImage: async () => image }), cfg, state };
 }
 

@@ -74,7 +74,7 @@ describe('test image import', () => {
   const dir = mkdtempSync(join(tmpdir(), 'gvisor-e2e-unit-ctr-'));
   const archive = join(dir, 'image.tar');
   writeFileSync(archive, 'archive');
-  const img = { archive, image: 'gvisor-e2e.local/busybox:t', pause: 'gvisor-e2e.local/pause:t' };
+  const img = { archive, image: 'gvisor-e2e.local/busybox:t', pause: 'gvisor-e2e.local/pause:t', id: 'sha256:1111' };
   const node = new LocalNode(nodeConfig({ name: 'local-1', pool: 'p', access: { type: 'local' } }));
   const path = process.env.PATH;
   afterEach(() => {
