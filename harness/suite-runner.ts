@@ -13,6 +13,7 @@ import { newRunId, RunDir, writingReports } from './rundir.ts';
 import { PLAN_ENV, type RunPlan } from './suite.ts';
 import { ROOT_DIR } from './paths.ts';
 import { writeHtmlReports } from './allure.ts';
+import { redact } from './redact.ts';
 
 export interface SuiteRunInputs {
   image: { image: string; pause: string };
@@ -82,7 +83,10 @@ export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteN
   // The verdict is printed before the reports are written, so a full disk does not hide it.
   process.stdout.write(`\n${table(summary)}\n`);
   writingReports(run.dir, () => writeReports(run, summary));
+  // allure-results hold the workers' raw error messages: redacted before the HTML is made from them.
+  run.seal(redact);
   const html = await step('write HTML reports (Allure)', () => writeHtmlReports(run, summary.suites.map((s) => s.name)));
+  run.seal(redact);
   run.markLatest();
   log('info', `reports: ${run.dir} (summary.md, summary.json, junit/, ${html.length ? 'html/index.html' : 'no HTML'})`);
   return summary;

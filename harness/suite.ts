@@ -159,7 +159,9 @@ export abstract class SuiteContext {
       } catch (e) {
         // A node reached only through the API (an existing cluster without SSH): the check cannot be asked there.
         if (e instanceof NoNodeAccess || (e as Error).name === 'NoNodeAccess') return t.skip((e as Error).message);
-        await this.attachNodeFiles(n).catch(() => undefined);
+        // The node's files are evidence for a wrong answer only: a broken check (SSH, CRI, a
+        // timeout) learned nothing from them, and each copy is one more place a secret could leak.
+        if (e instanceof CheckFailed || e instanceof SandboxStartError) await this.attachNodeFiles(n).catch(() => undefined);
         throw e;
       } finally {
         const cmds = node.transcript.slice(mark);
