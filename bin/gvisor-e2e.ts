@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { applyManifest, loadConfig } from '../clusters/index.ts';
 import type { Config } from '../harness/config.ts';
 import { loadManifest } from '../harness/manifests.ts';
-import type { RunSummary } from '../harness/report.ts';
+import { exitCodeOf } from '../harness/report.ts';
 import { ConfigError, ExitCode, InfrastructureError } from '../harness/errors.ts';
 import { log, setVerbose } from '../harness/log.ts';
 import { ROOT_DIR } from '../harness/paths.ts';
@@ -13,7 +13,8 @@ import { clusterOf, doctor, down, install, repro, run, up, warm } from './app.ts
 
 // gvisor-e2e: provision a cluster, install gVisor like Gardener's runtime-gvisor extension and
 // image-builder do, run the conformance suites, write reports. Exit codes: 0 all passed,
-// 1 a check failed, 2 the harness or infrastructure broke, 64 bad config or arguments.
+// 1 a check failed, 2 the harness or infrastructure broke, 3 nothing was checked (every check
+// skipped), 64 bad config or arguments.
 
 const DEFAULT_CONFIG = join(ROOT_DIR, 'fixtures', 'local.yaml');
 
@@ -34,12 +35,6 @@ function retriesArg(v: string): number {
   const n = Number(v);
   if (!Number.isInteger(n) || n < 0 || n > 10) throw new ConfigError('command line', [{ path: '--retries', message: `expected a whole number from 0 to 10, got "${v}"` }]);
   return n;
-}
-
-/** The exit code of a run: a failed check outranks a broken one (a definite finding about the product). */
-function verdict(summary: RunSummary): number {
-  if (summary.suites.some((s) => s.counts.failed > 0)) return ExitCode.Failed;
-  return summary.state === 'passed' || summary.state === 'skipped' ? ExitCode.Passed : summary.state === 'failed' ? ExitCode.Failed : ExitCode.Broken;
 }
 
 const program = new Command()
@@ -91,7 +86,7 @@ program
   .addOption(new Option('--retries <n>', 'retry a failing check up to n times (each attempt is kept in the report)').argParser(retriesArg).default(0))
   .action(async (o: { suite?: string[]; skip?: string[]; keep?: boolean; install: boolean; retries: number }) => {
     const summary = await run(config(program.opts().config), { suites: o.suite, skip: o.skip, keep: o.keep, noInstall: !o.install, retries: o.retries, configPath: configFile(program.opts().config) });
-    process.exitCode = verdict(summary);
+    process.exitCode = exitCodeOf(summary);
   });
 
 program
@@ -103,7 +98,7 @@ program
   .action(async (manifest: string, o: { imageBuilder?: string; keep?: boolean }) => {
     // The embedded cluster's shape, unless -c names another config (its name, stateDir, reportsDir).
     const file = program.opts().config ?? DEFAULT_CONFIG;
-    process.exitCode = verdict(await repro(loadConfig(file), file, manifest, o));
+    process.exitCode = exitCodeOf(await repro(loadConfig(file), file, manifest, o));
   });
 
 program

@@ -12,6 +12,48 @@ import type { Capabilities, Capability } from './capabilities.ts';
 // gardener-extension-runtime-gvisor: only `net-raw` ("true"/"false") is honoured, the rest is
 // ignored — but we say so, where the extension stays silent.
 
+// Names and paths end up in commands run as root on nodes and on this machine (quoted, but never
+// trusted): they are checked here, at parse time, so hostile input stops with exit 64 before
+// anything exists. Messages show the value found (JSON-escaped, so a newline is visible).
+
+/** A value as an error message shows it: JSON-escaped and cut short. */
+export function shown(v: unknown): string {
+  const s = JSON.stringify(v) ?? String(v);
+  return s.length > 80 ? `${s.slice(0, 76)}…" (${String(v).length} characters)` : s;
+}
+
+function checked(what: string, ok: (s: string) => boolean) {
+  return z.string().refine(ok, { error: (iss) => `expected ${what}, got ${shown(iss.input)}` });
+}
+
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+/** A DNS-1123 label: pool names, handler, cluster names (at most 63 characters). */
+export const dnsLabel = checked('a DNS-1123 label (at most 63 lowercase letters, digits and "-", starting and ending with a letter or digit)', (s) => DNS_LABEL.test(s));
+/** A DNS-1123 subdomain: node names (dot-separated labels, at most 253 characters). */
+export const dnsName = checked('a DNS-1123 name (lowercase letters, digits, "-" and ".", at most 253 characters)', (s) => s.length <= 253 && s.split('.').every((l) => DNS_LABEL.test(l)));
+export const labelValue = checked('a Kubernetes label value (at most 63 characters: alphanumerics, "-", "_", ".")', (s) => /^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$/.test(s));
+
+/** Why `p` is not a safe path for a command line, or undefined. `absolute`: it must start with "/" and have no "..". */
+export function pathProblem(p: string, absolute = true): string | undefined {
+  if (absolute && !p.startsWith('/')) return `must start with "/" (an absolute path), got ${shown(p)}`;
+  if (p.length === 0 || p.length > 255) return `must be 1 to 255 characters long, got ${p.length}`;
+  if (!/^[A-Za-z0-9._+@\/-]+$/.test(p)) return `may contain only letters, digits and . _ - + @ / (no spaces, quotes, newlines or shell characters), got ${shown(p)}`;
+  // A relative path of the config is resolved against its file's directory (fixtures use "../reports");
+  // a path used as it is on a node must say where it is.
+  if (absolute && p.split('/').includes('..')) return `must not contain ".." segments, got ${shown(p)}`;
+  return undefined;
+}
+
+/** A path that goes into commands and unit files: plain characters, no "..", at most 255 characters. */
+export const safePath = (absolute = true) =>
+  z.string().superRefine((p, ctx) => {
+    const why = pathProblem(p, absolute);
+    if (why) ctx.addIssue({ code: 'custom', message: why });
+  });
+export const absolutePath = safePath(true);
+/** A path of this machine that may be relative to the config file (resolved later): same characters, ".." allowed. */
+export const configPath = safePath(false);
+
 export const duration = z.string().regex(/^\d+(ms|s|m|h)$/, 'a duration like "30s", "5m" or "500ms"');
 
 export const sshAccess = z
@@ -39,21 +81,21 @@ export const OS_FAMILIES = ['auto', 'debian', 'ubuntu', 'flatcar', 'azurelinux',
 
 const nodePaths = z
   .object({
-    containerdConfig: z.string().startsWith('/').default('/etc/containerd/config.toml'),
-    containerdSocket: z.string().startsWith('/').default('/run/containerd/containerd.sock'),
-    runscConfig: z.string().startsWith('/').default('/etc/containerd/runsc.toml'),
-    systemdUnitDir: z.string().startsWith('/').default('/etc/systemd/system'),
+    containerdConfig: absolutePath.default('/etc/containerd/config.toml'),
+    containerdSocket: absolutePath.default('/run/containerd/containerd.sock'),
+    runscConfig: absolutePath.default('/etc/containerd/runsc.toml'),
+    systemdUnitDir: absolutePath.default('/etc/systemd/system'),
     /** Where CRI container logs are written for the pods the suites start. */
-    podLogDir: z.string().startsWith('/').default('/var/log/gvisor-e2e'),
+    podLogDir: absolutePath.default('/var/log/gvisor-e2e'),
     /** Scratch space on the node (image tarballs). */
-    tmpDir: z.string().startsWith('/').default('/tmp'),
+    tmpDir: absolutePath.default('/tmp'),
   })
   .strict();
 
 export const nodeSchema = z
   .object({
-    name: z.string().regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'a DNS-1123 name'),
-    pool: z.string().min(1),
+    name: dnsName,
+    pool: dnsLabel,
     labels: z.record(z.string(), z.string()).default({}),
     access: z.discriminatedUnion('type', [sshAccess, localAccess, dockerAccess, apiAccess]),
     osFamily: z.enum(OS_FAMILIES).default('auto'),
@@ -72,7 +114,7 @@ const gvisorSource = z.discriminatedUnion('type', [
   /** Build runsc and its shim from the gvisor.dev/gvisor Go module (cached by version). */
   z.object({ type: z.literal('build') }).strict(),
   /** Use binaries from a directory on the harness host (runsc, containerd-shim-runsc-v1). */
-  z.object({ type: z.literal('dir'), path: z.string().min(1) }).strict(),
+  z.object({ type: z.literal('dir'), path: configPath }).strict(),
   /** Download a dated release (yyyymmdd) or "latest" from gVisor's release bucket, sha512-checked. */
   z
     .object({
@@ -86,14 +128,14 @@ const gvisorSource = z.discriminatedUnion('type', [
 const gvisorSchema = z
   .object({
     /** Worker pools whose nodes get gVisor (Gardener: the ContainerRuntime's workerPool). */
-    pools: z.array(z.string().min(1)).min(1),
+    pools: z.array(dnsLabel).min(1),
     /** CRI runtime handler. Gardener: "runsc"; image-builder: "gvisor". */
-    handler: z.string().regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'a DNS-1123 label').default('runsc'),
-    runtimeClassName: z.string().min(1).default('gvisor'),
+    handler: dnsLabel.default('runsc'),
+    runtimeClassName: dnsName.default('gvisor'),
     /** Gardener default /var/bin/containerruntimes; image-builder /usr/local/bin. */
-    binaryPath: z.string().startsWith('/').default('/var/bin/containerruntimes'),
+    binaryPath: absolutePath.default('/var/bin/containerruntimes'),
     /** "latest", a dated release "yyyymmdd" (image-builder's containerd_gvisor_version), or an exact version string. */
-    version: z.string().min(1).default('latest'),
+    version: checked('"latest", a release date yyyymmdd or a version string (letters, digits, ".", "_", "-", "+"; at most 64 characters)', (s) => /^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$/.test(s)).default('latest'),
     source: gvisorSource.default({ type: 'build' }),
     /** io.containerd.runsc.v1 (the runsc shim), or the runc v2 shim with runsc as its binary where no runsc shim exists. */
     shim: z.enum(['runsc', 'runc-v2']).default('runsc'),
@@ -112,9 +154,6 @@ const containerdSchema = z
   })
   .strict();
 
-export const labelValue = z.string().regex(/^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$/, 'a Kubernetes label value (at most 63 characters: alphanumerics, "-", "_", ".")');
-export const dnsName = z.string().regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'a DNS-1123 name');
-export const dnsLabel = z.string().regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'a DNS-1123 label');
 
 /** What every provider's `cluster` section has; the rest belongs to the provider (clusters/<provider>/). */
 export interface ClusterSpec {
@@ -173,7 +212,7 @@ function baseSchema(cluster: z.ZodType<ClusterSpec>) {
         .strict()
         .default({ command: '60s', container: '60s', containerdRestart: '60s' }),
       /** Resolved against the config file's directory, like every other path in it. */
-      reportsDir: z.string().default('reports'),
+      reportsDir: configPath.default('reports'),
       /** Bounded parallelism: suite files run in `suites` workers at once; within a suite, `nodes` nodes are checked at once. */
       concurrency: z
         .object({ suites: z.number().int().min(1).max(16).default(2), nodes: z.number().int().min(1).max(64).default(8) })

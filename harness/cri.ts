@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { criProtoPath } from './binaries.ts';
 import { InfrastructureError, TimeoutError } from './errors.ts';
+import { criInfrastructureFault } from './faults.ts';
 import type { NodeAccess } from './node.ts';
 import { untilWoken } from './wait.ts';
 
@@ -115,6 +116,7 @@ export class CriClient {
           const why = this.lastTunnelError() ?? err.details;
           rej(new InfrastructureError(`CRI ${method} on ${this.node.name}: containerd at ${this.socket} is unavailable: ${why}`));
         }
+        else if (criInfrastructureFault(err)) rej(new InfrastructureError(`CRI ${method} on ${this.node.name} could not be served: ${err.details || err.message}`, { cause: err }));
         else rej(new CriError(method, this.node.name, err));
       });
     });

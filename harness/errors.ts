@@ -34,6 +34,8 @@ export const ExitCode = {
   Failed: 1,
   /** The harness or infrastructure broke; the result says nothing about the product. */
   Broken: 2,
+  /** Nothing was checked: every check was skipped (no SSH access, a capability missing, all filtered out). */
+  NothingChecked: 3,
   /** Bad configuration or arguments (EX_USAGE). */
   Usage: 64,
 } as const;

@@ -2,6 +2,7 @@ import * as k8s from '@kubernetes/client-node';
 import { Writable } from 'node:stream';
 import type { Config, NodeConfig } from './config.ts';
 import { InfrastructureError, TimeoutError } from './errors.ts';
+import { criInfrastructureFault } from './faults.ts';
 import { isGVisorNode } from './installer.ts';
 import { log } from './log.ts';
 import { registerSecret } from './redact.ts';
@@ -217,14 +218,20 @@ export async function runPodToCompletion(kc: k8s.KubeConfig, p: k8s.V1Pod, timeo
   let last: k8s.V1Pod;
   try {
     last = await watchPod(kc, ns, name, () => `pod ${ns}/${name} to finish`, timeoutMs, async (pod) => {
-      if (pod.status?.phase === 'Pending' && pod.spec?.nodeName && Date.now() - t0 > 3000) {
-        // The runtime refused the sandbox (unknown handler, runsc missing…): the node's answer, at once.
-        const refused = (await eventsOf(core, ns, name)).find((e) => e.reason === 'FailedCreatePodSandBox');
+      if (pod.status?.phase === 'Pending' && pod.spec?.nodeName) {
+        // The runtime refused the sandbox (unknown handler, runsc missing…): the node's answer once
+        // the kubelet's retry failed too (a first failure may be a restarting containerd); a refusal
+        // for lack of room or of an image is the infrastructure's.
+        const refused = sandboxRefusal(await eventsOf(core, ns, name));
+        if (refused?.infrastructure) throw new InfrastructureError(`pod ${ns}/${name} on ${pod.spec.nodeName}: the sandbox could not be created: ${refused.message}`);
         // The handler when the caller knows it (the RuntimeClass name may differ from it).
-        if (refused) throw new SandboxStartError(handler ?? p.spec?.runtimeClassName ?? 'runc', pod.spec.nodeName, refused.message ?? '');
+        if (refused) throw new SandboxStartError(handler ?? p.spec?.runtimeClassName ?? 'runc', pod.spec.nodeName, refused.message);
       }
       const sched = pod.status?.conditions?.find((c) => c.type === 'PodScheduled');
-      if (!pod.spec?.nodeName && sched?.status === 'False' && sched.reason === 'Unschedulable' && Date.now() - t0 > 5000) {
+      // Only a node selector/affinity that no node matches is the cluster's answer (labels, the
+      // RuntimeClass); lack of CPU or memory, taints of a not-ready node: keep waiting, and a
+      // timeout is broken.
+      if (!pod.spec?.nodeName && sched?.status === 'False' && sched.reason === 'Unschedulable' && Date.now() - t0 > 5000 && unschedulableBySelector(sched.message ?? '')) {
         throw new UnschedulableError(`pod ${ns}/${name} cannot be scheduled: ${sched.message ?? ''}`);
       }
       return pod.status?.phase === 'Succeeded' || pod.status?.phase === 'Failed';
@@ -236,6 +243,36 @@ export async function runPodToCompletion(kc: k8s.KubeConfig, p: k8s.V1Pod, timeo
   const logs = await api(`reading logs of pod ${ns}/${name}`, () => core.readNamespacedPodLog({ name, namespace: ns, container: 'main' }));
   const exitCode = last.status?.containerStatuses?.[0]?.state?.terminated?.exitCode ?? -1;
   return { pod: last, logs, exitCode };
+}
+
+/**
+ * A pod's FailedCreatePodSandBox, once it is a verdict: after the kubelet's retry failed too (the
+ * event's count, or two events), or at once when it says the node lacks room or an image.
+ */
+export function sandboxRefusal(events: Pick<k8s.CoreV1Event, 'reason' | 'message' | 'count'>[]): { message: string; infrastructure: boolean } | undefined {
+  const refused = events.filter((e) => e.reason === 'FailedCreatePodSandBox');
+  if (refused.length === 0) return undefined;
+  const message = refused.at(-1)!.message ?? '';
+  if (criInfrastructureFault({ message })) return { message, infrastructure: true };
+  const times = refused.reduce((n, e) => n + (e.count ?? 1), 0);
+  return times >= 2 ? { message, infrastructure: false } : undefined;
+}
+
+/**
+ * Whether the scheduler's message says every node was ruled out by the pod's node selector or
+ * affinity ("0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."), the
+ * one refusal that is the cluster's answer about labels and RuntimeClasses.
+ */
+export function unschedulableBySelector(message: string): boolean {
+  const m = /(\d+)\/(\d+) nodes are available: ([^.]*)/.exec(message);
+  if (!m) return false;
+  const total = Number(m[2]);
+  let bySelector = 0;
+  for (const part of m[3]!.split(',')) {
+    const p = /^\s*(\d+) (.*)$/.exec(part);
+    if (p && /didn't match Pod's node affinity\/selector/.test(p[2]!)) bySelector += Number(p[1]);
+  }
+  return total > 0 && bySelector === total;
 }
 
 /** The scheduler refuses a pod: the cluster's answer (labels, RuntimeClass), not an infrastructure fault. */

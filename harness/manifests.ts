@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { parseAllDocuments } from 'yaml';
 import { z } from 'zod';
-import type { Config } from './config.ts';
+import { absolutePath, type Config, dnsLabel } from './config.ts';
 import { ConfigError } from './errors.ts';
 
 // A customer's Gardener manifests as input: a ContainerRuntime (what gardener-extension-runtime-gvisor
@@ -24,9 +24,10 @@ const containerRuntime = z.object({
   spec: z
     .object({
       type: z.literal('gvisor', { message: 'only type "gvisor" is handled' }),
-      binaryPath: z.string().startsWith('/'),
+      // Goes into the containerd unit's drop-in and into commands on the node: checked like the config's.
+      binaryPath: absolutePath,
       providerConfig: providerConfig.optional(),
-      workerPool: z.object({ name: z.string().min(1), selector: z.object({ matchLabels: z.record(z.string(), z.string()).optional() }).passthrough().optional() }),
+      workerPool: z.object({ name: dnsLabel, selector: z.object({ matchLabels: z.record(z.string(), z.string()).optional() }).passthrough().optional() }),
     })
     .passthrough(),
 });
@@ -43,7 +44,7 @@ const shoot = z.object({
             .array(
               z
                 .object({
-                  name: z.string().min(1),
+                  name: dnsLabel,
                   cri: z
                     .object({
                       name: z.string().optional(),

@@ -1,3 +1,4 @@
+import { shQuote } from './shell.ts';
 import { spawn } from 'node:child_process';
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -422,10 +423,8 @@ export async function waitForSshd(
   return banner!;
 }
 
-/** Quotes a string for a POSIX shell. */
-export function sh(s: string): string {
-  return `'${s.replace(/'/g, `'\\''`)}'`;
-}
+/** Quotes a string for a POSIX shell (harness/shell.ts; the short name many callers use). */
+export const sh = shQuote;
 
 /** Helpers every suite and the installer need on top of exec. */
 export async function readNodeFile(node: NodeAccess, path: string): Promise<string | undefined> {

@@ -2,6 +2,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import Table from 'cli-table3';
 import type { Reporter, TestModule } from 'vitest/node';
+import { ExitCode } from './errors.ts';
 import { redact } from './redact.ts';
 import type { RunDir } from './rundir.ts';
 
@@ -80,7 +81,16 @@ function worst(states: State[]): State {
   return 'skipped';
 }
 
-export function summarize(runId: string, cluster: string, startedAt: Date, modules: readonly TestModule[], suiteNames: string[]): RunSummary {
+/**
+ * What went wrong outside any check, each becoming a broken check of its own so a run that
+ * checked nothing cannot pass: vitest's unhandled errors, and selected suites whose file is missing.
+ */
+export interface RunProblems {
+  unhandledErrors?: readonly { name?: string; message?: string }[];
+  missingSuites?: string[];
+}
+
+export function summarize(runId: string, cluster: string, startedAt: Date, modules: readonly TestModule[], suiteNames: string[], problems: RunProblems = {}): RunSummary {
   const checks: CheckResult[] = [];
   const pods: PodSummary[] = [];
   const suites = new Map<string, SuiteSummary>();
@@ -114,8 +124,24 @@ export function summarize(runId: string, cluster: string, startedAt: Date, modul
       checks.push({ suite, node, name: t.name, state, durationMs: d?.duration ?? 0, message, notes, warnings, attempts: (d?.retryCount ?? 0) + 1 });
     }
   }
+  for (const suite of problems.missingSuites ?? []) {
+    checks.push({ suite, node: '-', name: '(suite file)', state: 'broken', durationMs: 0, message: `the suite file suites/${suite}/${suite}.suite.ts does not exist`, notes: [], warnings: [], attempts: 1 });
+  }
+  // A suite file that loaded but declared nothing has not checked anything either.
+  for (const m of modules) {
+    const suite = suiteOf(m.moduleId);
+    if (m.errors().length === 0 && [...m.children.allTests()].length === 0) {
+      checks.push({ suite, node: '-', name: '(suite file)', state: 'broken', durationMs: 0, message: `${suite} declared no checks`, notes: [], warnings: [], attempts: 1 });
+    }
+  }
+  for (const e of problems.unhandledErrors ?? []) {
+    // Not tied to a check; vitest reports it after the run (a promise rejected outside a check, a worker that died).
+    const suite = suiteNames[0] ?? '(run)';
+    checks.push({ suite, node: '-', name: '(unhandled error)', state: 'broken', durationMs: 0, message: redact(`${e.name ?? 'Error'}: ${e.message ?? String(e)}`), notes: [], warnings: [], attempts: 1 });
+  }
   for (const c of checks) {
-    const s = suites.get(c.suite)!;
+    const s = suites.get(c.suite) ?? { name: c.suite, state: 'skipped' as State, durationMs: 0, counts: zero(), nodes: {} };
+    suites.set(c.suite, s);
     s.counts[c.state]++;
     (s.nodes[c.node] ??= zero())[c.state]++;
     if ((c.state === 'failed' || c.state === 'broken') && !s.firstFailure) s.firstFailure = `[${c.node}] ${c.name}: ${c.message ?? ''}`;
@@ -132,6 +158,17 @@ export function summarize(runId: string, cluster: string, startedAt: Date, modul
     checks,
     pods: { total: pods.length, privileged: pods.filter((p) => p.privileged.length > 0) },
   };
+}
+
+/**
+ * The exit code of a run: a failed check outranks a broken one (a definite finding about the
+ * product); a run in which every check was skipped (or that had none) checked nothing and does not pass.
+ */
+export function exitCodeOf(summary: RunSummary): number {
+  if (summary.suites.some((s) => s.counts.failed > 0)) return ExitCode.Failed;
+  if (summary.suites.some((s) => s.counts.broken > 0)) return ExitCode.Broken;
+  const checked = summary.suites.reduce((n, s) => n + s.counts.passed, 0);
+  return checked === 0 ? ExitCode.NothingChecked : ExitCode.Passed;
 }
 
 /** Collects module results for summarize(); vitest calls it in the CLI process. */

@@ -1,7 +1,7 @@
 // The one place that knows the layout of <reportsDir>: a directory per run, `latest` pointing at
 // the newest, and beside them the logs a provider collected when a cluster failed to come up.
 import { randomBytes } from 'node:crypto';
-import { existsSync, lstatSync, mkdirSync, symlinkSync, unlinkSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { InfrastructureError } from './errors.ts';
 
@@ -50,8 +50,39 @@ export class RunDir {
     return join(this.dir, 'transcripts', `${suite}.json`);
   }
 
+  /** Reports may quote a node's files and errors: only the user who ran the harness reads them (0700). */
   create(): void {
-    writingReports(this.dir, () => mkdirSync(this.dir, { recursive: true }));
+    writingReports(this.dir, () => {
+      mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+      chmodSync(this.dir, 0o700);
+    });
+  }
+
+  /**
+   * Every file of the run through `redact`, then files 0600 and directories 0700: what the test
+   * workers and Allure wrote (error messages and traces included) passed no other redaction.
+   */
+  seal(redact: (text: string) => string): void {
+    const walk = (dir: string): void => {
+      // Allure's HTML is made from the redacted results; its minified script is not text to rewrite.
+      const rewrite = dir !== this.html && !dir.startsWith(`${this.html}/`);
+      chmodSync(dir, 0o700);
+      for (const e of readdirSync(dir, { withFileTypes: true })) {
+        const p = join(dir, e.name);
+        if (e.isDirectory()) walk(p);
+        else if (e.isFile()) {
+          const raw = readFileSync(p);
+          // Text only (JSON, XML, Markdown, HTML, logs); binary attachments stay as they are.
+          if (rewrite && !raw.subarray(0, 8000).includes(0)) {
+            const text = raw.toString('utf8');
+            const clean = redact(text);
+            if (clean !== text) writeFileSync(p, clean);
+          }
+          chmodSync(p, 0o600);
+        }
+      }
+    };
+    writingReports(this.dir, () => walk(this.dir));
   }
 
   /** Points <reportsDir>/latest at this run. */

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { CriClient, CriError } from './cri.ts';
+import { InfrastructureError } from './errors.ts';
 import { readNodeFile, sh, type NodeAccess } from './node.ts';
 
 // One-shot containers in a fresh pod sandbox: the node-level equivalent of `kubectl run --rm`.
@@ -107,7 +108,9 @@ export async function runOneShot(node: NodeAccess, cri: CriClient, o: OneShotOpt
     const cid = await cri.createContainer(podId, containerConfig, sandboxConfig);
     await cri.startContainer(cid);
     const st = await cri.waitForExit(cid, `container ${podName}/main (${o.command.join(' ')}) to exit on ${node.name}`, o.timeoutMs);
-    const log = (await readNodeFile(node, `${logDir}/main.log`)) ?? '';
+    const log = await readNodeFile(node, `${logDir}/main.log`);
+    // A log that cannot be read is not "the container printed nothing": the check could not see.
+    if (log === undefined) throw new InfrastructureError(`cannot read the log of container ${podName}/main on ${node.name} (${logDir}/main.log)`);
     return {
       podId,
       exitCode: st.exit_code,

@@ -13,6 +13,7 @@ import { newRunId, RunDir, writingReports } from './rundir.ts';
 import { PLAN_ENV, type RunPlan } from './suite.ts';
 import { ROOT_DIR } from './paths.ts';
 import { writeHtmlReports } from './allure.ts';
+import { redact } from './redact.ts';
 
 export interface SuiteRunInputs {
   image: { image: string; pause: string };
@@ -46,8 +47,12 @@ export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteN
   const reporter = new SummaryReporter();
   const startedAt = new Date();
   const testTimeout = 2 * durationMs(cfg.timeouts.container) + 60_000;
+  const fileOf = (s: string) => join(ROOT_DIR, 'suites', s, `${s}.suite.ts`);
+  // A selected suite without its file is reported broken, never silently left out.
+  const missingSuites = suites.filter((s) => !existsSync(fileOf(s)));
+  let unhandledErrors: { name?: string; message?: string }[] = [];
   try {
-    const files = suites.map((s) => join(ROOT_DIR, 'suites', s, `${s}.suite.ts`)).filter((f) => existsSync(f));
+    const files = suites.map(fileOf).filter((f) => existsSync(f));
     log('info', `▶ run suites: ${suites.join(', ')} on ${nodes.map((n) => n.name).join(', ')} (run ${run.runId})`);
     const vitest = await startVitest(
       'test',
@@ -71,16 +76,20 @@ export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteN
       },
       { logLevel: 'error' },
     );
+    unhandledErrors = vitest.state.getUnhandledErrors() as { name?: string; message?: string }[];
     await vitest.close();
   } finally {
     rmSync(planFile, { force: true });
   }
-  const summary = summarize(run.runId, cfg.cluster.name, startedAt, reporter.modules, suites);
+  const summary = summarize(run.runId, cfg.cluster.name, startedAt, reporter.modules, suites, { unhandledErrors, missingSuites });
   // The verdict is printed before the reports are written, so a full disk does not hide it.
   process.stdout.write(`\n${table(summary)}\n`);
   for (const w of warningLines(summary)) process.stdout.write(`${w}\n`);
   writingReports(run.dir, () => writeReports(run, summary));
+  // allure-results hold the workers' raw error messages: redacted before the HTML is made from them.
+  run.seal(redact);
   const html = await step('write HTML reports (Allure)', () => writeHtmlReports(run, summary.suites.map((s) => s.name)));
+  run.seal(redact);
   run.markLatest();
   log('info', `reports: ${run.dir} (summary.md, summary.json, junit/, ${html.length ? 'html/index.html' : 'no HTML'})`);
   return summary;

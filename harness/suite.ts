@@ -10,6 +10,7 @@ import { CriClient } from './cri.ts';
 import { InfrastructureError } from './errors.ts';
 // What the suites expect comes from the written spec, never from the installer's own rules.
 import { NoNodeAccess, openNode, type NodeAccess } from './node.ts';
+import { shQuote } from './shell.ts';
 import { SandboxStartError, runOneShot, type OneShotResult } from './sandbox.ts';
 // Types only: the Kubernetes client (~80 MB per process) is loaded when a run has a cluster API.
 import type * as k8s from '@kubernetes/client-node';
@@ -166,7 +167,9 @@ export abstract class SuiteContext {
       } catch (e) {
         // A node reached only through the API (an existing cluster without SSH): the check cannot be asked there.
         if (e instanceof NoNodeAccess || (e as Error).name === 'NoNodeAccess') return t.skip((e as Error).message);
-        await this.attachNodeFiles(n).catch(() => undefined);
+        // The node's files are evidence for a wrong answer only: a broken check (SSH, CRI, a
+        // timeout) learned nothing from them, and each copy is one more place a secret could leak.
+        if (e instanceof CheckFailed || e instanceof SandboxStartError) await this.attachNodeFiles(n).catch(() => undefined);
         throw e;
       } finally {
         const cmds = node.transcript.slice(mark);
@@ -210,7 +213,7 @@ export abstract class SuiteContext {
     const node = this.node(n);
     const files = [n.paths.containerdConfig, n.paths.runscConfig, `${n.paths.systemdUnitDir}/containerd.service.d/limit-nofile.conf`];
     for (const f of files) {
-      const r = await node.exec(`cat ${JSON.stringify(f)}`);
+      const r = await node.exec(`cat ${shQuote(f)}`);
       await this.attach(`${n.name}:${f}`, r.code === 0 ? r.stdout : `(absent: ${r.stderr.trim()})`);
     }
   }

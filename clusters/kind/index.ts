@@ -2,7 +2,7 @@ import { chmodSync, existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } 
 import { join } from 'node:path';
 import { z } from 'zod';
 import { buildKind, cacheRoot } from '../../harness/binaries.ts';
-import { type Config, type NodeConfig, duration, durationMs, labelValue, nodeConfig } from '../../harness/config.ts';
+import { type Config, type NodeConfig, absolutePath, configPath, dnsLabel, dnsName, duration, durationMs, labelValue, nodeConfig } from '../../harness/config.ts';
 import { InfrastructureError } from '../../harness/errors.ts';
 import { buildTestImage, type TestImage } from '../../harness/image.ts';
 import { log, step } from '../../harness/log.ts';
@@ -19,8 +19,8 @@ import { kindWorkers, renderKindConfig, type KindWorker } from './config.ts';
 /** kind v1alpha4 Mount (the fields kind accepts), for cluster.extraMounts. */
 const kindMount = z
   .object({
-    hostPath: z.string().min(1),
-    containerPath: z.string().startsWith('/'),
+    hostPath: configPath,
+    containerPath: absolutePath,
     readOnly: z.boolean().optional(),
     propagation: z.enum(['None', 'HostToContainer', 'Bidirectional']).optional(),
   })
@@ -31,19 +31,19 @@ const schema = z
     /** "kind": a kind cluster (Kubernetes in Docker containers), made with the kind CLI; needs a running Docker engine. */
     provider: z.literal('kind'),
     /** kind cluster name; the node containers are <name>-control-plane, <name>-worker, <name>-worker2, … */
-    name: z.string().regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'a DNS-1123 name (kind: lowercase alphanumerics, "-", ".")').default('gvisor-e2e'),
-    stateDir: z.string().optional(),
+    name: dnsName.default('gvisor-e2e'),
+    stateDir: configPath.optional(),
     /** The kindest/node image every node boots (pinned in harness/versions.ts). */
     nodeImage: z.string().min(1).default(KIND_NODE_IMAGE),
     /** A kind binary to use; default: `kind` on PATH, else built from its Go module. */
-    kindBinary: z.string().min(1).optional(),
+    kindBinary: configPath.optional(),
     /** How long `kind create cluster --wait` waits for the control plane to be Ready. */
     wait: duration.default('5m'),
     pools: z
       .array(
         z
           .object({
-            name: labelValue.pipe(z.string().min(1)),
+            name: dnsLabel,
             nodes: z.number().int().min(1).max(16).default(1),
             /** Extra node labels for this pool's nodes. */
             labels: z.record(z.string(), labelValue).default({}),

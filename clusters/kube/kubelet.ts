@@ -4,6 +4,7 @@ import { stringify } from 'yaml';
 import { InfrastructureError } from '../../harness/errors.ts';
 import { POOL_LABEL } from '../../harness/labels.ts';
 import { until } from '../../harness/wait.ts';
+import { shCommand } from '../../harness/shell.ts';
 import type { ControlPlane } from './controlplane.ts';
 
 // A real kubelet per host node, inside the node's namespaces, talking CRI to the node's containerd.
@@ -64,7 +65,8 @@ export async function startKubelet(node: KubeletHost, cp: ControlPlane, o: Kubel
   cp.kubeletKubeconfig(o.name, join(dir, 'kubeconfig'));
   node.startDaemon(
     'kubelet',
-    `${o.kubeletBin} --config=${join(dir, 'config.yaml')} --kubeconfig=${join(dir, 'kubeconfig')} --hostname-override=${o.name} --node-ip=${o.ip} --node-labels=${POOL_LABEL}=${o.pool} --v=1`,
+    // Every word quoted: the node and pool names come from the config or a customer's manifest.
+    shCommand([o.kubeletBin, `--config=${join(dir, 'config.yaml')}`, `--kubeconfig=${join(dir, 'kubeconfig')}`, `--hostname-override=${o.name}`, `--node-ip=${o.ip}`, `--node-labels=${POOL_LABEL}=${o.pool}`, '--v=1']),
   );
   let last = '';
   await until(

@@ -3,6 +3,7 @@ import { runSync, shSync } from '../../harness/process.ts';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync, symlinkSync, writeFileSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
 import { waitForSshd } from '../../harness/node.ts';
+import { shCommand, shQuote } from '../../harness/shell.ts';
 
 // A throwaway Kubernetes-style node on the harness's own host: its own mount namespace (so
 // /etc/containerd, /var, /run, /usr/local/bin are private and the harness's default paths are
@@ -95,7 +96,7 @@ export class HostNode {
 
   /** Command that restarts this node's containerd (what systemctl does on a real node). */
   get restartCommand(): string {
-    return `sh ${join(this.stateDir, 'restart-containerd.sh')}`;
+    return `sh ${shQuote(join(this.stateDir, 'restart-containerd.sh'))}`;
   }
 
   static async start(o: HostNodeOptions): Promise<HostNode> {
@@ -111,7 +112,7 @@ export class HostNode {
     if (o.containerdBinDir) for (const b of ['containerd', 'ctr']) copyFileSync(join(o.containerdBinDir, b), join(S, 'usr-local-bin', b));
     writeFileSync(join(S, 'etc-containerd/config.toml'), baseContainerdConfig(o.sandboxImage, o.configVersion ?? 2));
     writeFileSync(join(S, 'etc-containerd/net.d/10-gvisor-e2e.conflist'), cniConflist(o.podSubnet ?? '10.244.0.0/24'));
-    sh(`ssh-keygen -q -t ed25519 -N '' -C ${o.name} -f ${join(S, 'ssh/host_ed25519')}`);
+    sh(shCommand(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', o.name, '-f', join(S, 'ssh/host_ed25519')]));
     writeFileSync(join(S, 'ssh/authorized_keys'), `${o.authorizedKey.trim()}\n`, { mode: 0o600 });
     writeFileSync(
       join(S, 'ssh/sshd_config'),
@@ -139,7 +140,8 @@ export class HostNode {
       `#!/bin/sh
 # Restarts this test node's containerd: what \`systemctl restart containerd\` does on a real node.
 set -e
-S=${S}
+S=${shQuote(S)}
+NODE=${shQuote(o.name)}
 if [ -f "$S/containerd.pid" ]; then
   pid=$(cat "$S/containerd.pid")
   if kill "$pid" 2>/dev/null; then
@@ -149,14 +151,14 @@ if [ -f "$S/containerd.pid" ]; then
 fi
 # The runsc shim and runsc are looked up on PATH, as with Gardener's containerd unit.
 export PATH=/var/bin/containerruntimes:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export ${NODE_MARKER}=${S}
+export ${NODE_MARKER}="$S"
 ulimit -n ${nofile}
 nsenter --net="$S/netns" setsid containerd --config /etc/containerd/config.toml >>"$S/containerd.log" 2>&1 </dev/null &
 echo $! > "$S/containerd.pid"
 i=0
 until [ -S /run/containerd/containerd.sock ] && ctr --timeout 2s version >/dev/null 2>&1; do
-  i=$((i+1)); if [ $i -gt 300 ]; then echo "timed out after 30s waiting for containerd of node ${o.name} to serve /run/containerd/containerd.sock" >&2; tail -20 "$S/containerd.log" >&2; exit 1; fi
-  if ! kill -0 "$(cat "$S/containerd.pid")" 2>/dev/null; then echo "containerd of node ${o.name} exited:" >&2; tail -20 "$S/containerd.log" >&2; exit 1; fi
+  i=$((i+1)); if [ $i -gt 300 ]; then echo "timed out after 30s waiting for containerd of node $NODE to serve /run/containerd/containerd.sock" >&2; tail -20 "$S/containerd.log" >&2; exit 1; fi
+  if ! kill -0 "$(cat "$S/containerd.pid")" 2>/dev/null; then echo "containerd of node $NODE exited:" >&2; tail -20 "$S/containerd.log" >&2; exit 1; fi
   sleep 0.1
 done
 `,
@@ -167,17 +169,17 @@ done
     // shim insists on oom_score_adj -999 except inside a user namespace, where it tolerates EACCES.
     const mounts = [
       // The network namespace is made (and pinned at a file) from inside, so the user namespace owns it.
-      `touch ${S}/netns && unshare --net=${S}/netns true && nsenter --net=${S}/netns ip link set lo up`,
+      `touch ${shQuote(`${S}/netns`)} && unshare --net=${shQuote(`${S}/netns`)} true && nsenter --net=${shQuote(`${S}/netns`)} ip link set lo up`,
       'mount -t tmpfs -o mode=755 tmpfs /run',
       'mkdir -p /run/sshd /run/containerd',
-      `mount --bind ${S}/var /var`,
-      `mount --bind ${S}/etc-containerd /etc/containerd`,
-      `mount --bind ${S}/etc-systemd /etc/systemd/system`,
-      `mount --bind ${S}/usr-local-bin /usr/local/bin`,
+      `mount --bind ${shQuote(`${S}/var`)} /var`,
+      `mount --bind ${shQuote(`${S}/etc-containerd`)} /etc/containerd`,
+      `mount --bind ${shQuote(`${S}/etc-systemd`)} /etc/systemd/system`,
+      `mount --bind ${shQuote(`${S}/usr-local-bin`)} /usr/local/bin`,
     ].join(' && ');
     const child = spawn(
       'unshare',
-      ['--user', '--mount', '--propagation', 'private', 'sh', '-c', `read go && ${mounts} && exec /usr/sbin/sshd -D -e -f ${S}/ssh/sshd_config`],
+      ['--user', '--mount', '--propagation', 'private', 'sh', '-c', `read go && ${mounts} && exec /usr/sbin/sshd -D -e -f ${shQuote(`${S}/ssh/sshd_config`)}`],
       { detached: true, stdio: ['pipe', 'ignore', 'pipe'], env: { ...process.env, [NODE_MARKER]: S } },
     );
     let stderr = '';
@@ -204,7 +206,7 @@ done
     // Enough to find and stop this node from another process (`down` after a crash).
     writeFileSync(join(S, 'node.json'), JSON.stringify({ name: o.name, sshPort: o.sshPort, knownHostsLine, sshdPid: pid, mntNs }), { mode: 0o600 });
     try {
-      node.inNode(`sh ${S}/restart-containerd.sh`);
+      node.inNode(`sh ${shQuote(`${S}/restart-containerd.sh`)}`);
     } catch (e) {
       await node.stop();
       throw e;
@@ -251,7 +253,8 @@ done
   /** Starts a long-running process inside the node's namespaces (network included), logging to <stateDir>/<name>.log. */
   startDaemon(name: string, command: string): void {
     const S = this.stateDir;
-    this.inNode(`export ${NODE_MARKER}=${S}; nsenter --net=${S}/netns setsid ${command} >>${S}/${name}.log 2>&1 </dev/null & echo $! > ${S}/${name}.pid`);
+    const q = (p: string) => shQuote(join(S, p));
+    this.inNode(`export ${NODE_MARKER}=${shQuote(S)}; nsenter --net=${q('netns')} setsid ${command} >>${q(`${name}.log`)} 2>&1 </dev/null & echo $! > ${q(`${name}.pid`)}`);
   }
 
   /** Whether a daemon started by startDaemon() is still running. */

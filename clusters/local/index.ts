@@ -2,7 +2,7 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync
 import { basename, join } from 'node:path';
 import { z } from 'zod';
 import { buildContainerd, cacheRoot } from '../../harness/binaries.ts';
-import { type Config, type NodeConfig, dnsLabel, nodeConfig, OS_FAMILIES } from '../../harness/config.ts';
+import { type Config, type NodeConfig, configPath, dnsLabel, nodeConfig, OS_FAMILIES } from '../../harness/config.ts';
 import { InfrastructureError } from '../../harness/errors.ts';
 import { buildTestImage } from '../../harness/image.ts';
 import { log, step } from '../../harness/log.ts';
@@ -52,16 +52,17 @@ const schema = z
     provider: z.literal('local'),
     name: dnsLabel.default('gvisor-e2e'),
     /** Where node state lives (must not be on a tmpfs that hides it from `down` in another shell). */
-    stateDir: z.string().optional(),
+    stateDir: configPath.optional(),
     /** Make the nodes a real Kubernetes cluster: control plane processes plus a kubelet on every host node. */
     kubernetes: z.boolean().default(false),
     /** Official release binaries to use instead of building them (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl, etcd). */
-    kubernetesBinDir: z.string().optional(),
+    kubernetesBinDir: configPath.optional(),
     pools: z
       .array(
         z
           .object({
-            name: z.string().min(1),
+            /** Node names are <pool>-<n> (a DNS-1123 label too), so a pool name leaves room for the suffix. */
+            name: dnsLabel.refine((s) => s.length <= 60, 'at most 60 characters (node names <pool>-<n> are DNS-1123 labels)'),
             nodes: z.number().int().min(1).max(64).default(1),
             /** host: a user+mount+network namespace node on this machine; systemd: a Debian booted with systemd-nspawn. */
             kind: z.enum(['host', 'systemd']).default('host'),

@@ -1,7 +1,7 @@
 // "nodes": hosts the user already has (SSH, this machine, or `docker exec`), without a Kubernetes
 // API. The harness did not create them: `down` uninstalls what `install` put there, nothing else.
 import { z } from 'zod';
-import { type Config, type NodeConfig, nodeSchema } from '../../harness/config.ts';
+import { type Config, type NodeConfig, dnsLabel, nodeSchema } from '../../harness/config.ts';
 import { BaseProvider } from '../common/base.ts';
 import { doctorNodes, uninstallHosts } from '../common/hosts.ts';
 import { checkMembers, requireManifestPools } from '../common/pools.ts';
@@ -11,7 +11,7 @@ const schema = z
   .object({
     /** "nodes": hosts you already have, reached over SSH / locally / docker exec, without a Kubernetes API. */
     provider: z.literal('nodes'),
-    name: z.string().min(1).default('gvisor-e2e'),
+    name: dnsLabel.default('gvisor-e2e'),
     nodes: z.array(nodeSchema).min(1),
   })
   .strict();

@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { buildContainerd } from '../../harness/binaries.ts';
-import { type Config, type NodeConfig, dnsName, nodeConfig, OS_FAMILIES, sshAccess } from '../../harness/config.ts';
+import { type Config, type NodeConfig, configPath, dnsLabel, dnsName, nodeConfig, OS_FAMILIES, sshAccess } from '../../harness/config.ts';
 import { InfrastructureError } from '../../harness/errors.ts';
 import { buildTestImage } from '../../harness/image.ts';
 import { restartContainerd } from '../../harness/installer.ts';
@@ -30,7 +30,7 @@ import { defineProvider, type Finding, type Secrets } from '../provider.ts';
 const vmHostSchema = z
   .object({
     name: dnsName,
-    pool: z.string().min(1),
+    pool: dnsLabel,
     address: z.string().min(1),
     port: sshAccess.shape.port,
     user: sshAccess.shape.user,
@@ -49,10 +49,10 @@ const schema = z
   .object({
     /** "vm": hosts (VMs) reached over SSH that the harness provisions: containerd 2.x, CNI, then the normal install. */
     provider: z.literal('vm'),
-    name: z.string().min(1).default('gvisor-e2e'),
+    name: dnsLabel.default('gvisor-e2e'),
     hosts: z.array(vmHostSchema).min(1),
     /** The kubeconfig of an existing cluster these hosts are nodes of (RuntimeClass, labels, API pods). */
-    kubeconfig: z.string().min(1).optional(),
+    kubeconfig: configPath.optional(),
   })
   .strict();
 export type VmCluster = z.infer<typeof schema>;

@@ -1,6 +1,7 @@
 import * as k8s from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, it } from 'vitest';
-import { api, createRunNamespace, kubeConfig, privilegeOf, runPodToCompletion, testPod } from '../../harness/kube.ts';
+import { InfrastructureError } from '../../harness/errors.ts';
+import { api, createRunNamespace, kubeConfig, privilegeOf, runPodToCompletion, testPod, unschedulableBySelector } from '../../harness/kube.ts';
 import { until } from '../../harness/wait.ts';
 import { NET_RAW_PROBE, parseNetRawProbe } from '../../harness/probes.ts';
 import { SuiteContext, check, recordPod } from '../context.ts';
@@ -70,26 +71,44 @@ describe('cluster', () => {
     check(!bootLog(r.logs).starts, `a pod without a runtime class on ${r.pod.spec?.nodeName} printed the gVisor boot log: the default runtime is gVisor`, bootLog);
   });
 
-  ctx.clusterTest('a gVisor pod pinned to a node outside the pool is not scheduled, and the event says why', async () => {
-    // A registered node without the gVisor label (nodes outside the API, like systemd nodes, do not count).
-    const other = (await api('listing nodes', () => core.listNode())).items.find((x) => x.metadata?.labels?.[gardener.GVISOR_NODE_LABEL] !== 'true')?.metadata?.name;
-    check(other, 'the cluster has no node outside the gVisor pools to pin to');
-    const name = 'rc-pinned';
-    const pinned = pod(name, ['true'], { runtimeClassName: rc, nodeSelector: { 'kubernetes.io/hostname': other } });
-    await record(pinned);
-    await api(`creating pod ${ns}/${name}`, () => core.createNamespacedPod({ namespace: ns, body: pinned }), { created: true });
+  /** Creates a pod and waits for the scheduler's first answer: the node it bound the pod to, or its FailedScheduling message. */
+  async function schedulerAnswer(p: k8s.V1Pod): Promise<{ node?: string; why: string }> {
+    const name = p.metadata!.name!;
+    await record(p);
+    await api(`creating pod ${ns}/${name}`, () => core.createNamespacedPod({ namespace: ns, body: p }), { created: true });
     let why = '';
-    let scheduledOn: string | undefined;
-    // Either the scheduler refuses it (the expected answer) or it lands somewhere (wrong): stop at the first.
+    let node: string | undefined;
     await until(`a FailedScheduling event for pod ${ns}/${name}, or its scheduling`, 60_000, async () => {
       const list = await api(`listing events of pod ${ns}/${name}`, () => core.listNamespacedEvent({ namespace: ns, fieldSelector: `involvedObject.name=${name}` }));
       why = list.items.find((e) => e.reason === 'FailedScheduling')?.message ?? '';
-      scheduledOn = (await api(`reading pod ${ns}/${name}`, () => core.readNamespacedPod({ name, namespace: ns }))).spec?.nodeName;
-      return Boolean(why || scheduledOn);
+      node = (await api(`reading pod ${ns}/${name}`, () => core.readNamespacedPod({ name, namespace: ns }))).spec?.nodeName;
+      return Boolean(why || node);
     });
-    check(!scheduledOn, `the pinned gVisor pod was scheduled onto ${scheduledOn}, outside the gVisor pool`, gardener.runtimeClass);
-    await ctx.attach('scheduler event', why);
-    check(/node affinity\/selector/.test(why), `the scheduler refused the pinned pod, but not for its node selector: ${why}`);
+    return { node, why };
+  }
+
+  ctx.clusterTest('a gVisor pod pinned to a node outside the pool is not scheduled, and the event says why', async () => {
+    // A registered node without the gVisor label (nodes outside the API, like systemd nodes, do not count).
+    const other = (await api('listing nodes', () => core.listNode())).items.find((x) => x.metadata?.labels?.[gardener.GVISOR_NODE_LABEL] !== 'true');
+    check(other, 'the cluster has no node outside the gVisor pools to pin to');
+    const otherName = other.metadata!.name!;
+    // Pinned as users pin: by the node's hostname label, whose value need not be the node's name.
+    const hostname = other.metadata?.labels?.['kubernetes.io/hostname'];
+    if (!hostname) throw new InfrastructureError(`node ${otherName} has no kubernetes.io/hostname label to pin a pod to`);
+    const selector = { 'kubernetes.io/hostname': hostname };
+    // The control: the same pod without the RuntimeClass must be bound there. Otherwise the node
+    // takes no pods (cordoned, full, tainted) or the selector misses it, and a refusal of the gVisor
+    // pod would prove nothing about the RuntimeClass.
+    const control = await schedulerAnswer(pod('rc-pinned-control', ['true'], { nodeSelector: selector }));
+    if (control.node !== otherName) {
+      throw new InfrastructureError(`a pod without the RuntimeClass, pinned to ${otherName} (kubernetes.io/hostname=${hostname}), was not bound there (${control.node ? `bound to ${control.node}` : control.why}): the pinned check cannot tell why a gVisor pod is refused`);
+    }
+    const pinned = await schedulerAnswer(pod('rc-pinned', ['true'], { runtimeClassName: rc, nodeSelector: selector }));
+    check(!pinned.node, `the pinned gVisor pod was scheduled onto ${pinned.node}, outside the gVisor pool`, gardener.runtimeClass);
+    await ctx.attach('scheduler event', pinned.why);
+    // Every node ruled out by the selector (the RuntimeClass's, merged into the pod) and by nothing
+    // else: the control pod shows the pinned node itself would take the pod without it.
+    if (!unschedulableBySelector(pinned.why)) throw new InfrastructureError(`the scheduler refused the pinned gVisor pod for a reason other than its node selector: ${pinned.why}`);
   });
 
   ctx.clusterTest(ctx.netRaw === 'true' ? 'net-raw at pod level: raw sockets work' : 'net-raw at pod level: raw sockets are refused', async () => {

@@ -101,4 +101,38 @@ describe('a real Kubernetes cluster with gVisor installed like the extension doe
       await install(cfg, nodes);
     }
   });
+
+  const PINNED = 'a gVisor pod pinned to a node outside the pool is not scheduled, and the event says why';
+  const mergePatch = k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch);
+
+  it("the pinned check pins by the node's hostname label, not its name: a RuntimeClass without its selector fails it", async () => {
+    // Before, the pod was pinned to kubernetes.io/hostname=<name>; with a hostname label that differs,
+    // no node matched, and the refusal passed the check although the RuntimeClass selects nothing.
+    const rc = await nodeApi.readRuntimeClass({ name: 'gvisor' });
+    await nodeApi.replaceRuntimeClass({ name: 'gvisor', body: { ...rc, scheduling: undefined } });
+    await core.patchNode({ name: 'plain-1', body: { metadata: { labels: { 'kubernetes.io/hostname': 'plain-1-host' } } } }, mergePatch);
+    try {
+      const r = runSuites(['runtimeclass-scheduling']);
+      const pinned = r.summary.checks.find((c) => c.name === PINNED)!;
+      expect(pinned.state, pinned.message).toBe('failed');
+      expect(pinned.message).toBe(`the pinned gVisor pod was scheduled onto plain-1, outside the gVisor pool${cite(gardener.runtimeClass)}`);
+    } finally {
+      await core.patchNode({ name: 'plain-1', body: { metadata: { labels: { 'kubernetes.io/hostname': 'plain-1' } } } }, mergePatch);
+      await install(cfg, nodes);
+    }
+  });
+
+  it('a node outside the pool that takes no pods (cordoned) does not pass the pinned check: broken, naming why', async () => {
+    // Before, any FailedScheduling message mentioning "node affinity/selector" passed, whatever else ruled the node out.
+    await core.patchNode({ name: 'plain-1', body: { spec: { unschedulable: true } } }, mergePatch);
+    try {
+      const r = runSuites(['runtimeclass-scheduling']);
+      const pinned = r.summary.checks.find((c) => c.name === PINNED)!;
+      expect(pinned.state, pinned.message).toBe('broken');
+      expect(pinned.message).toMatch(/^a pod without the RuntimeClass, pinned to plain-1 \(kubernetes\.io\/hostname=plain-1\), was not bound there \(0\/2 nodes are available: .*unschedulable.*\): the pinned check cannot tell why a gVisor pod is refused$/);
+      expect(r.code).toBe(2);
+    } finally {
+      await core.patchNode({ name: 'plain-1', body: { spec: { unschedulable: false } } }, mergePatch);
+    }
+  });
 });

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { redact, registerSecret } from '../../harness/redact.ts';
+import { ALL_FORMS, kubeconfigText, tomlBlock } from './fixtures/secrets.ts';
 
 const KEY_BODY = 'b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\nQyNTUxOQAAACDz0fRk4y3nV8u1bmZrY1lGm2Xw6vH8tQy9w2ZqKQAAAJgAAAAAAAAAAAAA';
 const OPENSSH_KEY = `-----BEGIN OPENSSH PRIVATE KEY-----\n${KEY_BODY}\n-----END OPENSSH PRIVATE KEY-----`;
@@ -99,5 +100,26 @@ describe('redact', () => {
     const out = redact(JSON.stringify({ message: 'password="hunter22" token: "abcdef123"' }));
     expect(out).not.toContain('hunter22');
     expect(out).not.toContain('abcdef123');
+  });
+});
+
+// The secret corpus (issue 11, item 19): every form, as it sits in a file, as JSON-escaped text (a
+// transcript, allure-results) and XML-escaped (JUnit), loses its secret.
+describe('the secret corpus', () => {
+  it('has at least 30 forms', () => {
+    expect(ALL_FORMS.length).toBeGreaterThanOrEqual(30);
+  });
+  it.each(ALL_FORMS.map((f) => [f.name, f] as const))('%s', (_n, f) => {
+    for (const text of [f.text, `before\n${f.text}\nafter`, JSON.stringify({ stdout: `x\n${f.text}\ny` }), JSON.stringify(JSON.stringify({ m: f.text }))]) {
+      const out = redact(text);
+      for (const s of f.secrets) expect(out, `${f.name} in ${JSON.stringify(text)}`).not.toContain(s);
+    }
+  });
+  it('the whole config.toml block and kubeconfig, and what follows them, stay readable', () => {
+    const out = redact(`${tomlBlock()}\nafter = 1\n${kubeconfigText()}`);
+    for (const f of ALL_FORMS) for (const s of f.secrets) expect(out, f.name).not.toContain(s);
+    expect(out).toContain('after = 1');
+    expect(out).toContain('current-context: c');
+    expect(out).toContain('- name: user-3');
   });
 });

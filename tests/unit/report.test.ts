@@ -77,7 +77,7 @@ describe('errors', () => {
   });
 
   it('exit codes are distinct', () => {
-    expect(ExitCode).toEqual({ Passed: 0, Failed: 1, Broken: 2, Usage: 64 });
+    expect(ExitCode).toEqual({ Passed: 0, Failed: 1, Broken: 2, NothingChecked: 3, Usage: 64 });
   });
 });
 
