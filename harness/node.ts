@@ -436,7 +436,10 @@ export async function writeNodeFile(node: NodeAccess, path: string, content: str
   // Write to a temp file and rename, so a reader (containerd, systemd) never sees half a file.
   // A name of its own: two writers of one path (two runs on a node) must not share a temp file.
   const tmp = `${path}.gvisor-e2e.${randomBytes(6).toString('hex')}.tmp`;
-  const r = await node.exec(`mkdir -p "$(dirname ${sh(path)})" && cat > ${sh(tmp)} && chmod ${mode} ${sh(tmp)} && mv -f ${sh(tmp)} ${sh(path)}`, {
+  // The size is checked before the rename: if the harness dies mid-transfer, cat sees the end of
+  // its input early and exits 0, and half a file must not land (the fault matrix caught that).
+  const size = typeof content === 'string' ? Buffer.byteLength(content) : content.length;
+  const r = await node.exec(`mkdir -p "$(dirname ${sh(path)})" && { cat > ${sh(tmp)} && [ "$(wc -c < ${sh(tmp)})" -eq ${size} ] && chmod ${mode} ${sh(tmp)} && mv -f ${sh(tmp)} ${sh(path)} || { rm -f ${sh(tmp)}; exit 1; }; }`, {
     stdin: content,
     timeoutMs: 120_000,
   });
