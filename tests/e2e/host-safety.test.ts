@@ -1,9 +1,14 @@
 // Do no harm on the machine the harness runs on: a state directory it did not make is neither
-// used nor removed; stopping a node signals only the node's own processes.
-import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
+// used nor removed; stopping a node signals only the node's own processes; the local control
+// plane's bridge takes no subnet a route already uses, and its etcd admits no local user.
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { request as httpRequest } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import { existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildKubernetes } from '../../clusters/kube/build.ts';
+import { CLUSTER_MARKER, ControlPlane, clusterNetwork } from '../../clusters/kube/controlplane.ts';
 import { HostNode, NODE_MARKER } from '../../clusters/local/host-node.ts';
 import { buildContainerd } from '../../harness/binaries.ts';
 import { freePort } from '../../harness/net.ts';
@@ -127,6 +132,114 @@ describe('stopping a host node signals only its own processes', () => {
     } finally {
       other.stop();
       joined.kill('SIGKILL');
+    }
+  });
+});
+
+const ip = (...args: string[]) => execFileSync('ip', args, { encoding: 'utf8' });
+const routes = () => JSON.parse(ip('-j', '-4', 'route', 'show', 'table', 'all')) as { dst: string; dev?: string }[];
+
+/** Processes carrying the cluster's marker (the control plane of state dir S). */
+function clusterProcs(S: string): { pid: number; comm: string; argv: string[] }[] {
+  return readdirSync('/proc')
+    .filter((p) => /^\d+$/.test(p))
+    .flatMap((p) => {
+      try {
+        if (!readFileSync(`/proc/${p}/environ`, 'latin1').split('\0').includes(`${CLUSTER_MARKER}=${S}`)) return [];
+        return [{ pid: Number(p), comm: readFileSync(`/proc/${p}/comm`, 'utf8').trim(), argv: readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0') }];
+      } catch {
+        return [];
+      }
+    });
+}
+
+type Answer = { status: number; body: string } | { error: string };
+/** One GET; resolves to the answer or to the connection's error, never throws. */
+function get(url: string, tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer }): Promise<Answer> {
+  return new Promise((res) => {
+    const opts = { timeout: 10_000, ...(tls ? { ...tls, rejectUnauthorized: Boolean(tls.ca) } : {}) };
+    const req = (url.startsWith('https:') ? httpsRequest : httpRequest)(url, opts, (r) => {
+      let body = '';
+      r.on('data', (d) => (body += d));
+      r.on('end', () => res({ status: r.statusCode ?? 0, body }));
+      r.on('error', (e) => res({ error: e.message }));
+    });
+    req.on('error', (e) => res({ error: e.message }));
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.end();
+  });
+}
+
+describe('the local control plane, while it is up', () => {
+  const S = join(scratch('cp-safety'), 'cluster');
+  const first = clusterNetwork(S);
+  // Another link of this machine already has the subnet the cluster would pick first.
+  const squatter = `gvsq${process.pid % 100000}`;
+  let cp: ControlPlane | undefined;
+
+  beforeAll(async () => {
+    ip('link', 'add', squatter, 'type', 'bridge');
+    ip('addr', 'add', `${first.prefix}.200/24`, 'dev', squatter);
+    ip('link', 'set', squatter, 'up');
+    cp = await ControlPlane.start(S, await buildKubernetes());
+  });
+
+  afterAll(() => {
+    try {
+      if (existsSync(join(S, 'control-plane'))) ControlPlane.stop(S);
+    } finally {
+      ip('link', 'del', squatter);
+    }
+    expect(clusterProcs(S)).toEqual([]);
+  });
+
+  it("its bridge takes a /24 no route of this machine overlaps, and the other link's route stays as it was", () => {
+    expect(cp!.net.prefix).not.toBe(first.prefix);
+    const r = routes();
+    expect(r.filter((x) => x.dev === first.bridge && x.dst.includes('/'))).toEqual([expect.objectContaining({ dst: `${cp!.net.prefix}.0/24` })]);
+    expect(r.filter((x) => x.dst === `${first.prefix}.0/24`)).toEqual([expect.objectContaining({ dev: squatter })]);
+    expect(r.filter((x) => x.dev !== first.bridge && x.dst.startsWith(`${cp!.net.prefix}.`))).toEqual([]);
+  });
+
+  it('etcd refuses a client without its certificate (plain HTTP, or TLS without a client certificate); the API server, with one, works', async () => {
+    const etcd = clusterProcs(S).find((p) => p.comm === 'etcd');
+    expect(etcd).toBeDefined();
+    const url = etcd!.argv.find((a) => a.startsWith('--listen-client-urls='))!.split('=')[1]!;
+    const port = new URL(url).port;
+    for (const attempt of [await get(`http://127.0.0.1:${port}/version`), await get(`https://127.0.0.1:${port}/version`, {})]) {
+      // A TLS server answers plain HTTP with 400; without a client certificate the handshake is refused.
+      if ('status' in attempt) {
+        expect(attempt.status).not.toBe(200);
+        expect(attempt.body).not.toContain('etcdserver');
+      } else {
+        expect(attempt.error).toMatch(/certificate|socket hang up|ECONNRESET|alert/i);
+      }
+    }
+    // With the API server's client certificate (root-only files) the same port answers.
+    const creds = JSON.parse(readFileSync(join(S, 'control-plane', 'etcd.json'), 'utf8')) as { ca: string; cert: string; key: string };
+    const ok = await get(`https://127.0.0.1:${port}/version`, { ca: readFileSync(creds.ca), cert: readFileSync(creds.cert), key: readFileSync(creds.key) });
+    expect(ok).toMatchObject({ status: 200, body: expect.stringContaining('etcdserver') });
+    for (const f of [creds.key, join(S, 'control-plane', 'etcd-pki', 'ca.key')]) expect(statSync(f).mode & 0o077).toBe(0);
+    const [code] = await cp!.get('/api/v1/namespaces/default');
+    expect(code).toBe(200);
+  });
+});
+
+describe('the local control plane when every candidate subnet is taken', () => {
+  it('stops before starting anything, with an error naming the overlapping route', async () => {
+    const S = join(scratch('cp-nosubnet'), 'cluster');
+    const squatter = `gvsw${process.pid % 100000}`;
+    ip('link', 'add', squatter, 'type', 'bridge');
+    try {
+      ip('link', 'set', squatter, 'up');
+      ip('route', 'add', '10.217.0.0/16', 'dev', squatter);
+      const started = ControlPlane.start(S, await buildKubernetes());
+      await expect(started).rejects.toThrow(new RegExp(`no free /24 in 10.217.20.0-10.217.219.0 for the local cluster's bridge ${clusterNetwork(S).bridge}: routes on this machine overlap every one \\(10.217.0.0/16 dev ${squatter}`));
+      expect(ip('-o', 'link', 'show')).not.toContain(clusterNetwork(S).bridge);
+      expect(clusterProcs(S)).toEqual([]);
+    } finally {
+      if (existsSync(join(S, 'control-plane'))) ControlPlane.stop(S);
+      ip('link', 'del', squatter);
     }
   });
 });
