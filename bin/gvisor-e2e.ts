@@ -9,6 +9,7 @@ import { exitCodeOf } from '../harness/report.ts';
 import { ConfigError, ExitCode, InfrastructureError } from '../harness/errors.ts';
 import { log, setVerbose } from '../harness/log.ts';
 import { ROOT_DIR } from '../harness/paths.ts';
+import { checkStateDir } from '../harness/state.ts';
 import { clusterOf, doctor, down, install, repro, run, up, warm } from './app.ts';
 
 // gvisor-e2e: provision a cluster, install gVisor like Gardener's runtime-gvisor extension and
@@ -22,12 +23,15 @@ function configFile(path: string | undefined): string {
   return path ?? (existsSync('gvisor-e2e.yaml') ? 'gvisor-e2e.yaml' : DEFAULT_CONFIG);
 }
 
-function config(path: string | undefined): Config {
+/** `usesState`: the verb fills or removes the cluster's state directory (up, install, run, down, repro). */
+function config(path: string | undefined, usesState = true): Config {
   const file = configFile(path);
   const manifest = program.opts().manifest as string | undefined;
   const cfg = manifest ? applyManifest(loadConfig(file), loadManifest(manifest)) : loadConfig(file);
   // The secrets the cluster holds are known to the redactor before anything is logged.
-  clusterOf(cfg);
+  const stateDir = clusterOf(cfg).info().stateDir;
+  // A state directory the harness did not make is refused here, naming the config file (exit 64).
+  if (usesState && stateDir) checkStateDir(stateDir, file);
   return cfg;
 }
 
@@ -50,14 +54,14 @@ program
   .command('doctor')
   .description('check that this machine and the nodes have what the chosen cluster needs, and say how to get what is missing')
   .action(async () => {
-    process.exitCode = (await doctor(config(program.opts().config))) ? ExitCode.Passed : ExitCode.Broken;
+    process.exitCode = (await doctor(config(program.opts().config, false))) ? ExitCode.Passed : ExitCode.Broken;
   });
 
 program
   .command('warm')
   .description("build and cache what the cluster needs (runsc + shim, CRI proto; for the embedded local cluster also containerd, Kubernetes, the test image, the Debian rootfs)")
   .action(async () => {
-    await warm(config(program.opts().config));
+    await warm(config(program.opts().config, false));
   });
 
 program
@@ -98,7 +102,10 @@ program
   .action(async (manifest: string, o: { imageBuilder?: string; keep?: boolean }) => {
     // The embedded cluster's shape, unless -c names another config (its name, stateDir, reportsDir).
     const file = program.opts().config ?? DEFAULT_CONFIG;
-    process.exitCode = exitCodeOf(await repro(loadConfig(file), file, manifest, o));
+    const base = loadConfig(file);
+    const stateDir = clusterOf(base).info().stateDir;
+    if (stateDir) checkStateDir(stateDir, file);
+    process.exitCode = exitCodeOf(await repro(base, file, manifest, o));
   });
 
 program

@@ -1,10 +1,10 @@
 // The harness's own record of a cluster on this machine: <stateDir>/state.json, written atomically,
 // marked with the provider that owns it, and a lock so that a second run on the same cluster waits
 // (and says who holds it) instead of racing the first.
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmdirSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { homedir, hostname } from 'node:os';
 import { dirname, join } from 'node:path';
-import { InfrastructureError } from './errors.ts';
+import { ConfigError, InfrastructureError } from './errors.ts';
 import { log } from './log.ts';
 
 /** ~/.local/state/gvisor-e2e/<name>: outside /var and /run, which host nodes remount privately. */
@@ -17,6 +17,37 @@ export function defaultStateDir(name: string): string {
 export interface StateOwner {
   provider: string;
   cluster: string;
+  /**
+   * Whether the harness made the directory itself (false: it was there, empty, and was adopted).
+   * `remove()` takes a directory it made, and only the contents of one it adopted.
+   */
+  madeDir?: boolean;
+}
+
+const RECORD = 'state.json';
+
+/**
+ * Refuses a state directory that exists, holds something and has no gvisor-e2e record: the
+ * harness did not make it (`stateDir: .` would be the config's own folder), so it neither fills
+ * nor removes it. `source`/`field` name where it was configured (exit 64).
+ */
+export function checkStateDir(dir: string, source: string, field = 'cluster.stateDir'): void {
+  let entries: string[];
+  try {
+    entries = readdirSync(dir);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return;
+    if (code === 'ENOTDIR') throw new ConfigError(source, [{ path: field, message: `${dir} is not a directory` }]);
+    throw e;
+  }
+  if (entries.length === 0 || entries.includes(RECORD)) return;
+  throw new ConfigError(source, [
+    {
+      path: field,
+      message: `${dir} exists and holds files but no gvisor-e2e record (${RECORD}): gvisor-e2e did not make it and will neither use nor remove it; point ${field} at a new or empty directory`,
+    },
+  ]);
 }
 
 /** Recognises the provider's own state files written before the marker existed. */
@@ -36,12 +67,14 @@ export function writeFileAtomic(path: string, content: string, mode = 0o600): vo
 
 export class StateFile<T extends object> {
   readonly file: string;
+  /** This process made the directory (and may take it back even before a record is in it). */
+  private madeHere = false;
   constructor(
     readonly dir: string,
     private readonly owner: StateOwner,
     private readonly legacyOwn: LegacyOwn = () => false,
   ) {
-    this.file = join(dir, 'state.json');
+    this.file = join(dir, RECORD);
   }
 
   exists(): boolean {
@@ -62,8 +95,28 @@ export class StateFile<T extends object> {
   }
 
   write(s: T): void {
-    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    writeFileAtomic(this.file, JSON.stringify({ owner: this.owner, ...s }, null, 2));
+    let madeDir: boolean | undefined;
+    if (existsSync(this.file)) {
+      madeDir = this.recordedOwner()?.madeDir;
+    } else {
+      // The first record: a directory with someone else's files is refused, an empty one adopted.
+      checkStateDir(this.dir, this.dir, 'stateDir');
+      madeDir = !existsSync(this.dir);
+      if (madeDir) {
+        mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+        this.madeHere = true;
+      }
+    }
+    const owner: StateOwner = madeDir === undefined ? this.owner : { ...this.owner, madeDir };
+    writeFileAtomic(this.file, JSON.stringify({ owner, ...s }, null, 2));
+  }
+
+  private recordedOwner(): StateOwner | undefined {
+    try {
+      return (JSON.parse(readFileSync(this.file, 'utf8')) as { owner?: StateOwner }).owner;
+    } catch {
+      return undefined;
+    }
   }
 
   /** Writes the record (and so the owner marker) before anything else goes into the directory. */
@@ -72,9 +125,10 @@ export class StateFile<T extends object> {
   }
 
   /**
-   * Removes the state directory, and everything in it, only while it holds this provider's record:
-   * a stateDir pointing at a directory the harness did not make (no record) loses nothing but an
-   * empty directory. Another provider's record is refused (read() says whose it is).
+   * Removes the state directory, and everything in it, only while it holds this provider's record
+   * (a directory it adopted empty keeps existing, emptied). A directory without a record is left
+   * as it is, unless this process made it a moment ago. Another provider's record is refused
+   * (read() says whose it is).
    */
   remove(): void {
     if (!existsSync(this.dir)) return;
@@ -87,14 +141,31 @@ export class StateFile<T extends object> {
       ours = true;
     }
     if (ours) {
-      rmSync(this.dir, { recursive: true, force: true });
+      if (this.recordedOwner()?.madeDir === false) {
+        for (const e of readdirSync(this.dir)) if (e !== RECORD) rmSync(join(this.dir, e), { recursive: true, force: true });
+        // The record goes last: until then, a `down` cut short can be repeated.
+        rmSync(this.file, { force: true });
+      } else {
+        rmSync(this.dir, { recursive: true, force: true });
+      }
+      this.madeHere = false;
       return;
     }
-    try {
-      rmdirSync(this.dir);
-    } catch {
-      log('warn', `${this.dir} holds no gvisor-e2e record (${this.file}) and is not empty: left as it is`);
+    if (this.madeHere) {
+      try {
+        rmdirSync(this.dir);
+        this.madeHere = false;
+        return;
+      } catch {
+        /* not empty: left, with the warning below */
+      }
     }
+    if (readdirSync(this.dir).length) log('warn', `${this.dir} holds no gvisor-e2e record (${this.file}): left as it is`);
+  }
+
+  /** Refuses (exit 64) to act on a directory that holds files but no record (see checkStateDir). */
+  checkOwnership(): void {
+    checkStateDir(this.dir, this.dir, 'stateDir');
   }
 }
 

@@ -1,11 +1,13 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { join } from 'node:path';
+import { InfrastructureError } from '../../harness/errors.ts';
 import { until } from '../../harness/wait.ts';
 import { log } from '../../harness/log.ts';
-import { shSync } from '../../harness/process.ts';
+import { runSync, shSync } from '../../harness/process.ts';
+import { withClusterLock } from '../../harness/state.ts';
 import type { KubeBinaries } from './build.ts';
 import { Pki, writeKubeconfig } from './pki.ts';
 import { freePort } from '../../harness/net.ts';
@@ -23,11 +25,58 @@ export interface ClusterNetwork {
   prefix: string;
 }
 
-/** A /24 and bridge name derived from the cluster's state dir, so concurrent clusters do not collide. */
+/** The bridge name and first-choice /24 derived from the cluster's state dir, so concurrent clusters do not collide. */
 export function clusterNetwork(stateDir: string): ClusterNetwork {
   const h = createHash('sha256').update(stateDir).digest();
   return { bridge: `gve2e${h.toString('hex').slice(0, 6)}`, prefix: `10.217.${20 + (h[0]! % 200)}` };
 }
+
+interface Route {
+  dst: string;
+  dev?: string;
+  type?: string;
+  table?: string;
+}
+
+/** Every IPv4 route of this machine, all tables (local addresses and broadcast routes included). */
+function hostRoutes(): Route[] {
+  return JSON.parse(runSync(['ip', '-j', '-4', 'route', 'show', 'table', 'all'])) as Route[];
+}
+
+function ipv4(a: string): number {
+  return a.split('.').reduce((n, o) => n * 256 + Number(o), 0);
+}
+
+/** Whether two IPv4 prefixes share an address (the shorter contains the other's network). */
+function overlaps(a: string, b: string): boolean {
+  const [aa, al = '32'] = a.split('/');
+  const [ba, bl = '32'] = b.split('/');
+  const bits = Math.min(Number(al), Number(bl));
+  const div = 2 ** (32 - bits);
+  return Math.floor(ipv4(aa!) / div) === Math.floor(ipv4(ba!) / div);
+}
+
+/**
+ * The cluster's network: the state dir's own /24 unless a route of this machine overlaps it,
+ * else the next free one in 10.217.20–219.0/24. A default route overlaps nothing (a more specific
+ * one wins), every other route does: adding the bridge would take that traffic away from it.
+ */
+export function chooseClusterNetwork(stateDir: string, routes: Route[] = hostRoutes()): ClusterNetwork {
+  const first = clusterNetwork(stateDir);
+  const taken = routes.filter((r) => r.dst !== 'default' && !r.dst.endsWith('/0') && !(r.dev ?? '').startsWith(first.bridge));
+  const start = Number(first.prefix.split('.')[2]) - 20;
+  for (let i = 0; i < 200; i++) {
+    const prefix = `10.217.${20 + ((start + i) % 200)}`;
+    if (!taken.some((r) => overlaps(r.dst, `${prefix}.0/24`))) return { bridge: first.bridge, prefix };
+  }
+  const inRange = taken.filter((r) => overlaps(r.dst, '10.217.0.0/16')).map((r) => `${r.dst}${r.dev ? ` dev ${r.dev}` : ''}${r.table && r.table !== 'main' ? ` table ${r.table}` : ''}`);
+  throw new InfrastructureError(
+    `no free /24 in 10.217.20.0-10.217.219.0 for the local cluster's bridge ${first.bridge}: routes on this machine overlap every one (${inRange.slice(0, 5).join('; ')}${inRange.length > 5 ? '; …' : ''})`,
+  );
+}
+
+/** Held while a cluster picks its subnet and puts it on its bridge, so two clusters cannot pick the same. */
+const NETWORK_LOCK = '/run/gvisor-e2e-network';
 
 
 const sh = (cmd: string) => shSync(cmd);
@@ -48,11 +97,18 @@ export class ControlPlane {
   static async start(stateDir: string, bins: KubeBinaries, timeoutMs = 120_000): Promise<ControlPlane> {
     const dir = join(stateDir, 'control-plane');
     mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const net = clusterNetwork(stateDir);
+    const net = await withClusterLock(NETWORK_LOCK, 'network', async () => {
+      const bridge = clusterNetwork(stateDir).bridge;
+      // A bridge of this name is this state dir's, left by a crash: made again on a free subnet.
+      if (sh(`ip -o link show ${bridge} 2>/dev/null || true`).trim()) sh(`ip link del ${bridge}`);
+      const n = chooseClusterNetwork(stateDir);
+      // Recorded before the bridge exists, so attach() and `down` know the subnet.
+      writeFileSync(join(dir, 'network.json'), JSON.stringify(n));
+      sh(`ip link add ${n.bridge} type bridge && ip addr add ${n.prefix}.1/24 dev ${n.bridge} && ip link set ${n.bridge} up`);
+      return n;
+    }, 60_000);
+    if (net.prefix !== clusterNetwork(stateDir).prefix) log('info', `cluster network ${net.prefix}.0/24 (the first choice overlaps a route of this machine)`);
     const gw = `${net.prefix}.1`;
-    if (!sh(`ip -o link show ${net.bridge} 2>/dev/null || true`).trim()) {
-      sh(`ip link add ${net.bridge} type bridge && ip addr add ${gw}/24 dev ${net.bridge} && ip link set ${net.bridge} up`);
-    }
     const pki = new Pki(join(dir, 'pki'));
     const apiPort = await freePort();
     const server = `https://${gw}:${apiPort}`;
@@ -69,18 +125,38 @@ export class ControlPlane {
 
     const etcdClient = await freePort();
     const etcdPeer = await freePort();
+    // etcd holds every secret of the cluster and, with --allow-privileged, the way to root on the
+    // host nodes: any local user can reach 127.0.0.1, so both its ports take only clients with a
+    // certificate of its own CA, whose keys only root can read (0600 in a 0700 directory).
+    const etcdPki = new Pki(join(dir, 'etcd-pki'), 'gvisor-e2e-etcd-ca');
+    const etcdServer = etcdPki.issue('server', { cn: 'etcd', dns: ['localhost'], ips: ['127.0.0.1'], server: true, client: true });
+    const etcdPeerCert = etcdPki.issue('peer', { cn: 'etcd-peer', dns: ['localhost'], ips: ['127.0.0.1'], server: true, client: true });
+    const etcdClientCert = etcdPki.issue('apiserver-etcd-client', { cn: 'kube-apiserver-etcd-client', client: true });
+    const etcdUrl = `https://127.0.0.1:${etcdClient}`;
     const cp = new ControlPlane(stateDir, server, adminKubeconfig, pki, net);
+    writeFileSync(join(dir, 'etcd.json'), JSON.stringify({ url: etcdUrl, ca: etcdPki.ca.crt, cert: etcdClientCert.crt, key: etcdClientCert.key }), { mode: 0o600 });
     cp.daemon('etcd', bins.etcd, [
       `--data-dir=${join(dir, 'etcd')}`,
-      `--listen-client-urls=http://127.0.0.1:${etcdClient}`,
-      `--advertise-client-urls=http://127.0.0.1:${etcdClient}`,
-      `--listen-peer-urls=http://127.0.0.1:${etcdPeer}`,
-      `--initial-advertise-peer-urls=http://127.0.0.1:${etcdPeer}`,
-      `--initial-cluster=default=http://127.0.0.1:${etcdPeer}`,
+      `--listen-client-urls=${etcdUrl}`,
+      `--advertise-client-urls=${etcdUrl}`,
+      `--cert-file=${etcdServer.crt}`,
+      `--key-file=${etcdServer.key}`,
+      '--client-cert-auth=true',
+      `--trusted-ca-file=${etcdPki.ca.crt}`,
+      `--listen-peer-urls=https://127.0.0.1:${etcdPeer}`,
+      `--initial-advertise-peer-urls=https://127.0.0.1:${etcdPeer}`,
+      `--initial-cluster=default=https://127.0.0.1:${etcdPeer}`,
+      `--peer-cert-file=${etcdPeerCert.crt}`,
+      `--peer-key-file=${etcdPeerCert.key}`,
+      '--peer-client-cert-auth=true',
+      `--peer-trusted-ca-file=${etcdPki.ca.crt}`,
       '--log-level=warn',
     ]);
     cp.daemon('kube-apiserver', bins.kubeApiserver, [
-      `--etcd-servers=http://127.0.0.1:${etcdClient}`,
+      `--etcd-servers=${etcdUrl}`,
+      `--etcd-cafile=${etcdPki.ca.crt}`,
+      `--etcd-certfile=${etcdClientCert.crt}`,
+      `--etcd-keyfile=${etcdClientCert.key}`,
       `--bind-address=${gw}`,
       `--advertise-address=${gw}`,
       `--secure-port=${apiPort}`,
@@ -134,7 +210,13 @@ export class ControlPlane {
     const kc = join(dir, 'admin.kubeconfig');
     if (!existsSync(kc)) return undefined;
     const server = /server: (\S+)/.exec(readFileSync(kc, 'utf8'))?.[1] ?? '';
-    return new ControlPlane(stateDir, server, kc, new Pki(join(dir, 'pki')), clusterNetwork(stateDir));
+    let net = clusterNetwork(stateDir);
+    try {
+      net = JSON.parse(readFileSync(join(dir, 'network.json'), 'utf8')) as ClusterNetwork;
+    } catch {
+      /* a control plane from before the subnet was recorded: the derived one */
+    }
+    return new ControlPlane(stateDir, server, kc, new Pki(join(dir, 'pki')), net);
   }
 
   private daemon(name: string, bin: string, args: string[]): void {

@@ -18,11 +18,15 @@ function openssl(args: string[], input?: string): string {
 
 export class Pki {
   readonly ca: Cert;
-  constructor(readonly dir: string) {
+  /** `caName`: the CA's common name (etcd has a CA of its own, so no Kubernetes certificate opens it). */
+  constructor(
+    readonly dir: string,
+    caName = 'gvisor-e2e-ca',
+  ) {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     this.ca = { crt: join(dir, 'ca.crt'), key: join(dir, 'ca.key') };
     if (!existsSync(this.ca.crt)) {
-      openssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', this.ca.key, '-out', this.ca.crt, '-days', '7', '-subj', '/CN=gvisor-e2e-ca']);
+      openssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', this.ca.key, '-out', this.ca.crt, '-days', '7', '-subj', `/CN=${caName}`]);
       chmodSync(this.ca.key, 0o600);
     }
   }

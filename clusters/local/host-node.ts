@@ -1,9 +1,10 @@
 import { spawn } from 'node:child_process';
 import { runSync, shSync } from '../../harness/process.ts';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync, symlinkSync, writeFileSync, chmodSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, rmSync, symlinkSync, writeFileSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
 import { waitForSshd } from '../../harness/node.ts';
 import { shCommand, shQuote } from '../../harness/shell.ts';
+import { processStartTime } from '../../harness/state.ts';
 
 // A throwaway Kubernetes-style node on the harness's own host: its own mount namespace (so
 // /etc/containerd, /var, /run, /usr/local/bin are private and the harness's default paths are
@@ -92,6 +93,8 @@ export class HostNode {
     readonly knownHostsLine: string,
     readonly sshdPid: number,
     private readonly mntNs: string,
+    /** /proc/<sshdPid>/stat start time: a recycled pid is not the node's sshd. */
+    private readonly sshdStart: string | undefined,
   ) {}
 
   /** Command that restarts this node's containerd (what systemctl does on a real node). */
@@ -142,11 +145,14 @@ export class HostNode {
 set -e
 S=${shQuote(S)}
 NODE=${shQuote(o.name)}
+# Only the node's own containerd is signalled: a pid recorded before a crash may belong to
+# another process by now, so the process must carry this node's marker.
+ours() { tr '\\0' '\\n' <"/proc/$1/environ" 2>/dev/null | grep -qxF "${NODE_MARKER}=$S"; }
 if [ -f "$S/containerd.pid" ]; then
   pid=$(cat "$S/containerd.pid")
-  if kill "$pid" 2>/dev/null; then
-    i=0; while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-    kill -9 "$pid" 2>/dev/null || true
+  if ours "$pid" && kill "$pid" 2>/dev/null; then
+    i=0; while ours "$pid" && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+    if ours "$pid"; then kill -9 "$pid" 2>/dev/null || true; fi
   fi
 fi
 # The runsc shim and runsc are looked up on PATH, as with Gardener's containerd unit.
@@ -201,10 +207,12 @@ done
       throw new Error(`${e.message}${stderr ? `: ${stderr.trim()}` : ''}`);
     });
     const mntNs = readlinkSync(`/proc/${pid}/ns/mnt`);
+    const sshdStart = processStartTime(pid);
     const knownHostsLine = `[127.0.0.1]:${o.sshPort} ${readFileSync(join(S, 'ssh/host_ed25519.pub'), 'utf8').trim().split(' ').slice(0, 2).join(' ')}`;
-    const node = new HostNode(o.name, S, o.sshPort, knownHostsLine, pid, mntNs);
-    // Enough to find and stop this node from another process (`down` after a crash).
-    writeFileSync(join(S, 'node.json'), JSON.stringify({ name: o.name, sshPort: o.sshPort, knownHostsLine, sshdPid: pid, mntNs }), { mode: 0o600 });
+    const node = new HostNode(o.name, S, o.sshPort, knownHostsLine, pid, mntNs, sshdStart);
+    // Enough to find and stop this node from another process (`down` after a crash), and to tell
+    // its sshd from a later process that got the same pid.
+    writeFileSync(join(S, 'node.json'), JSON.stringify({ name: o.name, sshPort: o.sshPort, knownHostsLine, sshdPid: pid, sshdStart, mntNs }), { mode: 0o600 });
     try {
       node.inNode(`sh ${shQuote(`${S}/restart-containerd.sh`)}`);
     } catch (e) {
@@ -217,20 +225,40 @@ done
   /** Re-attaches to a node started by another process, from its state directory. */
   static attach(stateDir: string): HostNode | undefined {
     try {
-      const r = JSON.parse(readFileSync(join(stateDir, 'node.json'), 'utf8')) as { name: string; sshPort: number; knownHostsLine: string; sshdPid: number; mntNs: string };
-      return new HostNode(r.name, stateDir, r.sshPort, r.knownHostsLine, r.sshdPid, r.mntNs);
+      const r = JSON.parse(readFileSync(join(stateDir, 'node.json'), 'utf8')) as { name: string; sshPort: number; knownHostsLine: string; sshdPid: number; sshdStart?: string; mntNs: string };
+      return new HostNode(r.name, stateDir, r.sshPort, r.knownHostsLine, r.sshdPid, r.mntNs, r.sshdStart);
     } catch {
       return undefined;
     }
   }
 
-  /** True while the node's sshd (the holder of its namespaces) is alive. */
+  /** True while the node's sshd (the holder of its namespaces) is alive: same pid, start time and mount namespace. */
   alive(): boolean {
     try {
-      return readlinkSync(`/proc/${this.sshdPid}/ns/mnt`) === this.mntNs;
+      return this.sshdStart !== undefined && processStartTime(this.sshdPid) === this.sshdStart && readlinkSync(`/proc/${this.sshdPid}/ns/mnt`) === this.mntNs;
     } catch {
       return false;
     }
+  }
+
+  /**
+   * Opens the node's mount namespace through its sshd, when that sshd is provably the one the node
+   * started (pid and start time, before and after the open). While the descriptor is open the
+   * namespace cannot be freed, so its inode cannot be given to another namespace: every process in
+   * it is the node's. Undefined when that cannot be proven (sshd gone, pid recycled, an old record).
+   */
+  private holdNamespace(): number | undefined {
+    if (this.sshdStart === undefined || processStartTime(this.sshdPid) !== this.sshdStart) return undefined;
+    let fd: number | undefined;
+    try {
+      fd = openSync(`/proc/${this.sshdPid}/ns/mnt`, 'r');
+      const same = `mnt:[${fstatSync(fd).ino}]` === this.mntNs && processStartTime(this.sshdPid) === this.sshdStart;
+      if (same) return fd;
+    } catch {
+      /* gone meanwhile */
+    }
+    if (fd !== undefined) closeSync(fd);
+    return undefined;
   }
 
   /** Runs a command inside the node's namespaces from the host (fixture set-up and fault injection only). */
@@ -275,13 +303,17 @@ done
     }
   }
 
-  /** Every process that belongs to this node: its mount namespace, or the marker its processes inherit. */
-  private nodePids(): number[] {
+  /**
+   * Every process that belongs to this node: the marker its processes inherit, or — only while
+   * `nsHeld` proves the namespace is still the node's — its mount namespace. An inode number alone
+   * is no identity: after a crash or reboot it can name another namespace.
+   */
+  private nodePids(nsHeld: boolean): number[] {
     const pids: number[] = [];
     for (const ent of readdirSync('/proc')) {
       if (!/^\d+$/.test(ent) || Number(ent) === process.pid) continue;
       try {
-        if (readlinkSync(`/proc/${ent}/ns/mnt`) === this.mntNs) {
+        if (nsHeld && readlinkSync(`/proc/${ent}/ns/mnt`) === this.mntNs) {
           pids.push(Number(ent));
           continue;
         }
@@ -297,17 +329,22 @@ done
   async stop(): Promise<void> {
     // SIGKILL is enough: every process of the node shares its mount namespace or inherited its
     // marker, and the namespaces (mounts, pod netns, overlay snapshots) go with the last of them.
-    for (let round = 0; round < 3; round++) {
-      const pids = this.nodePids();
-      if (pids.length === 0) break;
-      for (const p of pids) {
-        try {
-          process.kill(p, 'SIGKILL');
-        } catch {
-          /* gone */
+    const ns = this.holdNamespace();
+    try {
+      for (let round = 0; round < 3; round++) {
+        const pids = this.nodePids(ns !== undefined);
+        if (pids.length === 0) break;
+        for (const p of pids) {
+          try {
+            process.kill(p, 'SIGKILL');
+          } catch {
+            /* gone */
+          }
         }
+        await new Promise((r) => setTimeout(r, 200));
       }
-      await new Promise((r) => setTimeout(r, 200));
+    } finally {
+      if (ns !== undefined) closeSync(ns);
     }
     // Overlay snapshots were mounted in the node's mount namespace, which is gone with its processes.
     rmSync(this.stateDir, { recursive: true, force: true });

@@ -141,6 +141,8 @@ export class LocalProvider extends BaseProvider<LocalCluster> {
   }
 
   async up(): Promise<NodeConfig[]> {
+    // A directory the harness did not make is refused (exit 64) before anything goes into it.
+    this.state.checkOwnership();
     const existing = this.readState();
     const wanted = this.spec.pools.flatMap((p) => Array.from({ length: p.nodes }, (_, i) => ({ pool: p, name: `${p.name}-${i + 1}` })));
     if (existing) {
@@ -214,6 +216,8 @@ export class LocalProvider extends BaseProvider<LocalCluster> {
   }
 
   async down(): Promise<void> {
+    // Its nodes/ and control-plane/ would otherwise be taken for ours.
+    this.state.checkOwnership();
     let state: State | undefined;
     try {
       state = this.readState();

@@ -4,7 +4,8 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, 
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { processStartTime, StateFile, withClusterLock, writeFileAtomic } from '../../harness/state.ts';
+import { ConfigError } from '../../harness/errors.ts';
+import { checkStateDir, processStartTime, StateFile, withClusterLock, writeFileAtomic } from '../../harness/state.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'gvisor-e2e-state-unit-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -14,7 +15,7 @@ describe('StateFile', () => {
     const f = new StateFile<{ nodes: string[] }>(join(dir, 'a'), { provider: 'local', cluster: 'a' });
     expect(f.read()).toBeUndefined();
     f.write({ nodes: ['n1'] });
-    expect(JSON.parse(readFileSync(f.file, 'utf8'))).toEqual({ owner: { provider: 'local', cluster: 'a' }, nodes: ['n1'] });
+    expect(JSON.parse(readFileSync(f.file, 'utf8'))).toEqual({ owner: { provider: 'local', cluster: 'a', madeDir: true }, nodes: ['n1'] });
     expect(statSync(f.file).mode & 0o777).toBe(0o600);
     expect(statSync(f.dir).mode & 0o777).toBe(0o700);
     expect(f.read()).toMatchObject({ nodes: ['n1'] });
@@ -50,15 +51,61 @@ describe('StateFile', () => {
     writeFileSync(join(d, 'users-file'), 'keep');
     f.remove();
     expect(readFileSync(join(d, 'users-file'), 'utf8')).toBe('keep');
+    rmSync(d, { recursive: true });
     // Another provider's record is refused, not removed.
     new StateFile(d, { provider: 'kind', cluster: 'rm' }).write({});
+    writeFileSync(join(d, 'kinds-file'), 'keep');
     expect(() => f.remove()).toThrow(/belongs to another provider's cluster/);
-    expect(existsSync(join(d, 'users-file'))).toBe(true);
+    expect(existsSync(join(d, 'kinds-file'))).toBe(true);
     rmSync(d, { recursive: true });
-    // An empty directory without a record goes.
+    // An empty directory without a record is not ours either: it stays.
     mkdirSync(d);
     f.remove();
-    expect(existsSync(d)).toBe(false);
+    expect(existsSync(d)).toBe(true);
+    rmSync(d, { recursive: true });
+  });
+
+  it('never writes its record into a directory that holds files but no record (exit 64), and leaves it as it was', () => {
+    const d = join(dir, 'foreign');
+    mkdirSync(d);
+    writeFileSync(join(d, 'gvisor-e2e.yaml'), 'keep');
+    const f = new StateFile<{ n: number }>(d, { provider: 'local', cluster: 'f' });
+    expect(() => f.write({ n: 1 })).toThrow(ConfigError);
+    expect(() => f.claim({ n: 1 })).toThrow(/holds files but no gvisor-e2e record \(state.json\)/);
+    expect(() => f.checkOwnership()).toThrow(ConfigError);
+    f.remove();
+    expect(readdirSync(d)).toEqual(['gvisor-e2e.yaml']);
+  });
+
+  it('checkStateDir names the config file and the field', () => {
+    const d = join(dir, 'named');
+    mkdirSync(d);
+    writeFileSync(join(d, 'id_ed25519'), 'key');
+    try {
+      checkStateDir(d, '/etc/cfg.yaml');
+      expect.unreachable();
+    } catch (e) {
+      expect(e).toBeInstanceOf(ConfigError);
+      expect((e as Error).message).toMatch(new RegExp(`^/etc/cfg.yaml: cluster.stateDir: ${d} exists and holds files but no gvisor-e2e record`));
+    }
+    checkStateDir(join(dir, 'absent'), 'c.yaml');
+    mkdirSync(join(dir, 'empty'));
+    checkStateDir(join(dir, 'empty'), 'c.yaml');
+  });
+
+  it('adopts an empty directory it did not make: down empties it and leaves the directory', () => {
+    const d = join(dir, 'adopted');
+    mkdirSync(d);
+    const f = new StateFile<{ n: number }>(d, { provider: 'local', cluster: 'ad' });
+    f.claim({ n: 1 });
+    f.write({ n: 2 });
+    expect(JSON.parse(readFileSync(f.file, 'utf8'))).toMatchObject({ owner: { madeDir: false }, n: 2 });
+    mkdirSync(join(d, 'nodes'));
+    writeFileSync(join(d, 'nodes', 'x'), 'ours');
+    f.remove();
+    expect(existsSync(d)).toBe(true);
+    expect(readdirSync(d)).toEqual([]);
+    rmSync(d, { recursive: true });
   });
 
   it('writeFileAtomic replaces the whole file or nothing', () => {
