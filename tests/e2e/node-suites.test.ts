@@ -134,9 +134,23 @@ describe('each suite fails on a broken node, naming the cause', () => {
     }
   });
 
+  it('no ldd on the node: the shared-library check is broken (the node cannot be asked), not failed', async () => {
+    // Hidden in the node's own mount namespace only (its propagation is private): a non-executable file over it.
+    await sh(gv, 'LDD=$(command -v ldd) && : > /run/no-ldd && mount --bind /run/no-ldd "$LDD"');
+    try {
+      const r = runSuites(['runsc-installation']);
+      expect(r.code, r.stderr.slice(-2000)).toBe(2);
+      const c = r.summary.checks.find((x) => x.node === 'gvisor-1' && x.name.startsWith('runsc has every file it needs'))!;
+      expect([c.state, c.message]).toEqual(['broken', "gvisor-1 has no ldd: cannot tell whether runsc's shared libraries resolve"]);
+    } finally {
+      await sh(gv, 'umount "$(command -v ldd 2>/dev/null || echo /usr/bin/ldd)" 2>/dev/null || umount /usr/bin/ldd; rm -f /run/no-ldd');
+    }
+    expect((await gv.exec('command -v ldd')).code).toBe(0);
+  });
+
   it('handler missing from containerd: runsc-installation and sandbox-dmesg fail', async () => {
     // Put back the node's original config.toml (no runsc runtime) and restart containerd.
-    await sh(gv, 'cp /etc/containerd/config.toml /tmp/config.toml.good && cp /etc/containerd/config.toml.gvisor-e2e.orig /etc/containerd/config.toml');
+    await sh(gv, 'cp /etc/containerd/config.toml /run/config.toml.good && cp /etc/containerd/config.toml.gvisor-e2e.orig /etc/containerd/config.toml');
     await restartContainerd(gv, cfg);
     try {
       const r = runSuites(['runsc-installation', 'sandbox-dmesg']);
@@ -146,7 +160,7 @@ describe('each suite fails on a broken node, naming the cause', () => {
       expect(msgs.some((m) => m.startsWith('containerd on gvisor-1 does not serve runtime handler "runsc" (it serves: runc'))).toBe(true);
       expect(failures(r.summary, 'sandbox-dmesg')[0]?.message).toMatch(/runtime handler "runsc" on gvisor-1.*(no runtime for "runsc"|not configured|unknown)/i);
     } finally {
-      await sh(gv, 'cp /tmp/config.toml.good /etc/containerd/config.toml');
+      await sh(gv, 'cp /run/config.toml.good /etc/containerd/config.toml');
       await restartContainerd(gv, cfg);
     }
   });
