@@ -265,7 +265,7 @@ export class ExistingProvider extends BaseProvider<ExistingCluster> {
       log('warn', `${what} on node ${name} stay: it is no longer in cluster.nodes; run down with its SSH access to undo that`);
       return false;
     }
-    const n = nodeConfig({ ...spec, pool: spec.pool ?? '-' });
+    const n = nodeConfig({ ...spec, pool: spec.pool ?? 'unknown' });
     const node = openNode(n);
     try {
       await fn(node, n);
