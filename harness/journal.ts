@@ -160,12 +160,10 @@ export class NodeJournal<X extends object = Record<never, never>> {
     for (const c of this.record.created) {
       const current = await this.hashOf(c);
       if (current === undefined) continue;
-      if (ours(c, current)) {
-        await mustExec(this.node, `rm -f ${sh(c)}`);
-        undone.push(c);
-      } else {
-        this.kept.push({ path: c, why: 'gvisor-e2e created it, but it changed since; left as it is' });
-      }
+      // A file the harness created goes, edited since or not: the node had none before.
+      if (!ours(c, current)) this.kept.push({ path: c, why: 'gvisor-e2e created it and it changed since; removed all the same (the node had no such file before)' });
+      await mustExec(this.node, `rm -f ${sh(c)}`);
+      undone.push(c);
     }
     undone.push(...((await also?.()) ?? []));
     await mustExec(this.node, `rm -f ${sh(this.stateFile)}`);

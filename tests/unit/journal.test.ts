@@ -186,7 +186,7 @@ describe('NodeJournal', () => {
     expect(readFileSync(f, 'utf8')).toBe('original\n');
   });
 
-  it("undo keeps a file someone changed after the harness wrote it (and says so), and restores the rest", async () => {
+  it("undo keeps a replaced file someone changed after the harness wrote it (and says so), removes created ones, restores the rest", async () => {
     const edited = join(root, 'etc/config.toml');
     const created = join(root, 'etc/new.conf');
     const untouched = join(root, 'etc/runsc.toml');
@@ -202,14 +202,14 @@ describe('NodeJournal', () => {
     writeFileSync(edited, 'ours\nplus an operator edit\n');
     writeFileSync(created, 'ours, edited\n');
     const u = await NodeJournal.open(local, stateFile, SUFFIX);
-    expect(await u.undo()).toEqual([untouched]);
+    expect(await u.undo()).toEqual([untouched, created]);
     expect(readFileSync(untouched, 'utf8')).toBe('original runsc\n');
     expect(readFileSync(edited, 'utf8')).toBe('ours\nplus an operator edit\n');
     expect(readFileSync(`${edited}${SUFFIX}`, 'utf8')).toBe('original\n');
-    expect(readFileSync(created, 'utf8')).toBe('ours, edited\n');
+    expect(existsSync(created)).toBe(false);
     expect(u.kept).toEqual([
       { path: edited, why: `changed since gvisor-e2e wrote it; left as it is, the original is kept at ${edited}${SUFFIX}` },
-      { path: created, why: 'gvisor-e2e created it, but it changed since; left as it is' },
+      { path: created, why: 'gvisor-e2e created it and it changed since; removed all the same (the node had no such file before)' },
     ]);
   });
 });
