@@ -103,7 +103,8 @@ ctx.eachNode(ctx.gvisorNodes, (n) => {
 
   ctx.test(n, 'runsc has every file it needs (static binary, or all shared libraries resolve)', async () => {
     // Without ldd the node cannot be asked: that is not a missing library (broken, not failed).
-    if ((await ctx.node(n).exec('command -v ldd')).code !== 0) throw new InfrastructureError(`${n.name} has no ldd: cannot tell whether runsc's shared libraries resolve`);
+    // `command -v` of some shells does not check the exec bit: ask for an executable file.
+    if ((await ctx.node(n).exec('p=$(command -v ldd) && [ -f "$p" ] && [ -x "$p" ]')).code !== 0) throw new InfrastructureError(`${n.name} has no ldd: cannot tell whether runsc's shared libraries resolve`);
     const r = await ctx.node(n).exec(`ldd ${sh(runsc)} 2>&1 || true`);
     const missing = r.stdout.split('\n').filter((l) => /not found/.test(l));
     check(missing.length === 0, `runsc on ${n.name} needs files that are not installed: ${missing.join('; ')}`);

@@ -145,7 +145,7 @@ describe('each suite fails on a broken node, naming the cause', () => {
     } finally {
       await sh(gv, 'umount "$(command -v ldd 2>/dev/null || echo /usr/bin/ldd)" 2>/dev/null || umount /usr/bin/ldd; rm -f /run/no-ldd');
     }
-    expect((await gv.exec('command -v ldd')).code).toBe(0);
+    expect((await gv.exec('[ -x "$(command -v ldd)" ]')).code).toBe(0);
   });
 
   it('handler missing from containerd: runsc-installation and sandbox-dmesg fail', async () => {
