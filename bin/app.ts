@@ -102,9 +102,10 @@ async function installNodes(provider: ClusterProvider, cfg: Config, nodes: NodeC
           const r = await installNode(node, cfg, bins, rules);
           log('info', `[${n.name}] ${r.changed.length ? `changed: ${r.changed.join(', ')}` : 'already up to date'} (os ${r.facts.osFamily}${r.facts.systemd ? ', systemd' : ''})`);
         }
-        // A node the harness installs on records the image in its own journal; on other clusters the provider records it.
+        // A node the harness installs on records the image in its own journal (uninstall removes it);
+        // where it only tests, the provider records it.
         const before = installsNodes ? (missing: string[]) => recordTestImage(node, missing) : undefined;
-        if (await importTestImage(node, image, n.paths.containerdSocket, n.paths.tmpDir, undefined, before)) provider.recordOnNode(n.name, 'image');
+        if ((await importTestImage(node, image, n.paths.containerdSocket, n.paths.tmpDir, undefined, before)) && !installsNodes) provider.recordOnNode(n.name, 'image');
       });
     } finally {
       await node.close();

@@ -1,4 +1,4 @@
-import { runCommand, runSync } from './process.ts';
+import { runCommand, which } from './process.ts';
 import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
@@ -203,7 +203,7 @@ export async function downloadRelease(version: string, base = RELEASE_BASE): Pro
     const hit = cached();
     if (hit) return hit;
   }
-  const layouts: ReleaseLayout[] = [...(hasTool('zstd') ? (['gvisor.tar.zstd'] as const) : []), 'gvisor.tar.bz2', 'loose files'];
+  const layouts: ReleaseLayout[] = [...(which('zstd') ? (['gvisor.tar.zstd'] as const) : []), 'gvisor.tar.bz2', 'loose files'];
   const tried: string[] = [];
   await step(`download gVisor release ${version} from ${url}`, async () => {
     mkdirSync(dirname(dir), { recursive: true });
@@ -241,15 +241,6 @@ export async function downloadRelease(version: string, base = RELEASE_BASE): Pro
 /** Where releases from `base` are cached: keyed by the bucket too, as a mirror's "20260914" is not necessarily the bucket's. */
 export function releaseCacheDir(base = RELEASE_BASE): string {
   return join(cacheRoot(), 'gvisor-release', createHash('sha256').update(base).digest('hex').slice(0, 12));
-}
-
-function hasTool(name: string): boolean {
-  try {
-    runSync(['sh', '-c', `command -v ${name}`]);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Downloads url and its url.sha512 and checks one against the other. A 404 of either is NotFound. */

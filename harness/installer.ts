@@ -113,8 +113,9 @@ async function installLocked(node: NodeAccess, cfg: Config, bins: GVisorBinaries
   // an earlier install changed it, which this one converges).
   const customized = Boolean(cfg.containerd.imagePullProgressTimeout || cfg.containerd.additionalSettings?.trim());
   if (inPool || customized || journal.owns(p.containerdConfig)) {
+    const current = await readNodeFile(node, p.containerdConfig);
     const backup = journal.backupOf(p.containerdConfig);
-    const original = (backup ? await readNodeFile(node, backup) : undefined) ?? (await readNodeFile(node, p.containerdConfig)) ?? '';
+    const original = (backup ? await readNodeFile(node, backup) : undefined) ?? current ?? '';
     const needed = inPool || customized;
     let rendered = original;
     try {
@@ -132,8 +133,8 @@ async function installLocked(node: NodeAccess, cfg: Config, bins: GVisorBinaries
     }
     // A file that already says all of it (a node the extension or image-builder set up) is left as
     // it is: only the managed header would differ, and rewriting it would restart containerd.
-    const current = await readNodeFile(node, p.containerdConfig);
-    if (!(needed && current !== undefined && !journal.owns(p.containerdConfig) && sameToml(current, rendered))) await put(p.containerdConfig, rendered, '0644');
+    const saysItAll = needed && current !== undefined && !journal.owns(p.containerdConfig) && sameToml(current, rendered);
+    if (!saysItAll) await put(p.containerdConfig, rendered, '0644');
   }
 
   const dropIn = `${p.systemdUnitDir}/${LIMIT_NOFILE_DROPIN}`;
@@ -167,7 +168,6 @@ export async function recordTestImage(node: NodeAccess, refs: string[]): Promise
 
 /** The lock one install or uninstall holds on a node: a directory in /run (gone with a reboot), holding its owner. */
 export const NODE_LOCK = '/run/gvisor-e2e-node.lock';
-const DEFAULT_LOCK = NODE_LOCK;
 
 /**
  * Runs fn holding the node's lock, so two runs (two configs naming the same node) never change its
@@ -175,17 +175,17 @@ const DEFAULT_LOCK = NODE_LOCK;
  * stale and replaced; any other holder is waited for, then named.
  */
 export async function withNodeLock<R>(node: NodeAccess, what: string, fn: () => Promise<R>, opts: { waitMs?: number; lock?: string } = {}): Promise<R> {
-  const { waitMs = 300_000, lock: NODE_LOCK = DEFAULT_LOCK } = opts;
+  const { waitMs = 300_000, lock = NODE_LOCK } = opts;
   const me = `${hostname()} ${process.pid} ${processStartTime(process.pid) ?? '?'} ${what}`;
   let holder = '';
-  await until(() => `the lock ${NODE_LOCK} on ${node.name} (held by ${holder || 'unknown'})`, waitMs, async () => {
-    const r = await node.exec(`mkdir ${sh(NODE_LOCK)} 2>/dev/null && printf %s ${sh(me)} > ${sh(`${NODE_LOCK}/owner`)} && echo got || cat ${sh(`${NODE_LOCK}/owner`)} 2>/dev/null`);
+  await until(() => `the lock ${lock} on ${node.name} (held by ${holder || 'unknown'})`, waitMs, async () => {
+    const r = await node.exec(`mkdir ${sh(lock)} 2>/dev/null && printf %s ${sh(me)} > ${sh(`${lock}/owner`)} && echo got || cat ${sh(`${lock}/owner`)} 2>/dev/null`);
     if (r.stdout.trim() === 'got') return true;
     holder = r.stdout.trim();
     const [host, pid, start] = holder.split(' ');
     // A holder from this host that no longer runs: its lock is stale (a SIGKILLed run).
     if (host === hostname() && pid && processStartTime(Number(pid)) !== start) {
-      await node.exec(`rm -rf ${sh(NODE_LOCK)}`);
+      await node.exec(`rm -rf ${sh(lock)}`);
       log('warn', `[${node.name}] removed a stale node lock of process ${pid} (no longer running)`);
     } else if (holder) {
       log('info', `[${node.name}] waiting for the node lock, held by ${holder.split(' ').slice(3).join(' ') || 'a run'} (pid ${pid} on ${host})`);
@@ -193,12 +193,12 @@ export async function withNodeLock<R>(node: NodeAccess, what: string, fn: () => 
     return false;
   }, 2_000).catch((e: Error) => {
     if (!(e instanceof TimeoutError)) throw e;
-    throw new InfrastructureError(`${e.message}: another gvisor-e2e run is changing ${node.name}; wait for it, or remove ${NODE_LOCK} on the node if it is gone`);
+    throw new InfrastructureError(`${e.message}: another gvisor-e2e run is changing ${node.name}; wait for it, or remove ${lock} on the node if it is gone`);
   });
   try {
     return await fn();
   } finally {
-    await node.exec(`[ "$(cat ${sh(`${NODE_LOCK}/owner`)} 2>/dev/null)" = ${sh(me)} ] && rm -rf ${sh(NODE_LOCK)}`).catch(() => undefined);
+    await node.exec(`[ "$(cat ${sh(`${lock}/owner`)} 2>/dev/null)" = ${sh(me)} ] && rm -rf ${sh(lock)}`).catch(() => undefined);
   }
 }
 

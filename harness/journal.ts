@@ -12,8 +12,8 @@ export interface JournalRecord {
   /** Directories the harness made (removed on undo when empty). */
   dirs?: string[];
   /**
-   * sha256 of what the harness writes to each path, recorded before it writes: undo restores or
-   * removes a file only while it still holds that (someone else's later edit is kept, and reported).
+   * sha256 of what the harness writes to each path, recorded before it writes: undo restores a
+   * replaced file only while it still holds that (someone else's later edit is kept, and reported).
    */
   written?: Record<string, string>;
 }

@@ -48,3 +48,12 @@ export function runSync(argv: string[], opts: { input?: string } = {}): string {
 export function shSync(cmd: string, opts: { input?: string } = {}): string {
   return runSync(['/bin/sh', '-c', cmd], opts);
 }
+
+/** Where a command is on this machine's PATH, or undefined. */
+export function which(bin: string): string | undefined {
+  try {
+    return shSync(`command -v ${bin}`).trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}

@@ -132,8 +132,7 @@ export function renderContainerdConfig(original: string, o: ContainerdRenderOpti
   try {
     parseToml(text);
   } catch (e) {
-    const msg = e instanceof TomlError ? e.message.split('\n')[0] : String(e);
-    throw new Error(`containerd.additionalSettings makes config.toml invalid TOML: ${msg}`);
+    throw new Error(`containerd.additionalSettings makes config.toml invalid TOML: ${tomlError(e)}`);
   }
   return text;
 }
@@ -151,9 +150,13 @@ export function parseAdditionalSettings(settings: string): TomlTable {
   try {
     return parseToml(settings) as TomlTable;
   } catch (e) {
-    const msg = e instanceof TomlError ? e.message.split('\n')[0] : String(e);
-    throw new Error(`containerd.additionalSettings is not valid TOML: ${msg}`);
+    throw new Error(`containerd.additionalSettings is not valid TOML: ${tomlError(e)}`);
   }
+}
+
+/** A TOML parse error's first line (smol-toml adds a code excerpt below it). */
+function tomlError(e: unknown): string {
+  return e instanceof TomlError ? (e.message.split('\n')[0] ?? e.message) : String(e);
 }
 
 /**

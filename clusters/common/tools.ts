@@ -1,15 +1,9 @@
 // doctor's checks of this machine: a command on PATH, a file a package installs.
 import { existsSync } from 'node:fs';
-import { shSync } from '../../harness/process.ts';
+import { which } from '../../harness/process.ts';
 import type { Finding } from '../provider.ts';
 
-export function which(bin: string): string | undefined {
-  try {
-    return shSync(`command -v ${bin}`).trim() || undefined;
-  } catch {
-    return undefined;
-  }
-}
+export { which };
 
 export function tool(bin: string, pkg: string, why: string): Finding {
   const at = which(bin);

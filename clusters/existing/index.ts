@@ -8,7 +8,7 @@ import { type Config, type NodeConfig, dnsLabel, nodeConfig, nodeSchema } from '
 import { ConfigError, InfrastructureError } from '../../harness/errors.ts';
 import { uninstallNode } from '../../harness/installer.ts';
 import { api } from '../../harness/kube.ts';
-import { addKubernetesObjects, removeKubernetesObjects } from '../common/objects.ts';
+import { addKubernetesObjects, removeKubernetesObjects, type ObjectsRecord } from '../common/objects.ts';
 import { POOL_LABEL } from '../../harness/labels.ts';
 import { log, step } from '../../harness/log.ts';
 import { buildTestImage } from '../../harness/image.ts';
@@ -72,12 +72,8 @@ export type ExistingCluster = z.infer<typeof schema>;
 
 const capabilities = (c: ExistingCluster) => ({ kubernetesApi: true, installsNodes: c.install, cleansUpAfterRun: true, reshapesPools: false });
 
-interface State {
+interface State extends ObjectsRecord {
   cluster: string;
-  /** RuntimeClasses the harness created, by uid: a same-named object made by someone else later is left alone. */
-  runtimeClasses: { name: string; uid: string }[];
-  /** Node labels the harness added (removed on down only while they still have the value it set). */
-  nodeLabels: { node: string; key: string; value: string }[];
   /** Nodes whose files `install` changed (over SSH); `down` undoes that install on them. */
   installedNodes: string[];
   /** Nodes where the harness imported its test image (removed again by down). */

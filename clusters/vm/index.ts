@@ -316,7 +316,7 @@ export class VmProvider extends BaseProvider<VmCluster> {
     await addKubernetesObjects(this.spec.kubeconfig, this.cfg, nodes, rec, () => this.objects!.write(rec), this.spec.name);
   }
 
-  private async removeKubernetesObjects(): Promise<void> {
+  private async undoKubernetesObjects(): Promise<void> {
     const rec = this.objects?.read();
     if (!rec || !this.spec.kubeconfig) return;
     await removeKubernetesObjects(this.spec.kubeconfig, rec, () => this.objects!.write(rec));
@@ -348,7 +348,7 @@ export class VmProvider extends BaseProvider<VmCluster> {
   /** The install comes off before `down` removes the containerd it was made for. */
   override async uninstall(): Promise<void> {
     if (this.uninstalled) return;
-    await this.removeKubernetesObjects();
+    await this.undoKubernetesObjects();
     await uninstallHosts(this.cfg, this.nodes());
     this.uninstalled = true;
   }
