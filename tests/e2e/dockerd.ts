@@ -71,6 +71,14 @@ function writeCapDropRuntime(path: string, caps: string[]): void {
   );
 }
 
+/** A containerd config of its own (root, state, socket), without the CRI plugin: a daemon that touches nothing of the host's. */
+export function writePrivateContainerdConfig(file: string, o: { root: string; state: string; address: string }): void {
+  writeFileSync(
+    file,
+    ['version = 2', `root = "${o.root}"`, `state = "${o.state}"`, 'disabled_plugins = ["io.containerd.grpc.v1.cri"]', '[grpc]', `  address = "${o.address}"`, '[ttrpc]', `  address = "${o.address}.ttrpc"`, ''].join('\n'),
+  );
+}
+
 export async function startPrivateDockerd(opts: { extraArgs?: string[] } = {}): Promise<PrivateDockerd> {
   // Short path: unix socket paths are limited to 107 bytes.
   const dir = mkdtempSync('/tmp/gve2e-dockerd-');
@@ -82,21 +90,8 @@ export async function startPrivateDockerd(opts: { extraArgs?: string[] } = {}): 
   }
   const sock = join(dir, 'docker.sock');
   const ctrSock = join(dir, 'containerd.sock');
-  writeFileSync(
-    join(dir, 'containerd.toml'),
-    [
-      'version = 2',
-      `root = "${dir}/containerd-root"`,
-      `state = "${dir}/containerd-state"`,
-      // dockerd needs containerd's image/content/runtime services, not its CRI server.
-      'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
-      '[grpc]',
-      `  address = "${ctrSock}"`,
-      '[ttrpc]',
-      `  address = "${ctrSock}.ttrpc"`,
-      '',
-    ].join('\n'),
-  );
+  // dockerd needs containerd's image/content/runtime services, not its CRI server.
+  writePrivateContainerdConfig(join(dir, 'containerd.toml'), { root: `${dir}/containerd-root`, state: `${dir}/containerd-state`, address: ctrSock });
   const script = [
     'set -e',
     // Mounts made inside (overlay2 layers, netns files) stay inside.

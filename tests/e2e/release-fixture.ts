@@ -96,7 +96,7 @@ function tarball(root: string, f: ReleaseFiles, name: string, flag: string): str
   const done = tarballs.get(key);
   if (done) return done;
   const stage = join(root, `.stage-${f.label}`);
-  if (!tarballs.size || !existsSync(stage)) {
+  if (!existsSync(stage)) {
     mkdirSync(join(stage, SIDECAR_DIR), { recursive: true });
     copyFileSync(f.runsc, join(stage, 'runsc'));
     copyFileSync(f.shim, join(stage, 'containerd-shim-runsc-v1'));

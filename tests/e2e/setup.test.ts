@@ -8,6 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { processStartTime } from '../../harness/state.ts';
 import { until } from '../../harness/wait.ts';
 import { ROOT, scratch } from './helpers.ts';
+import { writePrivateContainerdConfig } from './dockerd.ts';
 
 /** The state letter of /proc/<pid>/stat (R, S, D, Z, …). */
 function processState(pid: number): string {
@@ -75,20 +76,7 @@ describe('.ci/apt-install and policy-rc.d', () => {
 describe('.ci/apt-install and processes already running', () => {
   it('a containerd running on the machine (not the harness\'s) stays up', async () => {
     const d = scratch('host-containerd');
-    writeFileSync(
-      join(d, 'config.toml'),
-      [
-        'version = 2',
-        `root = "${d}/root"`,
-        `state = "${d}/state"`,
-        'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
-        '[grpc]',
-        `  address = "${d}/containerd.sock"`,
-        '[ttrpc]',
-        `  address = "${d}/containerd.sock.ttrpc"`,
-        '',
-      ].join('\n'),
-    );
+    writePrivateContainerdConfig(join(d, 'config.toml'), { root: `${d}/root`, state: `${d}/state`, address: `${d}/containerd.sock` });
     const containerd = spawn('/usr/bin/containerd', ['--config', join(d, 'config.toml')], { stdio: 'ignore' });
     try {
       await until(`containerd (pid ${containerd.pid}) to serve ${d}/containerd.sock`, 30_000, () => existsSync(join(d, 'containerd.sock')));
