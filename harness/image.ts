@@ -32,6 +32,69 @@ const sha = (b: Buffer | string) => createHash('sha256').update(b).digest('hex')
 // The pause process: sleep in the background so TERM is handled at once.
 const PAUSE_CMD = ['/bin/sh', '-c', "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"];
 
+/** One image of an OCI archive: a single layer made of `root`, its run config, and the names it goes by. */
+export interface OciImage {
+  names: string[];
+  /** A directory whose tree is the image's one layer. */
+  root: string;
+  /** The OCI image config's `config` (Env, Entrypoint, Cmd, WorkingDir, User). */
+  config: Record<string, unknown>;
+  history: string;
+}
+
+/**
+ * Writes an OCI image layout archive holding `images` (what `ctr images import` and `kind load
+ * image-archive` read) and returns the first image's id. Written by hand rather than with a library:
+ * the format is four JSON documents and a tar, and no npm package writes OCI layouts without a Docker
+ * engine or a registry. Fixed mtimes and portable headers make the digests reproducible.
+ */
+export async function writeOciArchive(archive: string, images: OciImage[]): Promise<string> {
+  const work = mkdtempSync(join(tmpdir(), 'gvisor-e2e-oci-'));
+  try {
+    const layout = join(work, 'layout');
+    mkdirSync(join(layout, 'blobs/sha256'), { recursive: true });
+    const blob = (b: Buffer) => {
+      writeFileSync(join(layout, 'blobs/sha256', sha(b)), b);
+      return `sha256:${sha(b)}`;
+    };
+    const manifests: object[] = [];
+    const ids: string[] = [];
+    for (const [i, img] of images.entries()) {
+      const layerPath = join(work, `layer-${i}.tar`);
+      await tarCreate({ file: layerPath, cwd: img.root, portable: true, mtime: new Date(0), noDirRecurse: false }, ['.']);
+      const layer = readFileSync(layerPath);
+      const layerDigest = blob(layer);
+      rmSync(layerPath);
+      const config = Buffer.from(
+        JSON.stringify({
+          architecture: process.arch === 'arm64' ? 'arm64' : 'amd64',
+          os: 'linux',
+          config: img.config,
+          rootfs: { type: 'layers', diff_ids: [layerDigest] },
+          history: [{ created_by: img.history }],
+        }),
+      );
+      ids.push(blob(config));
+      const manifest = Buffer.from(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: 'application/vnd.oci.image.manifest.v1+json',
+          config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: `sha256:${sha(config)}`, size: config.length },
+          layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: layerDigest, size: layer.length }],
+        }),
+      );
+      const desc = { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: blob(manifest), size: manifest.length };
+      for (const name of img.names) manifests.push({ ...desc, annotations: { 'io.containerd.image.name': name, 'org.opencontainers.image.ref.name': name } });
+    }
+    writeFileSync(join(layout, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
+    writeFileSync(join(layout, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests }));
+    await tarCreate({ file: archive, cwd: layout, portable: true, mtime: new Date(0) }, ['oci-layout', 'index.json', 'blobs']);
+    return ids[0]!;
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
 export async function buildTestImage(busybox = BUSYBOX): Promise<TestImage> {
   if (!existsSync(busybox)) {
     throw new InfrastructureError(`${busybox} not found: install Debian's busybox-static (apt-get install busybox-static) to build the test image`);
@@ -57,43 +120,10 @@ export async function buildTestImage(busybox = BUSYBOX): Promise<TestImage> {
     writeFileSync(join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n');
     writeFileSync(join(root, 'etc/group'), 'root:x:0:\nnobody:x:65534:\n');
 
-    const layerPath = join(work, 'layer.tar');
-    // Fixed mtimes and portable headers make the layer digest reproducible.
-    await tarCreate({ file: layerPath, cwd: root, portable: true, mtime: new Date(0), noDirRecurse: false }, ['.']);
-    const layer = readFileSync(layerPath);
-    const layerDigest = `sha256:${sha(layer)}`;
-    const config = Buffer.from(
-      JSON.stringify({
-        architecture: process.arch === 'arm64' ? 'arm64' : 'amd64',
-        os: 'linux',
-        config: { Env: ['PATH=/bin'], Cmd: PAUSE_CMD, WorkingDir: '/' },
-        rootfs: { type: 'layers', diff_ids: [layerDigest] },
-        history: [{ created_by: 'gvisor-e2e: busybox-static' }],
-      }),
-    );
-    id = `sha256:${sha(config)}`;
-    const manifest = Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: 'application/vnd.oci.image.manifest.v1+json',
-        config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: `sha256:${sha(config)}`, size: config.length },
-        layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: layerDigest, size: layer.length }],
-      }),
-    );
-    const manifestDesc = { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: `sha256:${sha(manifest)}`, size: manifest.length };
-    const layout = join(work, 'layout');
-    mkdirSync(join(layout, 'blobs/sha256'), { recursive: true });
-    for (const b of [layer, config, manifest]) writeFileSync(join(layout, 'blobs/sha256', sha(b)), b);
-    writeFileSync(join(layout, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
-    writeFileSync(
-      join(layout, 'index.json'),
-      JSON.stringify({
-        schemaVersion: 2,
-        manifests: [image, pause].map((name) => ({ ...manifestDesc, annotations: { 'io.containerd.image.name': name, 'org.opencontainers.image.ref.name': name } })),
-      }),
-    );
     mkdirSync(dir, { recursive: true });
-    await tarCreate({ file: `${archive}.tmp`, cwd: layout, portable: true, mtime: new Date(0) }, ['oci-layout', 'index.json', 'blobs']);
+    id = await writeOciArchive(`${archive}.tmp`, [
+      { names: [image, pause], root, config: { Env: ['PATH=/bin'], Cmd: PAUSE_CMD, WorkingDir: '/' }, history: 'gvisor-e2e: busybox-static' },
+    ]);
     writeFileSync(`${archive}.id`, `${id}\n`);
     renameSync(`${archive}.tmp`, archive);
   } finally {

@@ -156,13 +156,57 @@ async function buildEtcd(version = ETCD_VERSION): Promise<string> {
   return etcd;
 }
 
+/** Builds `commands` (k8s.io/kubernetes/cmd/<name>) of Kubernetes `version` into the cache entry `dir`, unless all are there. */
+async function buildKubeCommands(version: string, dir: string, commands: readonly string[]): Promise<void> {
+  const { minor } = parseKubeVersion(version);
+  const complete = () => commands.every((c) => existsSync(join(dir, c)));
+  if (complete()) return;
+  await step(`build ${commands.join(', ')} ${version} from the k8s.io/kubernetes Go module`, () =>
+    buildIntoCache(dir, complete, (out) =>
+      withWorkDir(async (work) => {
+        const info = await step(`fetch k8s.io/kubernetes ${version} and its dependencies`, async () => {
+          const dl = JSON.parse(await go(work, ['mod', 'download', '-json', `k8s.io/kubernetes@${version}`])) as { GoMod: string; Info: string };
+          writeFileSync(join(work, 'go.mod'), kubeWrapperGoMod(readFileSync(dl.GoMod, 'utf8'), version));
+          await go(work, ['get', ...commands.map((c) => `k8s.io/kubernetes/cmd/${c}@${version}`)]);
+          return JSON.parse(readFileSync(dl.Info, 'utf8')) as { Time?: string };
+        });
+        // hack/lib/version.sh sets these in both packages: component-base's is what `--version` prints,
+        // client-go's is what kubectl sends as its user agent (kubeadm also picks the etcd and CoreDNS tags by
+        // it). The release's tag time stands in for the build date so that a rebuild gives the same binaries.
+        // gitCommit is left unset, as upstream does without git.
+        const buildDate = info.Time ? new Date(info.Time).toISOString().replace(/\.\d{3}Z$/, 'Z') : '1970-01-01T00:00:00Z';
+        const vars = { gitVersion: version, gitMajor: '1', gitMinor: minor, gitTreeState: 'clean', buildDate };
+        const ldflags = ['-s', '-w'];
+        for (const pkg of ['k8s.io/component-base/version', 'k8s.io/client-go/pkg/version']) {
+          for (const [k, v] of Object.entries(vars)) ldflags.push(`-X ${pkg}.${k}=${v}`);
+        }
+        // One `go build` for all: the go command schedules their compiles and links together over all
+        // cores. Measured on 2 busy cores, cold: 576 s, against 865 s for five sequential builds sharing a cache.
+        // Warm (build cache full, binary cache empty) it is about 20 s of linking.
+        await step(`go build ${commands.join(' ')} (about 10 min on 2 cores with a cold Go build cache)`, () =>
+          go(work, [
+            'build', '-trimpath', '-tags', KUBE_BUILD_TAGS, '-ldflags', ldflags.join(' '), '-o', `${out}/`,
+            ...commands.map((c) => `k8s.io/kubernetes/cmd/${c}`),
+          ]),
+        );
+      }),
+    ),
+  );
+}
+
+/** kubeadm of Kubernetes `version` (for kind node images), cached apart from the five the local cluster needs. */
+export async function buildKubeadm(version = KUBERNETES_VERSION): Promise<string> {
+  const dir = join(cacheRoot(), 'kubeadm', version);
+  await buildKubeCommands(version, dir, ['kubeadm']);
+  return join(dir, 'kubeadm');
+}
+
 /**
  * Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kubectl from the
  * k8s.io/kubernetes Go module, and etcd from go.etcd.io/etcd/server/v3; each cached by version under
  * cacheRoot(). A cold build takes a long while on 2 cores (see the step lines); a cached one is instant.
  */
 export async function buildKubernetes(version = KUBERNETES_VERSION): Promise<KubeBinaries> {
-  const { minor } = parseKubeVersion(version);
   const dir = join(cacheRoot(), 'kubernetes', version);
   const bin = {
     dir,
@@ -172,40 +216,8 @@ export async function buildKubernetes(version = KUBERNETES_VERSION): Promise<Kub
     kubelet: join(dir, 'kubelet'),
     kubectl: join(dir, 'kubectl'),
   };
-  const complete = () => KUBE_COMMANDS.every((c) => existsSync(join(dir, c)));
   const etcd = await buildEtcd();
-  if (complete()) return { ...bin, etcd };
-
-  await step(`build ${KUBE_COMMANDS.join(', ')} ${version} from the k8s.io/kubernetes Go module`, () =>
-    buildIntoCache(dir, complete, (out) =>
-      withWorkDir(async (work) => {
-        const info = await step(`fetch k8s.io/kubernetes ${version} and its dependencies`, async () => {
-          const dl = JSON.parse(await go(work, ['mod', 'download', '-json', `k8s.io/kubernetes@${version}`])) as { GoMod: string; Info: string };
-          writeFileSync(join(work, 'go.mod'), kubeWrapperGoMod(readFileSync(dl.GoMod, 'utf8'), version));
-          await go(work, ['get', ...KUBE_COMMANDS.map((c) => `k8s.io/kubernetes/cmd/${c}@${version}`)]);
-          return JSON.parse(readFileSync(dl.Info, 'utf8')) as { Time?: string };
-        });
-        // hack/lib/version.sh sets these in both packages: component-base's is what `--version` prints,
-        // client-go's is what kubectl sends as its user agent. The release's tag time stands in for the build
-        // date so that a rebuild gives the same binaries. gitCommit is left unset, as upstream does without git.
-        const buildDate = info.Time ? new Date(info.Time).toISOString().replace(/\.\d{3}Z$/, 'Z') : '1970-01-01T00:00:00Z';
-        const vars = { gitVersion: version, gitMajor: '1', gitMinor: minor, gitTreeState: 'clean', buildDate };
-        const ldflags = ['-s', '-w'];
-        for (const pkg of ['k8s.io/component-base/version', 'k8s.io/client-go/pkg/version']) {
-          for (const [k, v] of Object.entries(vars)) ldflags.push(`-X ${pkg}.${k}=${v}`);
-        }
-        // One `go build` for all five: the go command schedules their compiles and links together over all
-        // cores. Measured on 2 busy cores, cold: 576 s, against 865 s for five sequential builds sharing a cache.
-        // Warm (build cache full, binary cache empty) it is about 20 s of linking.
-        await step(`go build ${KUBE_COMMANDS.join(' ')} (about 10 min on 2 cores with a cold Go build cache)`, () =>
-          go(work, [
-            'build', '-trimpath', '-tags', KUBE_BUILD_TAGS, '-ldflags', ldflags.join(' '), '-o', `${out}/`,
-            ...KUBE_COMMANDS.map((c) => `k8s.io/kubernetes/cmd/${c}`),
-          ]),
-        );
-      }),
-    ),
-  );
+  await buildKubeCommands(version, dir, KUBE_COMMANDS);
   return { ...bin, etcd };
 }
 
