@@ -40,8 +40,8 @@ export async function mustRunCommand(argv: string[], opts: CommandOptions = {}):
 }
 
 /** Runs argv synchronously (short local tools: openssl, ssh-keygen); throws with its stderr on failure. */
-export function runSync(argv: string[], opts: { input?: string } = {}): string {
-  return execFileSync(argv[0]!, argv.slice(1), { encoding: 'utf8', input: opts.input, stdio: ['pipe', 'pipe', 'pipe'] });
+export function runSync(argv: string[], opts: { input?: string; maxBuffer?: number } = {}): string {
+  return execFileSync(argv[0]!, argv.slice(1), { encoding: 'utf8', input: opts.input, stdio: ['pipe', 'pipe', 'pipe'], maxBuffer: opts.maxBuffer });
 }
 
 /** Runs a shell command line synchronously (ip, mount, nsenter plumbing); throws with its stderr on failure. */

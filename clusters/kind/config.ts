@@ -47,27 +47,56 @@ export function runscHandlerPatch(cfg: Config, runscConfigPath = '/etc/container
   return stringifyToml(doc);
 }
 
+/** What the provider learned before rendering: the image to boot, and facts of the Docker host. */
+export interface KindRenderOptions {
+  /** The node image reference (cluster.nodeImage, or the local image's reference for `local`). */
+  image?: string;
+  /**
+   * The image is the harness's own local one (node-image.ts): no kindnetd and no kube-proxy image,
+   * so kind must not install its default CNI (the provider lays pod networking, network.ts) and runs
+   * without kube-proxy; kubeadm is told the etcd tag that image carries.
+   */
+  localImage?: { etcdTag: string };
+  /** The Docker host is on cgroup v1: Kubernetes 1.35's kubelet refuses it unless failCgroupV1 is false. */
+  cgroupV1?: boolean;
+}
+
 /** kind's v1alpha4 Cluster object for the config. */
-export function kindConfig(cfg: Config & { cluster: KindCluster }): Record<string, unknown> {
+export function kindConfig(cfg: Config & { cluster: KindCluster }, opts: KindRenderOptions = {}): Record<string, unknown> {
   const spec = cfg.cluster;
+  const image = opts.image ?? spec.nodeImage;
   const workers = kindWorkers(spec, cfg.gvisor.pools);
   const mounts = spec.extraMounts.map((m) => ({ ...m }));
-  const nodes: Record<string, unknown>[] = [{ role: 'control-plane', image: spec.nodeImage }];
+  const nodes: Record<string, unknown>[] = [{ role: 'control-plane', image }];
   for (const w of workers) {
     const pool = spec.pools.find((p) => p.name === w.pool)!;
     // The Gardener label is put on gVisor pools at creation (the RuntimeClass selects on it);
     // the installer sets it again through the API, idempotently.
     const labels: Record<string, string> = { ...pool.labels, [POOL_LABEL]: w.pool, ...(w.gvisor ? { [GVISOR_NODE_LABEL]: 'true' } : {}) };
-    nodes.push({ role: 'worker', image: spec.nodeImage, labels, ...(mounts.length ? { extraMounts: mounts } : {}) });
+    nodes.push({ role: 'worker', image, labels, ...(mounts.length ? { extraMounts: mounts } : {}) });
   }
   const out: Record<string, unknown> = { kind: 'Cluster', apiVersion: 'kind.x-k8s.io/v1alpha4', name: spec.name, nodes };
   // kind patches every node's containerd alike. Registering the handler that way is right only when
   // every worker is in a gVisor pool; otherwise nodes outside the pools must have none of it
   // (runsc-installation checks that), and the installer registers it per node instead.
   if (workers.every((w) => w.gvisor)) out.containerdConfigPatches = [runscHandlerPatch(cfg)];
+  const networking: Record<string, unknown> = {};
+  if (spec.apiServerAddress) networking.apiServerAddress = spec.apiServerAddress;
+  if (spec.apiServerPort) networking.apiServerPort = spec.apiServerPort;
+  const patches: string[] = [];
+  if (opts.localImage) {
+    networking.disableDefaultCNI = true;
+    networking.kubeProxyMode = 'none';
+    patches.push(stringify({ kind: 'ClusterConfiguration', etcd: { local: { imageTag: opts.localImage.etcdTag } } }));
+  }
+  // kind applies a patch to every document of its kind (init, join, kubelet config alike).
+  if (opts.cgroupV1) patches.push(stringify({ kind: 'KubeletConfiguration', failCgroupV1: false }));
+  patches.push(...spec.kubeadmConfigPatches);
+  if (Object.keys(networking).length) out.networking = networking;
+  if (patches.length) out.kubeadmConfigPatches = patches;
   return out;
 }
 
-export function renderKindConfig(cfg: Config & { cluster: KindCluster }): string {
-  return stringify(kindConfig(cfg), { lineWidth: 0 });
+export function renderKindConfig(cfg: Config & { cluster: KindCluster }, opts: KindRenderOptions = {}): string {
+  return stringify(kindConfig(cfg, opts), { lineWidth: 0 });
 }

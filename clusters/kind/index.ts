@@ -15,6 +15,9 @@ import { checkPoolList, requireManifestPools } from '../common/pools.ts';
 import { tool, which } from '../common/tools.ts';
 import { defineProvider, type Finding } from '../provider.ts';
 import { kindWorkers, renderKindConfig, type KindWorker } from './config.ts';
+import { layPodNetwork } from './network.ts';
+import { type DockerCli, ensureLocalNodeImage, LOCAL_IMAGE_NAMES, LOCAL_NODE_IMAGE } from './node-image.ts';
+import { openNode } from '../../harness/node.ts';
 
 /** kind v1alpha4 Mount (the fields kind accepts), for cluster.extraMounts. */
 const kindMount = z
@@ -33,8 +36,16 @@ const schema = z
     /** kind cluster name; the node containers are <name>-control-plane, <name>-worker, <name>-worker2, … */
     name: dnsName.default('gvisor-e2e'),
     stateDir: configPath.optional(),
-    /** The kindest/node image every node boots (pinned in harness/versions.ts). */
+    /**
+     * The kindest/node image every node boots (default: the one the pinned kind release publishes, by
+     * digest; harness/versions.ts), or `local`: an image the harness makes from pinned sources on this
+     * machine, for hosts that cannot pull (clusters/kind/node-image.ts).
+     */
     nodeImage: z.string().min(1).default(KIND_NODE_IMAGE),
+    /** kind's networking.apiServerAddress: where the API server is published on the Docker host (default 127.0.0.1). */
+    apiServerAddress: z.ipv4().optional(),
+    /** kind's networking.apiServerPort (default: a free port kind picks on the Docker host). */
+    apiServerPort: z.number().int().min(1).max(65535).optional(),
     /** A kind binary to use; default: `kind` on PATH, else built from its Go module. */
     kindBinary: configPath.optional(),
     /** How long `kind create cluster --wait` waits for the control plane to be Ready. */
@@ -51,6 +62,11 @@ const schema = z
           .strict(),
       )
       .min(1),
+    /**
+     * kind's kubeadmConfigPatches, passed through (after the harness's own): e.g. a KubeletConfiguration
+     * with `featureGates: {KubeletInUserNamespace: true}` when the Docker engine runs in a user namespace.
+     */
+    kubeadmConfigPatches: z.array(z.string().min(1)).default([]),
     /** Host directories mounted into every node container (kind extraMounts). */
     extraMounts: z.array(kindMount).default([]),
   })
@@ -181,6 +197,13 @@ export class KindProvider extends BaseProvider<KindCluster> {
     return r.stdout;
   }
 
+  /** The docker CLI through this provider's runner (tests inject one). */
+  private readonly docker: DockerCli = async (args, timeoutMs = 300_000) => {
+    const r = await this.run(['docker', ...args], { timeoutMs });
+    if (r.code !== 0) throw new InfrastructureError(`docker ${args.slice(0, 2).join(' ')} failed (exit ${r.code}): ${(r.stderr.trim() || r.stdout.trim()).slice(-1500)}`);
+    return r.stdout;
+  };
+
   private async requireEngine(): Promise<void> {
     const e = await dockerEngine(this.run);
     if (!e.ok) throw new InfrastructureError(e.detail);
@@ -223,21 +246,32 @@ export class KindProvider extends BaseProvider<KindCluster> {
     // crash still deletes the cluster and removes only a directory that holds this record.
     const state: State = { provider: 'kind', cluster: this.spec.name, kubeconfig, nodes: workers };
     this.state.write(state);
-    writeFileSync(configFile, renderKindConfig(this.cfg));
     // kind writes credentials into the kubeconfig: create it private before kind fills it.
     writeFileSync(kubeconfig, '', { mode: 0o600 });
     try {
+      const local = this.spec.nodeImage === LOCAL_NODE_IMAGE;
+      const image = local ? await ensureLocalNodeImage(this.docker) : this.spec.nodeImage;
+      const cgroupV1 = (await this.docker(['info', '--format', '{{.CgroupVersion}}'], 20_000)).trim() === '1';
+      writeFileSync(configFile, renderKindConfig(this.cfg, { image, cgroupV1, localImage: local ? { etcdTag: LOCAL_IMAGE_NAMES.etcdTag } : undefined }));
       const wait = this.spec.wait;
-      await step(`kind create cluster "${this.spec.name}" (${workers.length} workers, ${this.spec.nodeImage})`, () =>
-        this.mustKind(['create', 'cluster', '--name', this.spec.name, '--config', configFile, '--kubeconfig', kubeconfig, '--wait', wait, '--retain'], durationMs(wait) + 300_000),
+      // With the local image the nodes cannot be Ready before the harness lays pod networking: no --wait then.
+      await step(`kind create cluster "${this.spec.name}" (${workers.length} workers, ${image})`, () =>
+        this.mustKind(['create', 'cluster', '--name', this.spec.name, '--config', configFile, '--kubeconfig', kubeconfig, ...(local ? [] : ['--wait', wait]), '--retain'], durationMs(wait) + 300_000),
       );
       chmodSync(kubeconfig, 0o600);
       const live = await this.liveNodes();
       const missing = workers.filter((w) => !live.includes(w.name));
       if (missing.length) throw new InfrastructureError(`kind made nodes ${live.join(', ')}, not the expected ${missing.map((w) => w.name).join(', ')}`);
-      const image = await (this.opts.testImage ?? (() => step('build the busybox test image', () => buildTestImage())))();
+      if (local) {
+        const access = (name: string) => openNode(nodeConfig({ name, pool: 'kind', access: { type: 'docker', container: name } }));
+        const cp = access(`${this.spec.name}-control-plane`);
+        await step(`lay pod networking on ${live.length} kind nodes (kindnetd's ptp config and routes) and wait for Ready`, () =>
+          layPodNetwork(cp, live.map(access), durationMs(wait)),
+        );
+      }
+      const testImage = await (this.opts.testImage ?? (() => step('build the busybox test image', () => buildTestImage())))();
       await step(`kind load image-archive (test image) into ${workers.length} workers`, () =>
-        this.mustKind(['load', 'image-archive', image.archive, '--name', this.spec.name, '--nodes', workers.map((w) => w.name).join(',')], 300_000),
+        this.mustKind(['load', 'image-archive', testImage.archive, '--name', this.spec.name, '--nodes', workers.map((w) => w.name).join(',')], 300_000),
       );
     } catch (e) {
       log('error', `bringing up kind cluster "${this.spec.name}" failed; exporting its logs, then deleting it`);

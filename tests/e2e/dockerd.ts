@@ -1,5 +1,5 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { until } from '../../harness/wait.ts';
 
@@ -11,6 +11,8 @@ import { until } from '../../harness/wait.ts';
 export interface PrivateDockerd {
   /** unix://…/docker.sock, for DOCKER_HOST. */
   host: string;
+  /** With `link`: the engine's address on a veth pair to this netns (publish ports there, e.g. kind's apiServerAddress). */
+  address?: string;
   dir: string;
   /** dockerd's log (for a failing test's message). */
   log(): string;
@@ -79,7 +81,20 @@ export function writePrivateContainerdConfig(file: string, o: { root: string; st
   );
 }
 
-export async function startPrivateDockerd(opts: { extraArgs?: string[] } = {}): Promise<PrivateDockerd> {
+export interface PrivateDockerdOptions {
+  extraArgs?: string[];
+  /**
+   * Run in a user namespace that maps root to root (all ids but one), as the local provider's host
+   * nodes do: this machine lacks CAP_SYS_RESOURCE, and containerd (a kind node's, the runsc shim)
+   * tolerates a refused oom_score_adj only inside a user namespace. kind's entrypoint then turns on
+   * restrict_oom_score_adj by itself.
+   */
+  userns?: boolean;
+  /** A veth pair between this netns and the engine's, so ports it publishes on `address` are reachable from here. */
+  link?: boolean;
+}
+
+export async function startPrivateDockerd(opts: PrivateDockerdOptions = {}): Promise<PrivateDockerd> {
   // Short path: unix socket paths are limited to 107 bytes.
   const dir = mkdtempSync('/tmp/gve2e-dockerd-');
   const extraArgs = [...(opts.extraArgs ?? [])];
@@ -92,23 +107,31 @@ export async function startPrivateDockerd(opts: { extraArgs?: string[] } = {}): 
   const ctrSock = join(dir, 'containerd.sock');
   // dockerd needs containerd's image/content/runtime services, not its CRI server.
   writePrivateContainerdConfig(join(dir, 'containerd.toml'), { root: `${dir}/containerd-root`, state: `${dir}/containerd-state`, address: ctrSock });
+  const link = opts.link ? freeLink() : undefined;
   const script = [
     'set -e',
+    // The parent configures the host end of the link and says so on stdin.
+    ...(link ? ['read linked', `ip addr add ${link.inner}/30 dev eth-host`, 'ip link set eth-host up'] : []),
     // Mounts made inside (overlay2 layers, netns files) stay inside.
     'mount --make-rprivate /',
     'ip link set lo up',
     `containerd --config ${dir}/containerd.toml >${dir}/containerd.log 2>&1 &`,
     `i=0; while [ ! -S ${ctrSock} ]; do i=$((i+1)); [ $i -lt 100 ] || { echo "containerd did not start" >&2; exit 1; }; sleep 0.1; done`,
     `exec dockerd --host unix://${sock} --containerd ${ctrSock} --data-root ${dir}/data --exec-root ${dir}/exec --pidfile ${dir}/docker.pid ` +
-      `--storage-driver overlay2 --iptables=false --ip6tables=false --ip-masq=false --bridge=none --userland-proxy=false ${extraArgs.join(' ')} >${dir}/dockerd.log 2>&1`,
+      `--storage-driver overlay2 --iptables=false --ip6tables=false --ip-masq=false --bridge=none --userland-proxy=${link ? 'true' : 'false'} ${extraArgs.join(' ')} >${dir}/dockerd.log 2>&1`,
   ].join('\n');
+  const nsArgs = ['--net', '--mount', '--pid', '--fork', '--mount-proc'];
   // A PID namespace too: shims daemonize out of our process group, and node containers run systemd;
   // when dockerd (the namespace's init) exits, the kernel ends every process left in it.
-  const child: ChildProcess = spawn('unshare', ['--net', '--mount', '--pid', '--fork', '--mount-proc', 'sh', '-c', script], { stdio: 'ignore', detached: true });
+  // In a user namespace, the other namespaces are made from inside it (after the parent mapped it), so it owns them.
+  const child: ChildProcess = opts.userns
+    ? spawn('unshare', ['--user', 'sh', '-c', `read mapped && exec unshare ${nsArgs.join(' ')} sh -c "$1"`, 'sh', script], { stdio: ['pipe', 'ignore', 'ignore'], detached: true })
+    : spawn('unshare', [...nsArgs, 'sh', '-c', script], { stdio: [link ? 'pipe' : 'ignore', 'ignore', 'ignore'], detached: true });
   let exited: string | undefined;
   child.on('exit', (code, sig) => {
     exited = `exited ${code ?? sig}`;
   });
+  child.stdin?.on('error', () => {});
   const logOf = (f: string) => (existsSync(join(dir, f)) ? readFileSync(join(dir, f), 'utf8') : '');
   const stop = async () => {
     // Containers first, the way docker removes them (best effort: the namespace is the backstop).
@@ -135,6 +158,24 @@ export async function startPrivateDockerd(opts: { extraArgs?: string[] } = {}): 
     rmSync(dir, { recursive: true, force: true });
   };
   try {
+    if (opts.userns) {
+      await until('the private dockerd\'s user namespace', 10_000, () => readlinkOr(`/proc/${child.pid}/ns/user`) !== readlinkOr('/proc/self/ns/user'), 20);
+      writeFileSync(`/proc/${child.pid}/uid_map`, '0 0 4294967294\n');
+      writeFileSync(`/proc/${child.pid}/gid_map`, '0 0 4294967294\n');
+      child.stdin!.write('mapped\n');
+    }
+    if (link) {
+      // The namespaces' first process is the one child of unshare --fork.
+      let inner = '';
+      await until('the private dockerd\'s network namespace', 10_000, () => {
+        inner = readFileOr(`/proc/${child.pid}/task/${child.pid}/children`).trim().split(/\s+/)[0] ?? '';
+        return inner !== '' && readlinkOr(`/proc/${inner}/ns/net`) !== readlinkOr('/proc/self/ns/net');
+      }, 20);
+      execFileSync('ip', ['link', 'add', link.name, 'type', 'veth', 'peer', 'name', 'eth-host', 'netns', inner]);
+      execFileSync('ip', ['addr', 'add', `${link.outer}/30`, 'dev', link.name]);
+      execFileSync('ip', ['link', 'set', link.name, 'up']);
+      child.stdin!.write('linked\n');
+    }
     await until(
       () => `the private dockerd to answer on ${sock} (${exited ?? 'running'}; dockerd.log: ${logOf('dockerd.log').slice(-600)}; containerd.log: ${logOf('containerd.log').slice(-300)})`,
       60_000,
@@ -153,7 +194,36 @@ export async function startPrivateDockerd(opts: { extraArgs?: string[] } = {}): 
     await stop();
     throw e;
   }
-  return { host: `unix://${sock}`, dir, log: () => logOf('dockerd.log'), stop };
+  return { host: `unix://${sock}`, address: link?.inner, dir, log: () => logOf('dockerd.log'), stop };
+}
+
+/** A /30 in 10.252.0.0/16 that no interface here uses, and a veth name (gve2e-…, what leftover checks look for). */
+function freeLink(): { name: string; outer: string; inner: string } {
+  const used = execFileSync('ip', ['-o', '-4', 'addr'], { encoding: 'utf8' });
+  for (let i = 0; i < 64; i++) {
+    const n = Math.floor(Math.random() * 16384);
+    const base = `10.252.${n >> 6}.${(n & 63) * 4}`;
+    const [a, b, c, d] = base.split('.').map(Number) as [number, number, number, number];
+    if (used.includes(` ${a}.${b}.${c}.${d + 1}/`) || used.includes(` ${a}.${b}.${c}.${d + 2}/`)) continue;
+    return { name: `gve2e-dk${n.toString(36)}`, outer: `${a}.${b}.${c}.${d + 1}`, inner: `${a}.${b}.${c}.${d + 2}` };
+  }
+  throw new Error('no free /30 in 10.252.0.0/16 for the private dockerd link');
+}
+
+function readlinkOr(p: string): string {
+  try {
+    return readlinkSync(p);
+  } catch {
+    return '';
+  }
+}
+
+function readFileOr(p: string): string {
+  try {
+    return readFileSync(p, 'utf8');
+  } catch {
+    return '';
+  }
 }
 
 function alive(pid: number): boolean {

@@ -108,6 +108,22 @@ describe('kind v1alpha4 config rendering', () => {
     expect(findRuntime(patch, 'gvisor')).toEqual({ runtime_type: 'io.containerd.runsc.v1', options: { TypeUrl: 'io.containerd.runsc.v1.options', ConfigPath: '/etc/containerd/runsc.toml' } });
   });
 
+  it('for the local node image: no default CNI, no kube-proxy, kubeadm told the etcd tag; cgroup v1 and user patches go to kubeadm too', () => {
+    const c = kindCfg(`pools: [{ name: gvisor }]\napiServerAddress: 10.1.2.3\napiServerPort: 6443\nkubeadmConfigPatches: ["kind: KubeletConfiguration\\nfeatureGates: { KubeletInUserNamespace: true }\\n"]`);
+    const plain = kindConfig(c);
+    expect(plain.networking).toEqual({ apiServerAddress: '10.1.2.3', apiServerPort: 6443 });
+    expect(plain.kubeadmConfigPatches).toEqual(['kind: KubeletConfiguration\nfeatureGates: { KubeletInUserNamespace: true }\n']);
+    const local = kindConfig(c, { image: 'gvisor-e2e.local/kind-node:x', localImage: { etcdTag: '3.6.16-0' }, cgroupV1: true });
+    expect((local.nodes as { image: string }[]).map((n) => n.image)).toEqual(['gvisor-e2e.local/kind-node:x', 'gvisor-e2e.local/kind-node:x']);
+    expect(local.networking).toEqual({ apiServerAddress: '10.1.2.3', apiServerPort: 6443, disableDefaultCNI: true, kubeProxyMode: 'none' });
+    const patches = (local.kubeadmConfigPatches as string[]).map((p) => parseYaml(p) as Record<string, unknown>);
+    expect(patches).toEqual([
+      { kind: 'ClusterConfiguration', etcd: { local: { imageTag: '3.6.16-0' } } },
+      { kind: 'KubeletConfiguration', failCgroupV1: false },
+      { kind: 'KubeletConfiguration', featureGates: { KubeletInUserNamespace: true } },
+    ]);
+  });
+
   it("merged into a kind node's config.toml (as kind's TOML merge patch does) keeps runc and adds the handler", () => {
     const c = kindCfg('pools: [{ name: gvisor }]');
     const base = parseToml(readFileSync(join(import.meta.dirname, 'fixtures', 'kind-node-containerd-v2.toml'), 'utf8')) as TomlTable;
@@ -173,6 +189,7 @@ describe('kind provider command sequence', () => {
     expect(rec.calls).toEqual([
       'docker info --format {{.ServerVersion}}',
       'kind get clusters',
+      'docker info --format {{.CgroupVersion}}',
       `kind create cluster --name seq --config ${state}/kind-config.yaml --kubeconfig ${state}/kubeconfig --wait 2m --retain`,
       'kind get nodes --name seq',
       'kind load image-archive /cache/busybox.oci.tar --name seq --nodes seq-worker,seq-worker2',
