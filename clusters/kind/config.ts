@@ -61,6 +61,16 @@ export interface KindRenderOptions {
   cgroupV1?: boolean;
 }
 
+/** A containerdConfigPatches entry: runc with the cgroupfs driver (kind's config.toml sets SystemdCgroup = true). */
+export function runcCgroupfsPatch(): string {
+  const path = [...runtimesPath(KIND_CONTAINERD_CONFIG_VERSION), 'runc', 'options'];
+  const doc: Record<string, unknown> = { version: KIND_CONTAINERD_CONFIG_VERSION };
+  let cur = doc;
+  for (const p of path) cur = (cur[p] = {}) as Record<string, unknown>;
+  cur.SystemdCgroup = false;
+  return stringifyToml(doc);
+}
+
 /** kind's v1alpha4 Cluster object for the config. */
 export function kindConfig(cfg: Config & { cluster: KindCluster }, opts: KindRenderOptions = {}): Record<string, unknown> {
   const spec = cfg.cluster;
@@ -90,7 +100,15 @@ export function kindConfig(cfg: Config & { cluster: KindCluster }, opts: KindRen
     patches.push(stringify({ kind: 'ClusterConfiguration', etcd: { local: { imageTag: opts.localImage.etcdTag } } }));
   }
   // kind applies a patch to every document of its kind (init, join, kubelet config alike).
-  if (opts.cgroupV1) patches.push(stringify({ kind: 'KubeletConfiguration', failCgroupV1: false }));
+  if (opts.cgroupV1) {
+    // On cgroup v1, kind's entrypoint bind-mounts /kubelet and /kubelet.slice under every controller, and
+    // runsc cannot resolve a relative (systemd-style) cgroup parent through two such submounts
+    // ("finding current cgroups: Rel: can't make ../system.slice/containerd.service relative to
+    // /kubelet.slice", runsc/cgroup/cgroup.go loadPaths). With the cgroupfs driver kubelet hands out
+    // absolute cgroup parents, which runsc uses as they are; runc's driver must match the kubelet's.
+    patches.push(stringify({ kind: 'KubeletConfiguration', failCgroupV1: false, cgroupDriver: 'cgroupfs' }));
+    out.containerdConfigPatches = [...((out.containerdConfigPatches as string[] | undefined) ?? []), runcCgroupfsPatch()];
+  }
   patches.push(...spec.kubeadmConfigPatches);
   if (Object.keys(networking).length) out.networking = networking;
   if (patches.length) out.kubeadmConfigPatches = patches;

@@ -17,7 +17,7 @@ import { defineProvider, type Finding } from '../provider.ts';
 import { kindWorkers, renderKindConfig, type KindWorker } from './config.ts';
 import { layPodNetwork } from './network.ts';
 import { type DockerCli, ensureLocalNodeImage, LOCAL_IMAGE_NAMES, LOCAL_NODE_IMAGE } from './node-image.ts';
-import { openNode } from '../../harness/node.ts';
+import { mustExec, openNode } from '../../harness/node.ts';
 
 /** kind v1alpha4 Mount (the fields kind accepts), for cluster.extraMounts. */
 const kindMount = z
@@ -130,7 +130,14 @@ interface State {
   cluster: string;
   kubeconfig: string;
   nodes: KindWorker[];
+  /** The local node image, when this harness put it into the engine (down removes it). */
+  addedImage?: string;
+  /** kind's Docker network, when it did not exist before this cluster (kind itself never removes it). */
+  addedNetwork?: string;
 }
+
+/** The Docker network kind puts its nodes on (sigs.k8s.io/kind pkg/cluster/internal/providers/docker/network.go). */
+const KIND_NETWORK = process.env.KIND_EXPERIMENTAL_DOCKER_NETWORK || 'kind';
 
 export interface KindProviderOptions {
   run?: Runner;
@@ -250,7 +257,8 @@ export class KindProvider extends BaseProvider<KindCluster> {
     writeFileSync(kubeconfig, '', { mode: 0o600 });
     try {
       const local = this.spec.nodeImage === LOCAL_NODE_IMAGE;
-      const image = local ? await ensureLocalNodeImage(this.docker) : this.spec.nodeImage;
+      const image = local ? await ensureLocalNodeImage(this.docker, (ref) => this.state.write({ ...state, addedImage: (state.addedImage = ref) })) : this.spec.nodeImage;
+      if (!(await this.docker(['network', 'inspect', KIND_NETWORK], 20_000).then(() => true, () => false))) this.state.write({ ...state, addedNetwork: (state.addedNetwork = KIND_NETWORK) });
       const cgroupV1 = (await this.docker(['info', '--format', '{{.CgroupVersion}}'], 20_000)).trim() === '1';
       writeFileSync(configFile, renderKindConfig(this.cfg, { image, cgroupV1, localImage: local ? { etcdTag: LOCAL_IMAGE_NAMES.etcdTag } : undefined }));
       const wait = this.spec.wait;
@@ -262,8 +270,16 @@ export class KindProvider extends BaseProvider<KindCluster> {
       const live = await this.liveNodes();
       const missing = workers.filter((w) => !live.includes(w.name));
       if (missing.length) throw new InfrastructureError(`kind made nodes ${live.join(', ')}, not the expected ${missing.map((w) => w.name).join(', ')}`);
+      const access = (name: string) => openNode(nodeConfig({ name, pool: 'kind', access: { type: 'docker', container: name } }));
+      if (cgroupV1) {
+        // See runcCgroupfsPatch (config.ts): with the cgroupfs driver the kubelet uses kind's /kubelet
+        // submounts only; the /kubelet.slice ones, left beside them, make runsc fail to find its own
+        // cgroup. Lazily unmounted: kind's entrypoint may still hold one.
+        await step(`unmount kind's unused /kubelet.slice cgroup v1 submounts on ${live.length} nodes (they break runsc)`, () =>
+          Promise.all(live.map((n) => mustExec(access(n), 'for m in $(findmnt -lun -o TARGET -t cgroup | grep "/kubelet.slice$"); do umount -l "$m"; done'))),
+        );
+      }
       if (local) {
-        const access = (name: string) => openNode(nodeConfig({ name, pool: 'kind', access: { type: 'docker', container: name } }));
         const cp = access(`${this.spec.name}-control-plane`);
         await step(`lay pod networking on ${live.length} kind nodes (kindnetd's ptp config and routes) and wait for Ready`, () =>
           layPodNetwork(cp, live.map(access), durationMs(wait)),
@@ -307,6 +323,19 @@ export class KindProvider extends BaseProvider<KindCluster> {
     }
     // kind deletes an absent cluster without error, so this is safe to repeat.
     await step(`kind delete cluster "${this.spec.name}"`, () => this.mustKind(['delete', 'cluster', '--name', this.spec.name, '--kubeconfig', state.kubeconfig]));
+    // What this cluster added to the engine besides its nodes: kept (and said) while something else still uses it.
+    if (state.addedNetwork) {
+      await this.docker(['network', 'rm', state.addedNetwork], 60_000).then(
+        () => log('info', `removed Docker network "${state.addedNetwork}" (made for kind cluster "${this.spec.name}")`),
+        (e: Error) => log('warn', `kept Docker network "${state.addedNetwork}": ${/active endpoints|in use/.test(e.message) ? 'other containers still use it' : e.message}`),
+      );
+    }
+    if (state.addedImage) {
+      await this.docker(['rmi', state.addedImage], 120_000).then(
+        () => log('info', `removed node image ${state.addedImage} from the engine (cached in ${join(cacheRoot(), 'kind-node')})`),
+        (e: Error) => log('warn', `kept node image ${state.addedImage}: ${/being used|conflict/i.test(e.message) ? 'a container still uses it' : e.message}`),
+      );
+    }
     this.state.remove();
   }
 }

@@ -70,10 +70,12 @@ export function localNodeImageRef(rootfsTar: string): string {
  * The local node image in the engine `docker` talks to: already there, else loaded from the cache,
  * else built (then saved to the cache). Returns its reference.
  */
-export async function ensureLocalNodeImage(docker: DockerCli = dockerCli): Promise<string> {
+export async function ensureLocalNodeImage(docker: DockerCli = dockerCli, beforeAdding: (ref: string) => void = () => {}): Promise<string> {
   const rootfsTar = await ensureNspawnRootfs({ cacheDir: join(cacheRoot(), 'rootfs') });
   const ref = localNodeImageRef(rootfsTar);
   if (await docker(['image', 'inspect', '--format', '{{.Id}}', ref], 30_000).then(() => true, () => false)) return ref;
+  // The caller records the image as its own before it lands in the engine (down removes it).
+  beforeAdding(ref);
   const cached = join(cacheRoot(), 'kind-node', `${ref.split(':')[1]}.tar`);
   if (!existsSync(cached)) {
     await step(`build kind node image ${ref} from pinned sources (once per version; cached)`, () => buildLocalNodeImage(docker, rootfsTar, ref));

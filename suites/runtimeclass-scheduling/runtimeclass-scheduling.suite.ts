@@ -89,7 +89,10 @@ describe('cluster', () => {
 
   ctx.clusterTest('a gVisor pod pinned to a node outside the pool is not scheduled, and the event says why', async () => {
     // A registered node without the gVisor label (nodes outside the API, like systemd nodes, do not count).
-    const other = (await api('listing nodes', () => core.listNode())).items.find((x) => x.metadata?.labels?.[gardener.GVISOR_NODE_LABEL] !== 'true');
+    // One that takes ordinary pods is preferred (a kind or kubeadm control plane is tainted NoSchedule).
+    const outside = (await api('listing nodes', () => core.listNode())).items.filter((x) => x.metadata?.labels?.[gardener.GVISOR_NODE_LABEL] !== 'true');
+    const takesPods = (x: (typeof outside)[number]) => !x.spec?.unschedulable && !(x.spec?.taints ?? []).some((t) => t.effect === 'NoSchedule' || t.effect === 'NoExecute');
+    const other = outside.find(takesPods) ?? outside[0];
     check(other, 'the cluster has no node outside the gVisor pools to pin to');
     const otherName = other.metadata!.name!;
     // Pinned as users pin: by the node's hostname label, whose value need not be the node's name.

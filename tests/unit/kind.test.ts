@@ -119,9 +119,13 @@ describe('kind v1alpha4 config rendering', () => {
     const patches = (local.kubeadmConfigPatches as string[]).map((p) => parseYaml(p) as Record<string, unknown>);
     expect(patches).toEqual([
       { kind: 'ClusterConfiguration', etcd: { local: { imageTag: '3.6.16-0' } } },
-      { kind: 'KubeletConfiguration', failCgroupV1: false },
+      { kind: 'KubeletConfiguration', failCgroupV1: false, cgroupDriver: 'cgroupfs' },
       { kind: 'KubeletConfiguration', featureGates: { KubeletInUserNamespace: true } },
     ]);
+    // runc follows the kubelet's cgroup driver (kind's config.toml says systemd).
+    const runc = parseToml((local.containerdConfigPatches as string[]).at(-1)!) as TomlTable;
+    expect(runc.version).toBe(2);
+    expect((findRuntime(runc, 'runc')?.options as TomlTable).SystemdCgroup).toBe(false);
   });
 
   it("merged into a kind node's config.toml (as kind's TOML merge patch does) keeps runc and adds the handler", () => {
@@ -189,6 +193,7 @@ describe('kind provider command sequence', () => {
     expect(rec.calls).toEqual([
       'docker info --format {{.ServerVersion}}',
       'kind get clusters',
+      'docker network inspect kind',
       'docker info --format {{.CgroupVersion}}',
       `kind create cluster --name seq --config ${state}/kind-config.yaml --kubeconfig ${state}/kubeconfig --wait 2m --retain`,
       'kind get nodes --name seq',
