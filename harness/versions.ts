@@ -15,7 +15,7 @@ export const KUBERNETES_VERSION = 'v1.35.4';
 export const ETCD_VERSION = 'v3.6.16';
 /** sigs.k8s.io/kind: the kind CLI the kind provider drives (built from its Go module when not on PATH). */
 export const KIND_VERSION = 'v0.33.0';
-/** kind's node image for the pinned Kubernetes minor (configurable: cluster.nodeImage). kind v0.33.0's own default
- *  is kindest/node:v1.37.0. No registry is reachable here, so neither this tag nor its digest could be checked:
- *  where you can, pin the image (with @sha256) that kind's release notes list for 1.35. */
-export const KIND_NODE_IMAGE = `kindest/node:${KUBERNETES_VERSION}`;
+/** The node image kind v0.33.0 itself defaults to, by digest (sigs.k8s.io/kind pkg/apis/config/defaults/image.go):
+ *  a published image, so a first `provider: kind` run can pull it. Where nothing can be pulled, `nodeImage: local`
+ *  makes a complete node image of KUBERNETES_VERSION here instead (clusters/kind/node-image.ts). */
+export const KIND_NODE_IMAGE = 'kindest/node:v1.37.0@sha256:a1ed56cfb0e7b93589bdf97c8cd566405a265939e3620fc4f5de89adff580ae5';

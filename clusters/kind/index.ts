@@ -11,7 +11,7 @@ import { defaultStateDir, StateFile } from '../../harness/state.ts';
 import { KIND_NODE_IMAGE, KIND_VERSION } from '../../harness/versions.ts';
 import { type CommandResult, runCommand } from '../../harness/process.ts';
 import { BaseProvider } from '../common/base.ts';
-import { checkPoolList, requireManifestPools } from '../common/pools.ts';
+import { checkPoolList } from '../common/pools.ts';
 import { tool, which } from '../common/tools.ts';
 import { defineProvider, type Finding } from '../provider.ts';
 import { kindWorkers, renderKindConfig, type KindWorker } from './config.ts';
@@ -73,7 +73,7 @@ const schema = z
   .strict();
 export type KindCluster = z.infer<typeof schema>;
 
-const CAPABILITIES = { kubernetesApi: true, installsNodes: true, cleansUpAfterRun: true, reshapesPools: false };
+const CAPABILITIES = { kubernetesApi: true, installsNodes: true, cleansUpAfterRun: true, reshapesPools: true };
 
 // A kind cluster: Kubernetes nodes as Docker containers, made and removed with the kind CLI.
 // The harness writes kind's config (pools → labelled workers, the gVisor handler patch), lets
@@ -351,9 +351,13 @@ export const kind = defineProvider<KindCluster>({
   },
   capabilities: () => CAPABILITIES,
   poolNames: (c) => c.pools.map((p) => p.name),
+  // kind makes workers per pool, so a manifest's pools become the cluster's: a pool the config
+  // already has keeps its size and labels, a new one gets one worker; a pool without gVisor is kept
+  // or added (plain) so that the scheduling suite has somewhere else to look.
   applyManifest(c, spec) {
-    requireManifestPools(kind.poolNames(c), spec);
-    return c;
+    const names = spec.allPools.length > spec.pools.length ? spec.allPools : [...spec.allPools, 'plain'];
+    return { ...c, pools: names.map((name) => c.pools.find((p) => p.name === name) ?? { name, nodes: 1, labels: {} }) };
   },
+  forRepro: (c) => c,
   create: (cfg) => new KindProvider(cfg),
 });

@@ -1,33 +1,26 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse as parseYaml, stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parse as parseToml } from 'smol-toml';
 import { renderKindConfig } from '../../clusters/kind/config.ts';
-import { kindBinary } from '../../clusters/kind/index.ts';
-import { ensureNspawnRootfs } from '../../clusters/local/nspawn-node.ts';
-import { buildGVisor, cacheRoot } from '../../harness/binaries.ts';
-import { type Config, nodeConfig } from '../../harness/config.ts';
-import { type KindCluster } from '../../clusters/kind/index.ts';
+import { kindBinary, type KindCluster } from '../../clusters/kind/index.ts';
 import { parseConfig } from '../../clusters/index.ts';
-import { buildTestImage } from '../../harness/image.ts';
-import { installNode } from '../../harness/installer.ts';
-import { mustExec, openNode, readNodeFile } from '../../harness/node.ts';
-import { findRuntime, MANAGED_HEADER, runtimeEntry, type TomlTable } from '../../harness/render.ts';
-import { KIND_NODE_IMAGE } from '../../harness/versions.ts';
-import { until } from '../../harness/wait.ts';
+import { go } from '../../harness/binaries.ts';
+import { type Config } from '../../harness/config.ts';
+import { KIND_NODE_IMAGE, KIND_VERSION } from '../../harness/versions.ts';
 import { dockerdAvailable, groupEmpty, startPrivateDockerd, type PrivateDockerd } from './dockerd.ts';
-import { makeKindNodeImage } from './kind-node-image.ts';
-import { cli, scratch, stateRoot, writeConfig } from './helpers.ts';
+import { ALL_SUITES_PASSED, cli, failures, latestSummary, runInstalled, scratch, stateRoot, suiteStates, writeConfig } from './helpers.ts';
 
 // The kind provider against kind itself. This machine runs no Docker engine, and no kindest/node
 // image can be pulled, so:
 // - without an engine, `up` and `doctor` must say so plainly (exit 2);
-// - with a private dockerd (own netns, containerd, data-root, socket), kind gets past provider
-//   detection and validates our generated config with its own code (strict v1alpha4 decoding,
-//   then Cluster.Validate, which runs only once an engine answers); a good config must then fail
-//   only at the node image, and broken ones must be rejected by kind with kind's message.
+// - with a private dockerd (own user, net, mount and pid namespaces, containerd, data-root, socket;
+//   a veth link to this netns for the API server), kind validates our generated config with its own
+//   code (strict v1alpha4 decoding, then Cluster.Validate, which runs only once an engine answers),
+//   a good config with the default image fails only at pulling it, broken ones are rejected by kind;
+// - `nodeImage: local` (a node image made here from pinned sources) gives a real kind cluster:
+//   kubeadm, control plane, two workers, gVisor installed through docker exec, all five suites.
 
 const dir = scratch('kind');
 const reports = join(dir, 'reports');
@@ -67,7 +60,7 @@ describe('kind provider without a Docker engine', () => {
   });
 });
 
-describe('kind validates the generated config (private dockerd, no pullable node image)', () => {
+describe('kind against a private Docker engine (in a user namespace, linked to this netns)', () => {
   let d: PrivateDockerd;
   let kind: string;
   const name = 'gve2e-validate';
@@ -90,7 +83,7 @@ describe('kind validates the generated config (private dockerd, no pullable node
     const missing = dockerdAvailable();
     if (missing) throw new Error(`this test needs Debian's dockerd (.ci/setup installs docker.io): ${missing}`);
     kind = await kindBinary(cfg.cluster);
-    d = await startPrivateDockerd();
+    d = await startPrivateDockerd({ userns: true, link: true });
     // DockerExecNode (the harness's access to kind nodes) runs the docker CLI with this environment.
     process.env.DOCKER_HOST = d.host;
   });
@@ -157,75 +150,107 @@ describe('kind validates the generated config (private dockerd, no pullable node
     expect(r.stderr).toContain('(kind logs: none: kind made no node)');
     expect(existsSync(join(reports, 'kind-logs'))).toBe(false);
   });
+  it("the default node image is the one the pinned kind release defaults to, by digest", async () => {
+    const { Dir } = JSON.parse(await go(undefined, ['mod', 'download', '-json', `sigs.k8s.io/kind@${KIND_VERSION}`])) as { Dir: string };
+    const src = readFileSync(join(Dir, 'pkg/apis/config/defaults/image.go'), 'utf8');
+    expect(src).toContain(`const Image = "${KIND_NODE_IMAGE}"`);
+  });
 
-  describe('nodes from a kind node image made here (no registry; no kubeadm or control-plane images either)', () => {
-    const image = 'gvisor-e2e.local/kind-node:test';
-    const booted = 'gve2e-boot';
-    const bootCfg = parseConfig(stringify(kindYamlConfig(booted, { nodeImage: image, pools: [{ name: 'gvisor', nodes: 1 }] })), 'kind.yaml') as Config & { cluster: KindCluster };
+  describe('a kind cluster from the local node image: kubeadm, the control plane and all five suites', () => {
+    // Pools named as in the Shoot fixture, so that `repro` of that Shoot fits this config.
+    const name = 'gve2e-full';
+    const engine = () => ({ DOCKER_HOST: d.host });
+    const docker = (args: string[]) => spawnSync('docker', ['-H', d.host, ...args], { encoding: 'utf8', timeout: 120_000 });
+    const inNode = (node: string, cmd: string) => {
+      const r = docker(['exec', node, 'sh', '-c', cmd]);
+      if (r.status !== 0) throw new Error(`docker exec ${node} ${cmd}: ${r.stderr}`);
+      return r.stdout;
+    };
+    const gvisorNode = `${name}-worker`;
+    let file = '';
 
-    beforeAll(async () => {
-      const rootfsTar = await ensureNspawnRootfs({ cacheDir: join(cacheRoot(), 'rootfs') });
-      await makeKindNodeImage({ dockerHost: d.host, rootfsTar, tag: image });
+    beforeAll(() => {
+      file = writeConfig(dir, 'kind-full.yaml', {
+        ...kindYamlConfig(name, {
+          nodeImage: 'local',
+          apiServerAddress: d.address,
+          apiServerPort: 6443,
+          wait: '3m',
+          pools: [{ name: 'sandboxed', nodes: 1 }, { name: 'default', nodes: 1 }],
+          // The engine runs in a user namespace (this machine lacks CAP_SYS_RESOURCE): the kubelet must
+          // tolerate what it cannot do there (/dev/kmsg), as kind configures it for rootless engines.
+          kubeadmConfigPatches: ['kind: KubeletConfiguration\nfeatureGates: { KubeletInUserNamespace: true }\n'],
+        }),
+        gvisor: { pools: ['sandboxed'] },
+        containerd: { enableLimitNoFile: true },
+      });
+      const r = cli(['-c', file, 'up'], engine());
+      expect(r.code, r.stderr.slice(-3000)).toBe(0);
+      expect(r.stderr).toContain('lay pod networking on 3 kind nodes');
+    }, 900_000);
+
+    it('run: all five suites pass, exit 0, and no check on the gVisor node is skipped', () => {
+      const r = cli(['-c', file, 'run', '--keep'], engine());
+      expect(r.code, r.stderr.slice(-4000)).toBe(0);
+      const s = latestSummary(reports);
+      expect(suiteStates(s)).toEqual(ALL_SUITES_PASSED);
+      expect(s.checks.filter((c) => c.node === gvisorNode && c.state !== 'passed').map((c) => `${c.suite}: ${c.name}: ${c.state} ${c.message ?? ''}`)).toEqual([]);
+      // The CRI checks ran through the docker-exec forwarder, and gVisor pods ran on the gVisor node.
+      expect(s.checks.map((c) => `${c.node}: ${c.name}`)).toEqual(expect.arrayContaining([`${gvisorNode}: containerd's CRI serves handler "runsc"`]));
+      expect(inNode(gvisorNode, 'ls /var/bin/containerruntimes')).toContain('containerd-shim-runsc-v1');
     });
 
-    it('kind boots the nodes, applies our containerdConfigPatches, and the installer puts gVisor in through docker exec', async () => {
+    it('a kind node broken on purpose fails the matching suite, naming the cause, exit 1', () => {
+      const config = inNode(gvisorNode, 'cat /etc/containerd/config.toml');
+      const runscToml = inNode(gvisorNode, 'cat /etc/containerd/runsc.toml');
+      const restart = () => inNode(gvisorNode, 'systemctl restart containerd && for i in $(seq 60); do ctr version >/dev/null 2>&1 && exit 0; sleep 0.5; done; exit 1');
       try {
-        const r = kindCreate(renderKindConfig(bootCfg), { DOCKER_HOST: d.host }, booted);
-        // kind gets as far as it can without Kubernetes: nodes made, configuration (containerd patch) written.
-        expect(r.out).toContain('✓ Preparing nodes');
-        expect(r.out).toContain('✓ Writing configuration');
-        expect(r.out).toContain('failed to init node with kubeadm');
-        expect(r.out).toContain('"kubeadm": executable file not found');
+        // runsc removed
+        inNode(gvisorNode, 'mv /var/bin/containerruntimes/runsc /var/bin/containerruntimes/runsc.moved');
+        let r = runInstalled(file, reports, ['runsc-installation']);
+        expect(r.code, r.stderr.slice(-2000)).toBe(1);
+        expect(failures(r.summary, 'runsc-installation').map((f) => f.name)).toContain('runsc is installed at /var/bin/containerruntimes/runsc and executable');
+        expect(failures(r.summary, 'runsc-installation').find((f) => f.name.startsWith('runsc is installed'))?.message).toContain('/var/bin/containerruntimes/runsc');
+        inNode(gvisorNode, 'mv /var/bin/containerruntimes/runsc.moved /var/bin/containerruntimes/runsc');
 
-        const node = openNode(nodeConfig({ name: `${booted}-worker`, pool: 'gvisor', access: { type: 'docker', container: `${booted}-worker` } }));
-        // kind does not wait for systemd on cgroup v1 hosts; the node's containerd comes up under it.
-        await until(`systemd and containerd in ${booted}-worker`, 60_000, async () => (await node.exec('[ "$(cat /proc/1/comm)" = systemd ] && systemctl is-active containerd')).code === 0);
-        const patched = parseToml((await readNodeFile(node, '/etc/containerd/config.toml'))!) as TomlTable;
-        expect(patched.version).toBe(2);
-        // kind's own merge of our version-2 patch into the node's config.toml:
-        expect(findRuntime(patched, 'runsc')).toEqual(runtimeEntry({ handler: 'runsc', binaryPath: bootCfg.gvisor.binaryPath, shim: 'runsc', runscConfigPath: '/etc/containerd/runsc.toml' }));
-        expect(findRuntime(patched, 'runc')?.runtime_type).toBe('io.containerd.runc.v2');
+        // handler renamed
+        inNode(gvisorNode, `sed -i 's/runtimes\\.runsc\\]/runtimes.runsc-renamed]/; s/runtimes\\.runsc\\.options\\]/runtimes.runsc-renamed.options]/' /etc/containerd/config.toml`);
+        restart();
+        r = runInstalled(file, reports, ['runsc-installation', 'sandbox-dmesg']);
+        expect(r.code, r.stderr.slice(-2000)).toBe(1);
+        const rf = failures(r.summary, 'runsc-installation').filter((f) => f.node === gvisorNode);
+        expect(rf.map((f) => f.name)).toContain('config.toml declares runtime handler "runsc" (io.containerd.runsc.v1)');
+        expect(failures(r.summary, 'sandbox-dmesg').map((f) => f.message).join('\n')).toMatch(/runsc/);
+        inNode(gvisorNode, `cat > /etc/containerd/config.toml <<'EOF'\n${config}EOF`);
+        restart();
 
-        const bins = await buildGVisor();
-        const res = await installNode(node, bootCfg, bins);
-        expect(res.facts.systemd).toBe(true);
-        expect(res.changed).toEqual(expect.arrayContaining([`${bootCfg.gvisor.binaryPath}/runsc`, `${bootCfg.gvisor.binaryPath}/containerd-shim-runsc-v1`, `${bootCfg.gvisor.binaryPath}/gvisor-bin/gvisor_sentry`, '/etc/containerd/runsc.toml']));
-        // kind's merge already put the handler in config.toml: the installer leaves the file alone
-        // (containerd still restarts, for the PATH drop-in that puts binaryPath on its PATH).
-        expect(res.changed).not.toContain('/etc/containerd/config.toml');
-        expect(await mustExec(node, `${bootCfg.gvisor.binaryPath}/runsc --version`)).toContain(bins.expectedVersion);
-        expect((await mustExec(node, 'systemctl is-active containerd')).trim()).toBe('active');
-        const installed = (await readNodeFile(node, '/etc/containerd/config.toml'))!;
-        expect(installed.startsWith(MANAGED_HEADER)).toBe(false);
-        expect(findRuntime(parseToml(installed) as TomlTable, 'runsc')?.runtime_type).toBe('io.containerd.runsc.v1');
-        // A second install changes nothing (and so does not restart containerd).
-        expect((await installNode(node, bootCfg, bins)).changed).toEqual([]);
-
-        // The test image goes in as `up` loads it: kind load image-archive of the OCI archive.
-        const img = await buildTestImage();
-        const load = spawnSync(kind, ['load', 'image-archive', img.archive, '--name', booted, '--nodes', `${booted}-worker`], { encoding: 'utf8', env: { ...process.env, DOCKER_HOST: d.host } });
-        expect(load.status, load.stderr).toBe(0);
-        expect((await mustExec(node, 'ctr -n k8s.io images ls -q')).split('\n')).toEqual(expect.arrayContaining([img.image, img.pause]));
+        // net-raw flipped
+        inNode(gvisorNode, `sed -i 's/net-raw = "false"/net-raw = "true"/' /etc/containerd/runsc.toml`);
+        r = runInstalled(file, reports, ['net-raw']);
+        expect(r.code, r.stderr.slice(-2000)).toBe(1);
+        expect(failures(r.summary, 'net-raw').map((f) => f.message).join('\n')).toMatch(/raw socket|ping/i);
       } finally {
-        spawnSync(kind, ['delete', 'cluster', '--name', booted, '--kubeconfig', join(dir, 'kubeconfig')], { env: { ...process.env, DOCKER_HOST: d.host } });
+        inNode(gvisorNode, `[ -e /var/bin/containerruntimes/runsc ] || mv /var/bin/containerruntimes/runsc.moved /var/bin/containerruntimes/runsc; cat > /etc/containerd/config.toml <<'EOF'\n${config}EOF\ncat > /etc/containerd/runsc.toml <<'EOF'\n${runscToml}EOF`);
+        restart();
       }
     });
 
-    it('a failed `up` on real nodes exports kind logs into the reports dir, then deletes the cluster', () => {
-      const file = writeConfig(dir, 'kind-up-boot.yaml', kindYamlConfig('gve2e-upboot', { nodeImage: image }));
-      const r = cli(['-c', file, 'up'], { DOCKER_HOST: d.host });
-      expect(r.code, r.stderr).toBe(2);
-      expect(r.stderr).toContain('failed to init node with kubeadm');
-      const m = /\(kind logs: (\S+)/.exec(r.stderr);
-      expect(m, r.stderr).not.toBeNull();
-      const logs = m![1]!;
-      expect(logs.startsWith(join(reports, 'kind-logs', 'gve2e-upboot-'))).toBe(true);
-      for (const n of ['gve2e-upboot-control-plane', 'gve2e-upboot-worker', 'gve2e-upboot-worker2']) {
-        expect(readdirSync(join(logs, n)), n).toEqual(expect.arrayContaining(['journal.log', 'containerd.log', 'serial.log']));
-      }
-      expect(r.stderr).toContain('✔ kind delete cluster "gve2e-upboot"');
-      expect(spawnSync('docker', ['-H', d.host, 'ps', '-aq'], { encoding: 'utf8' }).stdout.trim()).toBe('');
-      expect(existsSync(join(stateRoot(), 'gve2e-upboot'))).toBe(false);
+    it("repro of a Shoot with image-builder variables, -c the kind config: image-builder's layout on kind nodes, all suites pass; down leaves nothing in the engine", () => {
+      expect(cli(['-c', file, 'down'], engine()).code).toBe(0);
+      const shoot = join(import.meta.dirname, '../../fixtures/manifests/shoot.yaml');
+      const vars = join(import.meta.dirname, '../../fixtures/image-builder/vars.yaml');
+      const r = cli(['-c', file, 'repro', shoot, '--image-builder', vars], engine());
+      expect(r.code, r.stderr.slice(-4000)).toBe(0);
+      const s = latestSummary(reports);
+      expect(suiteStates(s)).toEqual(ALL_SUITES_PASSED);
+      expect(s.checks.map((c) => `${c.node}: ${c.name}`)).toContain(`${gvisorNode}: config.toml declares runtime handler "gvisor" (io.containerd.runsc.v1)`);
+      expect(s.checks.map((c) => `${c.node}: ${c.name}`)).toContain(`${gvisorNode}: runsc is installed at /usr/local/bin/runsc and executable`);
+      // repro without --keep took the cluster down: no container, volume, network or image of ours is left.
+      expect(docker(['ps', '-aq']).stdout.trim()).toBe('');
+      expect(docker(['volume', 'ls', '-q']).stdout.trim()).toBe('');
+      expect(docker(['images', '-q']).stdout.trim()).toBe('');
+      expect(docker(['network', 'ls', '--format', '{{.Name}}']).stdout.trim().split('\n').sort()).toEqual(['host', 'none']);
+      expect(existsSync(join(stateRoot(), name))).toBe(false);
     });
   });
 });
