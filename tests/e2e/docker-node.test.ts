@@ -213,6 +213,19 @@ describe('unix sockets in the node through the forwarder (no socat: perl)', () =
     expect((e as Error).message).toBe('[docker-node] cannot connect to unix socket /run/no-such.sock in container gve2e-dockernode: cannot connect to unix socket /run/no-such.sock: No such file or directory');
   });
 
+  it('a CRI socket that is not there makes the CRI call fail naming the forwarder\'s reason', async () => {
+    const cri = await CriClient.connect(node, '/run/no-such.sock', 10_000);
+    try {
+      const e = await cri.version().catch((x: Error) => x);
+      expect(e).toBeInstanceOf(InfrastructureError);
+      expect((e as Error).message).toBe(
+        'CRI Version on docker-node: containerd at /run/no-such.sock is unavailable: [docker-node] cannot connect to unix socket /run/no-such.sock in container gve2e-dockernode: cannot connect to unix socket /run/no-such.sock: No such file or directory',
+      );
+    } finally {
+      cri.close();
+    }
+  });
+
   it('the node closing its side ends the stream', async () => {
     const s = (await node.openUnixSocket(ECHO)) as Duplex & { execTag: string };
     const ended = new Promise((r) => s.on('end', r));
