@@ -1,5 +1,8 @@
 // Nodes that are containers (kind): commands and unix-socket streams over the Docker Engine API.
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
 import { Duplex } from 'node:stream';
 import Dockerode from 'dockerode';
 import { InfrastructureError, TimeoutError } from './errors.ts';
@@ -9,18 +12,83 @@ import { InfrastructureError, TimeoutError } from './errors.ts';
 // answer, it silently falls back to /var/run/docker.sock and the rootless sockets (another engine
 // than the one kind made the nodes in); TESTCONTAINERS_HOST and ~/.testcontainers.properties
 // override DOCKER_HOST; inside a container it may run an alpine container to find a gateway; and it
-// caches the first engine for the whole process. docker-modem reads DOCKER_HOST, DOCKER_TLS_VERIFY
-// and DOCKER_CERT_PATH the way the docker CLI (and so kind) does, and starts nothing in the engine
-// (no Ryuk reaper: that comes only with testcontainers' GenericContainer/Network, unused here).
+// caches the first engine for the whole process. Here the engine is the one the docker CLI (and so
+// kind) uses: DOCKER_HOST (read by docker-modem, with DOCKER_TLS_VERIFY and DOCKER_CERT_PATH) or the
+// current docker context; and nothing is started in it (no Ryuk reaper: that comes only with
+// testcontainers' GenericContainer/Network, unused here).
+
+/** Where the docker CLI would find the engine: DOCKER_HOST, else the current context's endpoint, else the default socket. */
+export interface EngineEndpoint {
+  host: string;
+  /** The context it came from (not for DOCKER_HOST or the default). */
+  context?: string;
+  /** A context's TLS files (ca.pem, cert.pem, key.pem), when it has them. */
+  tlsDir?: string;
+}
+
+const DEFAULT_ENGINE = 'unix:///var/run/docker.sock';
+
+/**
+ * The engine endpoint as the docker CLI resolves it (kind drives that CLI, so its nodes are there):
+ * DOCKER_HOST wins; else the context DOCKER_CONTEXT or config.json's currentContext names, read from
+ * the CLI's context store ($DOCKER_CONFIG or ~/.docker, contexts/meta/<sha256 of the name>/meta.json);
+ * else the default socket. A context that is named but missing is an error, as it is for the CLI.
+ */
+export function engineEndpoint(env: NodeJS.ProcessEnv = process.env): EngineEndpoint {
+  if (env.DOCKER_HOST) return { host: env.DOCKER_HOST };
+  const configDir = env.DOCKER_CONFIG || join(env.HOME || homedir(), '.docker');
+  let name = env.DOCKER_CONTEXT;
+  if (!name) {
+    try {
+      name = (JSON.parse(readFileSync(join(configDir, 'config.json'), 'utf8')) as { currentContext?: string }).currentContext;
+    } catch {
+      /* no config.json (or an unreadable one, which the CLI would report itself): the default */
+    }
+  }
+  if (!name || name === 'default') return { host: DEFAULT_ENGINE };
+  const id = createHash('sha256').update(name).digest('hex');
+  const meta = join(configDir, 'contexts', 'meta', id, 'meta.json');
+  let host: string | undefined;
+  try {
+    host = (JSON.parse(readFileSync(meta, 'utf8')) as { Endpoints?: { docker?: { Host?: string } } }).Endpoints?.docker?.Host;
+  } catch (e) {
+    throw new InfrastructureError(`docker context "${name}" (${env.DOCKER_CONTEXT ? 'DOCKER_CONTEXT' : `currentContext in ${join(configDir, 'config.json')}`}) cannot be read: ${meta}: ${(e as Error).message}`);
+  }
+  if (!host) throw new InfrastructureError(`docker context "${name}" has no docker endpoint (Endpoints.docker.Host in ${meta})`);
+  const tlsDir = join(configDir, 'contexts', 'tls', id, 'docker');
+  return { host, context: name, ...(existsSync(join(tlsDir, 'ca.pem')) && { tlsDir }) };
+}
 
 /** The engine the docker CLI would talk to, for messages. */
 export function engineAddress(env: NodeJS.ProcessEnv = process.env): string {
-  return env.DOCKER_HOST || 'unix:///var/run/docker.sock';
+  const e = engineEndpoint(env);
+  return e.context ? `${e.host} (docker context ${e.context})` : e.host;
 }
 
-/** A Docker API client for the engine DOCKER_HOST (or the default socket) names, read now. */
-export function dockerClient(): Dockerode {
-  return new Dockerode();
+/** dockerode's options for an endpoint found in a context (DOCKER_HOST and the default are docker-modem's own job). */
+export function contextModemOptions(e: EngineEndpoint): Dockerode.DockerOptions {
+  const u = new URL(e.host);
+  const tls = e.tlsDir && {
+    ca: readFileSync(join(e.tlsDir, 'ca.pem')),
+    ...(existsSync(join(e.tlsDir, 'cert.pem')) && { cert: readFileSync(join(e.tlsDir, 'cert.pem')), key: readFileSync(join(e.tlsDir, 'key.pem')) }),
+  };
+  switch (u.protocol) {
+    case 'unix:':
+      return { socketPath: u.pathname };
+    case 'tcp:':
+      return { host: u.hostname, port: u.port || (tls ? 2376 : 2375), protocol: tls ? 'https' : 'http', ...tls };
+    case 'ssh:':
+      return { host: u.hostname, port: u.port || 22, protocol: 'ssh', username: u.username || undefined };
+    default:
+      throw new InfrastructureError(`docker context "${e.context}": endpoint ${e.host} is not unix://, tcp:// or ssh://`);
+  }
+}
+
+/** A Docker API client for the engine the docker CLI would use, resolved now. */
+export function dockerClient(env: NodeJS.ProcessEnv = process.env): Dockerode {
+  const e = engineEndpoint(env);
+  // docker-modem reads DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH itself, as the CLI does.
+  return e.context ? new Dockerode(contextModemOptions(e)) : new Dockerode();
 }
 
 /** Turns an engine error (unreachable, no such container, container stopped) into one that names the node. */

@@ -2,7 +2,7 @@
 // container: execs, the CRI through the unix-socket forwarder, byte-exact streams, cleanup.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
@@ -155,6 +155,26 @@ describe('commands through the Docker API', () => {
     }
   });
 
+  it('without DOCKER_HOST, the current docker context names the engine (as for the docker CLI and kind)', async () => {
+    const saved = { ...process.env };
+    const cfg = join(dir, 'docker-config');
+    const id = createHash('sha256').update('gve2e-private').digest('hex');
+    mkdirSync(join(cfg, 'contexts', 'meta', id), { recursive: true });
+    writeFileSync(join(cfg, 'contexts', 'meta', id, 'meta.json'), JSON.stringify({ Name: 'gve2e-private', Metadata: {}, Endpoints: { docker: { Host: d.host, SkipTLSVerify: false } } }));
+    writeFileSync(join(cfg, 'config.json'), JSON.stringify({ currentContext: 'gve2e-private' }));
+    try {
+      delete process.env.DOCKER_HOST;
+      process.env.DOCKER_CONFIG = cfg;
+      const viaContext = openNode(nodeConfig({ name: 'ctx', pool: 'plain', access: { type: 'docker', container: CONTAINER } }));
+      expect((await viaContext.exec('echo via context')).stdout).toBe('via context\n');
+      // The CLI agrees on the engine.
+      expect(execFileSync('docker', ['ps', '--format', '{{.Names}}'], { encoding: 'utf8', env: { ...process.env } }).trim()).toBe(CONTAINER);
+    } finally {
+      process.env.DOCKER_HOST = saved.DOCKER_HOST;
+      delete process.env.DOCKER_CONFIG;
+    }
+  });
+
   it('writeNodeFile and readNodeFile carry a 60 MB binary (a runsc-sized file) intact', async () => {
     const big = randomBytes(60 * 1024 * 1024);
     const t0 = Date.now();
@@ -241,7 +261,6 @@ describe('with socat in the node', () => {
     // bookworm's socat; its libraries (libc6, libssl3, libwrap0) are in the rootfs.
     execFileSync('apt-get', ['download', 'socat'], { cwd: dir, stdio: 'ignore', timeout: 120_000 });
     const deb = readdirSync(dir).find((f) => f.startsWith('socat_'))!;
-    const { readFileSync } = await import('node:fs');
     await writeNodeFile(node, `/tmp/${deb}`, readFileSync(join(dir, deb)));
     await mustExec(node, `dpkg -i /tmp/${deb} && rm /tmp/${deb}`, { timeoutMs: 120_000 });
   }, 300_000);

@@ -7,8 +7,8 @@ import { chmodSync, mkdirSync, mkdtempSync, realpathSync, rmSync, symlinkSync, w
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
-import { DockerStreamDemuxer, engineAddress, forwarderArgv, forwarderConnected, FORWARDER_READY, killTaggedScript } from '../../harness/docker.ts';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { contextModemOptions, DockerStreamDemuxer, engineAddress, engineEndpoint, forwarderArgv, forwarderConnected, FORWARDER_READY, killTaggedScript } from '../../harness/docker.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'gvisor-e2e-unit-docker-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -57,10 +57,53 @@ describe('DockerStreamDemuxer', () => {
   });
 });
 
-describe('engine address', () => {
-  it('is DOCKER_HOST, or the socket the docker CLI uses by default', () => {
-    expect(engineAddress({ DOCKER_HOST: 'unix:///tmp/x/docker.sock' })).toBe('unix:///tmp/x/docker.sock');
-    expect(engineAddress({})).toBe('unix:///var/run/docker.sock');
+describe('engine endpoint, as the docker CLI resolves it', () => {
+  const home = join(dir, 'home');
+  const cfg = join(home, '.docker');
+  /** A context in the CLI's store: contexts/meta/<sha256 of name>/meta.json, TLS files beside. */
+  function context(name: string, host: string, tls = false): void {
+    const id = createHash('sha256').update(name).digest('hex');
+    mkdirSync(join(cfg, 'contexts', 'meta', id), { recursive: true });
+    writeFileSync(join(cfg, 'contexts', 'meta', id, 'meta.json'), JSON.stringify({ Name: name, Metadata: {}, Endpoints: { docker: { Host: host, SkipTLSVerify: false } } }));
+    if (tls) {
+      mkdirSync(join(cfg, 'contexts', 'tls', id, 'docker'), { recursive: true });
+      for (const f of ['ca.pem', 'cert.pem', 'key.pem']) writeFileSync(join(cfg, 'contexts', 'tls', id, 'docker', f), `${f}\n`);
+    }
+  }
+  beforeAll(() => {
+    mkdirSync(cfg, { recursive: true });
+    context('colima', 'unix:///home/u/.colima/default/docker.sock');
+    context('remote', 'tcp://10.0.0.5:2376', true);
+    context('viassh', 'ssh://ci@build-host:2222');
+    writeFileSync(join(cfg, 'config.json'), JSON.stringify({ currentContext: 'colima' }));
+  });
+
+  it('DOCKER_HOST wins over any context', () => {
+    expect(engineEndpoint({ HOME: home, DOCKER_HOST: 'unix:///tmp/x/docker.sock', DOCKER_CONTEXT: 'remote' })).toEqual({ host: 'unix:///tmp/x/docker.sock' });
+    expect(engineAddress({ HOME: home, DOCKER_HOST: 'unix:///tmp/x/docker.sock' })).toBe('unix:///tmp/x/docker.sock');
+  });
+
+  it("then DOCKER_CONTEXT, then config.json's currentContext, then the default socket", () => {
+    expect(engineEndpoint({ HOME: home, DOCKER_CONTEXT: 'viassh' })).toEqual({ host: 'ssh://ci@build-host:2222', context: 'viassh' });
+    expect(engineEndpoint({ HOME: home })).toEqual({ host: 'unix:///home/u/.colima/default/docker.sock', context: 'colima' });
+    expect(engineAddress({ HOME: home })).toBe('unix:///home/u/.colima/default/docker.sock (docker context colima)');
+    expect(engineEndpoint({ HOME: home, DOCKER_CONTEXT: 'default' })).toEqual({ host: 'unix:///var/run/docker.sock' });
+    expect(engineEndpoint({ HOME: join(dir, 'nohome') })).toEqual({ host: 'unix:///var/run/docker.sock' });
+    // DOCKER_CONFIG moves the whole store.
+    expect(engineEndpoint({ HOME: join(dir, 'nohome'), DOCKER_CONFIG: cfg, DOCKER_CONTEXT: 'remote' })).toEqual({ host: 'tcp://10.0.0.5:2376', context: 'remote', tlsDir: join(cfg, 'contexts', 'tls', createHash('sha256').update('remote').digest('hex'), 'docker') });
+  });
+
+  it('a context that is named but not there is an error naming it and where it was named', () => {
+    expect(() => engineEndpoint({ HOME: home, DOCKER_CONTEXT: 'gone' })).toThrow(/^docker context "gone" \(DOCKER_CONTEXT\) cannot be read: .*\/contexts\/meta\/[0-9a-f]{64}\/meta\.json: ENOENT/);
+  });
+
+  it("gives dockerode the context's endpoint (unix, tcp with its TLS files, ssh)", () => {
+    expect(contextModemOptions(engineEndpoint({ HOME: home }))).toEqual({ socketPath: '/home/u/.colima/default/docker.sock' });
+    const tcp = contextModemOptions(engineEndpoint({ HOME: home, DOCKER_CONTEXT: 'remote' }));
+    expect(tcp).toMatchObject({ host: '10.0.0.5', port: '2376', protocol: 'https' });
+    expect(String(tcp.ca)).toBe('ca.pem\n');
+    expect(String(tcp.key)).toBe('key.pem\n');
+    expect(contextModemOptions(engineEndpoint({ HOME: home, DOCKER_CONTEXT: 'viassh' }))).toEqual({ host: 'build-host', port: '2222', protocol: 'ssh', username: 'ci' });
   });
 });
 
