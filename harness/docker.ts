@@ -85,8 +85,8 @@ export function contextModemOptions(e: EngineEndpoint): Dockerode.DockerOptions 
 }
 
 /** A Docker API client for the engine the docker CLI would use, resolved now. */
-export function dockerClient(env: NodeJS.ProcessEnv = process.env): Dockerode {
-  const e = engineEndpoint(env);
+export function dockerClient(): Dockerode {
+  const e = engineEndpoint();
   // docker-modem reads DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH itself, as the CLI does.
   return e.context ? new Dockerode(contextModemOptions(e)) : new Dockerode();
 }
@@ -176,12 +176,19 @@ export interface ContainerExec {
   socket: Duplex;
   exec: Dockerode.Exec;
   tag: string;
+  node: string;
+  container: string;
 }
 
-/** Starts argv in the container with stdin, stdout and stderr attached (no TTY) on one hijacked connection. */
-export async function startExec(docker: Dockerode, node: string, container: string, argv: string[], what: string): Promise<ContainerExec> {
+/**
+ * Starts argv in the container with stdin, stdout and stderr attached (no TTY) on one hijacked
+ * connection. An engine that does not answer within timeoutMs is a timeout naming `what`; should
+ * the exec start after that, its processes are ended by tag.
+ */
+export async function startExec(docker: Dockerode, node: string, container: string, argv: string[], what: string, timeoutMs: number): Promise<ContainerExec> {
   const tag = newExecTag();
-  try {
+  let late = false;
+  const start = (async () => {
     const exec = await docker.getContainer(container).exec({
       Cmd: argv,
       AttachStdin: true,
@@ -191,9 +198,27 @@ export async function startExec(docker: Dockerode, node: string, container: stri
       Env: [`${EXEC_TAG_VAR}=${tag}`],
     });
     const socket = await exec.start({ hijack: true, stdin: true });
-    return { socket, exec, tag };
+    if (late) {
+      socket.destroy();
+      void killExec(docker, container, tag);
+    }
+    return { socket, exec, tag, node, container };
+  })();
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      late = true;
+      reject(new TimeoutError(`the Docker engine at ${engineAddress()} to start ${what}`, timeoutMs));
+    }, timeoutMs);
+  });
+  try {
+    return await Promise.race([start, timeout]);
   } catch (e) {
+    if (e instanceof TimeoutError) throw e;
     throw engineError(node, container, what, e);
+  } finally {
+    clearTimeout(timer);
+    start.catch(() => undefined);
   }
 }
 
@@ -201,7 +226,9 @@ export async function startExec(docker: Dockerode, node: string, container: stri
 export async function execExitCode(x: ContainerExec, what: string, timeoutMs = 10_000): Promise<number> {
   const deadline = Date.now() + timeoutMs;
   for (let delay = 5; ; delay = Math.min(delay * 2, 200)) {
-    const st = await x.exec.inspect();
+    const st = await x.exec.inspect().catch((e: unknown) => {
+      throw engineError(x.node, x.container, `the exit code of ${what}`, e);
+    });
     if (!st.Running && st.ExitCode !== null && st.ExitCode !== undefined) return st.ExitCode;
     if (Date.now() > deadline) throw new TimeoutError(`the exit code of ${what}`, timeoutMs);
     await new Promise((r) => setTimeout(r, delay));
@@ -236,7 +263,7 @@ export async function runInContainer(
   o: { stdin?: string | Buffer; timeoutMs: number; what: string },
 ): Promise<RunResult> {
   const deadline = Date.now() + o.timeoutMs;
-  const x = await startExec(docker, node, container, argv, o.what);
+  const x = await startExec(docker, node, container, argv, o.what, o.timeoutMs);
   const out: Buffer[] = [];
   const err: Buffer[] = [];
   const demux = new DockerStreamDemuxer((s, d) => (s === 'stdout' ? out : err).push(Buffer.from(d)));
@@ -253,7 +280,7 @@ export async function runInContainer(
       x.socket.destroy();
       void killExec(docker, container, x.tag);
       finish(new TimeoutError(o.what, o.timeoutMs));
-    }, o.timeoutMs);
+    }, Math.max(0, deadline - Date.now()));
     x.socket.on('data', (d: Buffer) => {
       try {
         demux.write(d);
@@ -383,7 +410,8 @@ export function forwarderConnected(stderr: string): boolean {
  */
 export async function openContainerUnixSocket(docker: Dockerode, node: string, container: string, path: string, timeoutMs = 30_000): Promise<Duplex & { execTag: string }> {
   const what = `a forwarder to unix socket ${path}`;
-  const x = await startExec(docker, node, container, forwarderArgv(path), what);
+  const deadline = Date.now() + timeoutMs;
+  const x = await startExec(docker, node, container, forwarderArgv(path), what, timeoutMs);
   const sock = x.socket;
   let stderr = '';
   let ready = false;
@@ -445,7 +473,7 @@ export async function openContainerUnixSocket(docker: Dockerode, node: string, c
       sock.destroy();
       void killExec(docker, container, x.tag);
       reject(new TimeoutError(`${what} in ${node} to connect`, timeoutMs));
-    }, timeoutMs);
+    }, Math.max(0, deadline - Date.now()));
     onReady = (e) => {
       clearTimeout(timer);
       onReady = undefined;

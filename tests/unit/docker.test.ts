@@ -1,14 +1,16 @@
-// Pure parts of the Docker API node access: the exec stream demultiplexer, and the unix-socket
-// forwarder's choice of program and byte-exact relaying (run here as local processes against a
-// local echo server, the same script the node runs).
+// The Docker API node access without an engine: the exec stream demultiplexer, finding the engine
+// as the docker CLI does, the unix-socket forwarder's choice of program and byte-exact relaying (run
+// here as local processes against a local echo server, the same script the node runs), and errors
+// from a stand-in engine that stalls or lacks the container.
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, mkdirSync, mkdtempSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createServer as createHttpServer } from 'node:http';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { contextModemOptions, DockerStreamDemuxer, engineAddress, engineEndpoint, forwarderArgv, forwarderConnected, FORWARDER_READY, killTaggedScript } from '../../harness/docker.ts';
+import { contextModemOptions, dockerClient, DockerStreamDemuxer, engineAddress, engineEndpoint, forwarderArgv, forwarderConnected, FORWARDER_READY, killTaggedScript, runInContainer } from '../../harness/docker.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'gvisor-e2e-unit-docker-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -281,4 +283,43 @@ describe('forwarder relaying, byte for byte', () => {
       server.close();
     }
   }, 15_000);
+});
+
+describe('an engine that misbehaves (a stand-in HTTP server on a unix socket)', () => {
+  /** Serves the Docker API paths with `handler`, at a unix socket of its own; DOCKER_HOST points there during fn. */
+  async function withEngine(name: string, handler: Parameters<typeof createHttpServer>[1], fn: () => Promise<void>): Promise<void> {
+    const path = join(dir, `${name}-engine.sock`);
+    const server = createHttpServer({}, handler);
+    await new Promise<void>((r) => server.listen(path, r));
+    const saved = process.env.DOCKER_HOST;
+    process.env.DOCKER_HOST = `unix://${path}`;
+    try {
+      await fn();
+    } finally {
+      process.env.DOCKER_HOST = saved;
+      server.closeAllConnections();
+      server.close();
+    }
+  }
+
+  it('one that never answers: the command times out naming the engine and the command', async () => {
+    await withEngine('stalled', () => undefined, async () => {
+      const e = await runInContainer(dockerClient(), 'n1', 'c1', ['true'], { timeoutMs: 300, what: 'command on n1: true' }).catch((x: Error) => x);
+      expect((e as Error).message).toBe(`timed out after 0.3s waiting for the Docker engine at ${process.env.DOCKER_HOST} to start command on n1: true`);
+    });
+  });
+
+  it('one without the container: named, with the engine\'s words', async () => {
+    await withEngine(
+      'nocontainer',
+      (_req, res) => {
+        res.writeHead(404, { 'Content-Type': 'application/json' });
+        res.end(JSON.stringify({ message: 'No such container: c1' }));
+      },
+      async () => {
+        const e = await runInContainer(dockerClient(), 'n1', 'c1', ['true'], { timeoutMs: 5000, what: 'command on n1: true' }).catch((x: Error) => x);
+        expect((e as Error).message).toBe(`[n1] container c1 not found in the Docker engine at ${process.env.DOCKER_HOST} (command on n1: true): No such container: c1`);
+      },
+    );
+  });
 });
