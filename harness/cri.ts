@@ -12,7 +12,8 @@ import { untilWoken } from './wait.ts';
 
 // The harness speaks the CRI to containerd directly over gRPC, exactly as the kubelet does,
 // using k8s.io/cri-api's api.proto (crictl could not be built here). For remote nodes the
-// containerd socket is reached through an SSH stream-local forward behind a private unix socket.
+// containerd socket is reached through the node's openUnixSocket (an SSH stream-local forward, or a
+// forwarder in a Docker exec on kind nodes) behind a private unix socket.
 
 type Call = (req: object, opts: { deadline: Date }, cb: (err: grpc.ServiceError | null, res: any) => void) => void;
 type RuntimeService = grpc.Client & Record<string, Call>;

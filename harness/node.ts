@@ -5,7 +5,9 @@ import { readFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Client, type ClientChannel, type ConnectConfig } from 'ssh2';
+import type Dockerode from 'dockerode';
 import type { NodeConfig } from './config.ts';
+import { dockerClient, openContainerUnixSocket, runInContainer } from './docker.ts';
 import { InfrastructureError, TimeoutError } from './errors.ts';
 import { log } from './log.ts';
 import { redact } from './redact.ts';
@@ -13,7 +15,7 @@ import { fixedDelays, retry, withAttempts } from './retry.ts';
 import { until } from './wait.ts';
 
 // A node is reached through one interface, whatever carries the commands: SSH for VMs and
-// real hosts, plain child processes for the harness's own host, `docker exec` for kind nodes.
+// real hosts, plain child processes for the harness's own host, Docker API execs for kind nodes.
 
 export interface ExecResult {
   stdout: string;
@@ -137,14 +139,28 @@ export class LocalNode extends BaseNode {
   async close(): Promise<void> {}
 }
 
-/** A kind node (or any container) reached through `docker exec`. */
+/**
+ * A kind node (or any container) reached through the Docker Engine API (harness/docker.ts), in the
+ * engine DOCKER_HOST names, as the docker CLI and kind find it: commands are execs, and a unix
+ * socket is reached through a forwarder process in an exec (no socat needed in the node).
+ */
 export class DockerExecNode extends BaseNode {
-  protected run(command: string, opts: Required<Pick<ExecOptions, 'timeoutMs'>> & ExecOptions): Promise<ExecResult> {
-    const access = this.config.access as { type: 'docker'; container: string };
-    return runChild(['docker', 'exec', '-i', access.container, 'sh', '-c', command], `docker exec on ${this.name}: ${redact(command).slice(0, 120)}`, opts);
+  private docker?: Dockerode;
+  private get container(): string {
+    return (this.config.access as Extract<NodeConfig['access'], { type: 'docker' }>).container;
+  }
+  /** The engine is read from the environment at first use, like the docker CLI at each start. */
+  private client(): Dockerode {
+    return (this.docker ??= dockerClient());
+  }
+  protected async run(command: string, opts: Required<Pick<ExecOptions, 'timeoutMs'>> & ExecOptions): Promise<ExecResult> {
+    const t0 = Date.now();
+    const what = `command on ${this.name}: ${redact(command).slice(0, 120)}`;
+    const r = await runInContainer(this.client(), this.name, this.container, ['sh', '-c', command], { stdin: opts.stdin, timeoutMs: opts.timeoutMs, what });
+    return { stdout: r.stdout.toString('utf8'), stderr: r.stderr.toString('utf8'), code: r.code, durationMs: Date.now() - t0 };
   }
   openUnixSocket(path: string): Promise<Duplex> {
-    return Promise.reject(new InfrastructureError(`[${this.name}] unix socket ${path} is not reachable through docker exec yet; node-level CRI checks need ssh or local access`));
+    return openContainerUnixSocket(this.client(), this.name, this.container, path);
   }
   async close(): Promise<void> {}
 }
