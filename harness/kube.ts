@@ -268,11 +268,15 @@ export function unschedulableBySelector(message: string): boolean {
   if (!m) return false;
   const total = Number(m[2]);
   let bySelector = 0;
+  let byTaint = 0;
   for (const part of m[3]!.split(',')) {
     const p = /^\s*(\d+) (.*)$/.exec(part);
     if (p && /didn't match Pod's node affinity\/selector/.test(p[2]!)) bySelector += Number(p[1]);
+    // A tainted node (a kubeadm control plane) is reported by its taint, the first filter it fails:
+    // it is not the node a caller pinned to (a pod without the RuntimeClass landed there).
+    else if (p && /had untolerated taint/.test(p[2]!)) byTaint += Number(p[1]);
   }
-  return total > 0 && bySelector === total;
+  return total > 0 && bySelector > 0 && bySelector + byTaint === total;
 }
 
 /** The scheduler refuses a pod: the cluster's answer (labels, RuntimeClass), not an infrastructure fault. */

@@ -84,7 +84,7 @@ describe('kind against a private Docker engine (in a user namespace, linked to t
     if (missing) throw new Error(`this test needs Debian's dockerd (.ci/setup installs docker.io): ${missing}`);
     kind = await kindBinary(cfg.cluster);
     d = await startPrivateDockerd({ userns: true, link: true });
-    // DockerExecNode (the harness's access to kind nodes) runs the docker CLI with this environment.
+    // DockerExecNode (the harness's access to kind nodes) finds the engine by DOCKER_HOST, as the docker CLI does.
     process.env.DOCKER_HOST = d.host;
   });
 

@@ -53,6 +53,9 @@ describe('Unschedulable', () => {
   it('only a node selector/affinity no node matches is the cluster\'s answer', () => {
     expect(unschedulableBySelector("0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling.")).toBe(true);
     expect(unschedulableBySelector('0/2 nodes are available: 1 Insufficient cpu, 1 node(s) didn\'t match Pod\'s node affinity/selector.')).toBe(false);
+    // A kind / kubeadm control plane is ruled out by its taint first; the rest by the selector.
+    expect(unschedulableBySelector("0/3 nodes are available: 1 node(s) had untolerated taint(s), 2 node(s) didn't match Pod's node affinity/selector. no new claims to deallocate")).toBe(true);
+    expect(unschedulableBySelector('0/3 nodes are available: 3 node(s) had untolerated taint(s).')).toBe(false);
     expect(unschedulableBySelector('0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod.')).toBe(false);
     expect(unschedulableBySelector("0/2 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }, 1 node(s) didn't match Pod's node affinity/selector.")).toBe(false);
     expect(unschedulableBySelector('no nodes available to schedule pods')).toBe(false);
