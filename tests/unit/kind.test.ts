@@ -8,7 +8,9 @@ import { kindConfig, kindWorkers, renderKindConfig, runscHandlerPatch, POOL_LABE
 import { dockerEngine, KindProvider, type CommandResult, type Runner } from '../../clusters/kind/index.ts';
 import { type Config } from '../../harness/config.ts';
 import { type KindCluster } from '../../clusters/kind/index.ts';
-import { parseConfig } from '../../clusters/index.ts';
+import { applyManifest, parseConfig, reproConfig } from '../../clusters/index.ts';
+import { kindnetConflist, parseNodeRoutes } from '../../clusters/kind/network.ts';
+import { parseManifest } from '../../harness/manifests.ts';
 import { selectSuites } from '../../bin/app.ts';
 import { ConfigError, InfrastructureError } from '../../harness/errors.ts';
 import { GVISOR_NODE_LABEL } from '../../harness/kube.ts';
@@ -318,5 +320,32 @@ describe('kind provider command sequence', () => {
   it('dockerEngine reports a missing docker CLI', async () => {
     const e = await dockerEngine(async () => ({ code: 127, stdout: '', stderr: '\nspawn docker ENOENT' }));
     expect(e).toEqual({ ok: false, detail: 'no Docker engine is running (docker info: the docker CLI is not installed); the kind provider needs one: start dockerd or use provider local' });
+  });
+});
+
+describe('kind: pools from a manifest, pod networking (pure parts)', () => {
+  it("a Shoot's pools become kind pools: a known pool keeps its size and labels, a new one gets one worker", () => {
+    const c = kindCfg('pools: [{ name: sandboxed, nodes: 2, labels: { team: a } }, { name: other }]', 'pools: [sandboxed]');
+    const spec = parseManifest(readFileSync(join(import.meta.dirname, '../../fixtures/manifests/shoot.yaml'), 'utf8'), 'shoot.yaml');
+    const out = applyManifest(c, spec) as KindConfig;
+    expect(out.cluster.pools).toEqual([
+      { name: 'sandboxed', nodes: 2, labels: { team: 'a' } },
+      { name: 'default', nodes: 1, labels: {} },
+    ]);
+    expect(out.gvisor.pools).toEqual(['sandboxed']);
+    expect(reproConfig(out)?.cluster.pools).toEqual(out.cluster.pools);
+  });
+
+  it("kindnetd's CNI config for a podCIDR, and node routes parsed from kubectl (a node without a podCIDR is pending)", () => {
+    const conf = JSON.parse(kindnetConflist('10.244.1.0/24')) as { plugins: { type: string; ipam?: { ranges: { subnet: string }[][] } }[] };
+    expect(conf.plugins.map((p) => p.type)).toEqual(['ptp', 'portmap']);
+    expect(conf.plugins[0]!.ipam!.ranges).toEqual([[{ subnet: '10.244.1.0/24' }]]);
+    expect(parseNodeRoutes('a 10.244.0.0/24 172.18.0.2\nb  172.18.0.3\n\nc 10.244.2.0/24 172.18.0.4\n')).toEqual({
+      routes: [
+        { name: 'a', podCIDR: '10.244.0.0/24', internalIP: '172.18.0.2' },
+        { name: 'c', podCIDR: '10.244.2.0/24', internalIP: '172.18.0.4' },
+      ],
+      pending: ['b'],
+    });
   });
 });
