@@ -177,7 +177,10 @@ export class KindProvider extends BaseProvider<KindCluster> {
     const engine = await dockerEngine(this.run);
     f.push({ check: 'Docker engine (docker info)', ok: engine.ok, detail: engine.detail, fix: engine.ok ? undefined : 'start dockerd (apt-get install docker.io), set DOCKER_HOST, or use provider local' });
     f.push({ check: 'kind CLI', ok: true, detail: kindBinarySource(this.spec, which('kind')) });
-    if (engine.ok) {
+    if (this.spec.nodeImage === LOCAL_NODE_IMAGE) {
+      const cached = existsSync(join(cacheRoot(), 'kind-node')) && readdirSync(join(cacheRoot(), 'kind-node')).some((f) => f.endsWith('.tar'));
+      f.push({ check: 'node image local', ok: true, detail: cached ? `made here from pinned sources; cached in ${join(cacheRoot(), 'kind-node')}` : 'made here from pinned sources on first `up` (needs go, a C compiler, apt-get download)' });
+    } else if (engine.ok) {
       const img = (await this.run(['docker', 'image', 'inspect', '--format', '{{.Id}}', this.spec.nodeImage], { timeoutMs: 20_000 })).stdout.trim();
       f.push({ check: `node image ${this.spec.nodeImage}`, ok: true, detail: img ? `present (${img.slice(0, 19)})` : 'not in the engine: kind will try to pull it' });
     }
