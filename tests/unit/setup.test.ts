@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 const ROOT = resolve(import.meta.dirname, '../..');
 const setup = (...args: string[]) => spawnSync('bash', [join(ROOT, '.ci', 'setup'), ...args], { encoding: 'utf8' });
 const list = (job: string) => setup('--for', job, '--list').stdout.trim().split('\n');
-const TEST_ONLY = ['chromium', 'docker.io', 'qemu-system-x86', 'qemu-utils', 'containerd', 'runsc'];
+const TEST_ONLY = ['chromium', 'docker.io', 'qemu-system-x86', 'qemu-utils', 'containerd', 'runsc', 'gcc', 'libc6-dev'];
 
 describe('.ci/setup --for main|test', () => {
   it('the main job gets none of the test-only packages; the tests get those and all of the main job\'s', () => {
