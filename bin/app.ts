@@ -1,14 +1,16 @@
 // The verbs of the CLI as functions (up, install, run, down, doctor, warm, repro), above clusters/
 // and harness/: they reach the cluster only through its provider and ask it for capabilities.
 import { spawnSync } from 'node:child_process';
-import { join } from 'node:path';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import Table from 'cli-table3';
 import { file, tool } from '../clusters/common/tools.ts';
 import { applyManifest, capabilitiesOf, poolsOf, providerFor, reproConfig } from '../clusters/index.ts';
 import type { ClusterProvider, Finding } from '../clusters/provider.ts';
 import { buildGVisor, criProtoPath, gvisorBinaries, type GVisorBinaries } from '../harness/binaries.ts';
 import { CAPABILITY_NAMES } from '../harness/capabilities.ts';
-import { type Config, type NodeConfig, type SuiteName, chooseSuites, effectiveRunscFlags } from '../harness/config.ts';
+import { type Config, type NodeConfig, type SuiteName, SUITE_NAMES, SUITE_NEEDS, chooseSuites, effectiveRunscFlags, nodeConfig } from '../harness/config.ts';
 import { ConfigError } from '../harness/errors.ts';
 import { applyImageBuilderVars, loadImageBuilderVars } from '../harness/imagebuilder.ts';
 import { buildTestImage, importTestImage, type TestImage } from '../harness/image.ts';
@@ -20,9 +22,10 @@ import { openNode } from '../harness/node.ts';
 import { ROOT_DIR } from '../harness/paths.ts';
 import { newRunId } from '../harness/rundir.ts';
 import { registerKnownSecrets } from '../harness/redact.ts';
-import type { RunSummary } from '../harness/report.ts';
+import { exitCodeOf, table, warningLines, type RunSummary } from '../harness/report.ts';
+import { loadRunSummary, rerunSelection, type RerunSelection } from '../harness/rerun.ts';
 import { releaseClusterLock, withClusterLock } from '../harness/state.ts';
-import { runSuites } from '../harness/suite-runner.ts';
+import { listChecks, runSuites } from '../harness/suite-runner.ts';
 
 /** Holds the cluster's lock (where its provider keeps state on this machine) while a verb runs. */
 function locked<R>(provider: ClusterProvider, verb: string, fn: () => Promise<R>): Promise<R> {
@@ -128,11 +131,29 @@ export interface RunOptions {
   configPath?: string;
   /** Retry a failing check up to N times (flaky infrastructure); every attempt stays in the Allure report. */
   retries?: number;
+  /** Re-run only the failed and broken checks of this run (a run id or a summary.json path; '' = the latest run). */
+  rerunFailed?: string;
+}
+
+/** The checks `--rerun-failed` selects from an earlier run of the same cluster. */
+function rerunOf(cfg: Config, ref: string): RerunSelection {
+  const { summary, path } = loadRunSummary(ref || undefined, cfg.reportsDir, '--rerun-failed');
+  if (summary.cluster !== cfg.cluster.name) {
+    throw new ConfigError('command line', [{ path: '--rerun-failed', message: `${path} is a run of cluster "${summary.cluster}", not of "${cfg.cluster.name}" (this config)` }]);
+  }
+  const sel = rerunSelection(summary);
+  if (sel.checks.length === 0) throw new ConfigError('command line', [{ path: '--rerun-failed', message: `run ${summary.runId} (${path}) has no failed or broken check to re-run` }]);
+  const unknown = sel.suites.filter((x) => !(SUITE_NAMES as readonly string[]).includes(x));
+  if (unknown.length) throw new ConfigError(path, [{ path: 'checks', message: `suite(s) ${unknown.join(', ')} are not suites of this gvisor-e2e (${SUITE_NAMES.join(', ')})` }]);
+  return sel;
 }
 
 /** up → install → suites → (down). The main job. */
 export async function run(cfg: Config, opts: RunOptions = {}): Promise<RunSummary> {
-  const suites = selectSuites(cfg, opts.suites, opts.skip);
+  // A rerun takes the earlier run's suites; --suite/--skip do not apply to it.
+  const rerun = opts.rerunFailed !== undefined ? rerunOf(cfg, opts.rerunFailed) : undefined;
+  if (rerun && (opts.suites?.length || opts.skip?.length)) throw new ConfigError('command line', [{ path: '--rerun-failed', message: 'runs the failed checks of the earlier run; it does not take --suite or --skip' }]);
+  const suites = rerun ? (rerun.suites as SuiteName[]) : selectSuites(cfg, opts.suites, opts.skip);
   const provider = clusterOf(cfg);
   const info = provider.info();
   // What the run made is removed after it (the cluster, or what it added to one it does not own).
@@ -174,6 +195,7 @@ export async function run(cfg: Config, opts: RunOptions = {}): Promise<RunSummar
           kubeconfig: provider.kubeconfig(),
           capabilities: info.capabilities,
           retries: opts.retries,
+          rerun,
         });
       } finally {
         await cleanup();
@@ -225,3 +247,75 @@ export async function doctor(cfg: Config): Promise<boolean> {
   return f.every((x) => x.ok);
 }
 
+
+/** A suite and why it does or does not run with this config and these --suite/--skip arguments. */
+export interface SuitePlan {
+  suite: SuiteName;
+  runs: boolean;
+  why: string;
+}
+
+/** `run --list`, the suites part: from the config alone, without touching a node. */
+export function suitePlan(cfg: Config, only?: string[], skip: string[] = []): SuitePlan[] {
+  const selected = new Set(selectSuites(cfg, only, skip));
+  const caps = capabilitiesOf(cfg);
+  return SUITE_NAMES.map((s) => {
+    const lacks = SUITE_NEEDS[s].filter((c) => !caps[c]).map((c) => CAPABILITY_NAMES[c]);
+    if (selected.has(s)) return { suite: s, runs: true, why: lacks.length ? `selected, but needs ${lacks.join(' and ')}: its checks will be skipped` : 'selected' };
+    if (skip.includes(s)) return { suite: s, runs: false, why: 'skipped by --skip' };
+    if (cfg.suites.skip.includes(s)) return { suite: s, runs: false, why: 'skipped by suites.skip in the config' };
+    if (only?.length) return { suite: s, runs: false, why: 'not named by --suite' };
+    if (cfg.suites.include) return { suite: s, runs: false, why: 'not in suites.include of the config' };
+    return { suite: s, runs: false, why: `needs ${lacks.join(' and ')}, which provider "${cfg.cluster.provider}" does not offer` };
+  });
+}
+
+/**
+ * `run --list`: the suites that would run and why others would not, and the checks each declares
+ * per pool (a pool's nodes all get the same checks). Brings up nothing and opens no node.
+ */
+export async function listRun(cfg: Config, opts: Pick<RunOptions, 'suites' | 'skip' | 'rerunFailed'> = {}): Promise<string> {
+  const provider = clusterOf(cfg);
+  const rerun = opts.rerunFailed !== undefined ? rerunOf(cfg, opts.rerunFailed) : undefined;
+  const plan = rerun ? SUITE_NAMES.map((s) => ({ suite: s, runs: rerun.suites.includes(s), why: rerun.suites.includes(s) ? `has failed or broken checks in run ${rerun.of}` : `all its checks passed or were skipped in run ${rerun.of}` })) : suitePlan(cfg, opts.suites, opts.skip);
+  const lines = [`cluster "${cfg.cluster.name}" (provider ${cfg.cluster.provider}); gVisor pools: ${cfg.gvisor.pools.join(', ') || '(none)'}`, '', 'suites:'];
+  for (const p of plan) lines.push(`  ${p.runs ? 'run ' : 'skip'}  ${p.suite.padEnd(24)} ${p.why}`);
+  // One stand-in node per pool: a suite declares the same checks on each node of a pool.
+  const standIns = poolsOf(cfg).map((pool) => ({ ...nodeConfig({ name: 'x', pool, access: { type: 'api' } }), name: `<each node of pool ${pool}>` }));
+  const runs = plan.filter((p) => p.runs).map((p) => p.suite);
+  // Suites that use the API build their clients while declaring checks: a kubeconfig no one calls.
+  let kubeconfig: string | undefined;
+  if (provider.info().capabilities.kubernetesApi) {
+    kubeconfig = join(mkdtempSync(join(tmpdir(), 'gvisor-e2e-list-')), 'kubeconfig');
+    writeFileSync(kubeconfig, 'apiVersion: v1\nkind: Config\nclusters: [{name: list, cluster: {server: "https://127.0.0.1:9"}}]\nusers: [{name: list, user: {}}]\ncontexts: [{name: list, context: {cluster: list, user: list}}]\ncurrent-context: list\n', { mode: 0o600 });
+  }
+  const checks = await listChecks(cfg, standIns, runs, provider.info().capabilities, kubeconfig).finally(() => kubeconfig && rmSync(dirname(kubeconfig), { recursive: true, force: true }));
+  lines.push('', 'checks:');
+  for (const s of runs) {
+    lines.push(`  ${s}:`);
+    const mine = checks.filter((c) => c.suite === s);
+    const selected = rerun ? rerun.checks.filter((c) => c.suite === s) : undefined;
+    if (selected) for (const c of selected) lines.push(`    [${c.node}] ${c.name}  (${c.state} in run ${rerun!.of})`);
+    else if (mine.length === 0) lines.push('    (none declared for this cluster\'s pools)');
+    else for (const c of mine) lines.push(`    ${c.skipped ? 'skip ' : ''}[${c.node}] ${c.name}`);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+/** `report [run]`: a run's verdict table, warnings and first failures again, from its summary.json. */
+export function report(cfg: Config, ref?: string): { text: string; summary: RunSummary } {
+  const { summary, path } = loadRunSummary(ref, cfg.reportsDir, 'run');
+  const bad = summary.checks.filter((c) => c.state === 'failed' || c.state === 'broken');
+  const lines = [
+    `run ${summary.runId} of cluster "${summary.cluster}" (${path}): ${summary.state.toUpperCase()}, exit code ${exitCodeOf(summary)}, started ${summary.startedAt}, ${(summary.durationMs / 1000).toFixed(1)}s`,
+    ...(summary.continues ? [`continues run ${summary.continues.runId} (re-ran its ${summary.continues.checks} failed or broken check(s))`] : []),
+    table(summary),
+    ...warningLines(summary),
+  ];
+  if (bad.length) {
+    lines.push('', `failures (${bad.length}${bad.length > 10 ? ', first 10' : ''}):`);
+    for (const c of bad.slice(0, 10)) lines.push(`  ${c.state.toUpperCase()} ${c.suite} [${c.node}] ${c.name}: ${(c.message ?? '').split('\n')[0]}`);
+  }
+  if (summary.diagnostics?.length) lines.push('', `diagnostics: ${summary.diagnostics.map((d) => join(dirname(path), d)).join(', ')}`);
+  return { text: `${lines.join('\n')}\n`, summary };
+}

@@ -10,7 +10,7 @@ import { ConfigError, ExitCode, InfrastructureError } from '../harness/errors.ts
 import { log, setVerbose } from '../harness/log.ts';
 import { ROOT_DIR } from '../harness/paths.ts';
 import { checkStateDir } from '../harness/state.ts';
-import { clusterOf, doctor, down, install, repro, run, up, warm } from './app.ts';
+import { clusterOf, doctor, down, install, listRun, report, repro, run, up, warm } from './app.ts';
 
 // gvisor-e2e: provision a cluster, install gVisor like Gardener's runtime-gvisor extension and
 // image-builder do, run the conformance suites, write reports. Exit codes: 0 all passed,
@@ -88,9 +88,26 @@ program
   .option('--keep', 'keep the local cluster after the run')
   .option('--no-install', 'do not install; test the cluster as it is')
   .addOption(new Option('--retries <n>', 'retry a failing check up to n times (each attempt is kept in the report)').argParser(retriesArg).default(0))
-  .action(async (o: { suite?: string[]; skip?: string[]; keep?: boolean; install: boolean; retries: number }) => {
-    const summary = await run(config(program.opts().config), { suites: o.suite, skip: o.skip, keep: o.keep, noInstall: !o.install, retries: o.retries, configPath: configFile(program.opts().config) });
+  .option('--rerun-failed [run]', 'run again only the failed and broken checks of an earlier run (a run id, a summary.json or its directory; default: the latest run), on the same cluster')
+  .option('--list', 'print the suites and checks that would run, and why others would not; touches no node')
+  .action(async (o: { suite?: string[]; skip?: string[]; keep?: boolean; install: boolean; retries: number; rerunFailed?: string | true; list?: boolean }) => {
+    const rerunFailed = o.rerunFailed === true ? '' : o.rerunFailed;
+    if (o.list) {
+      process.stdout.write(await listRun(config(program.opts().config, false), { suites: o.suite, skip: o.skip, rerunFailed }));
+      return;
+    }
+    const summary = await run(config(program.opts().config), { suites: o.suite, skip: o.skip, keep: o.keep, noInstall: !o.install, retries: o.retries, configPath: configFile(program.opts().config), rerunFailed });
     process.exitCode = exitCodeOf(summary);
+  });
+
+program
+  .command('report')
+  .description("print a run's verdict table and first failures again, from its summary.json; exits with the run's exit code")
+  .argument('[run]', 'a run id under reportsDir, a summary.json or its directory (default: the latest run)')
+  .action((ref: string | undefined) => {
+    const r = report(config(program.opts().config, false), ref);
+    process.stdout.write(r.text);
+    process.exitCode = exitCodeOf(r.summary);
   });
 
 program
