@@ -1,10 +1,12 @@
 // The verbs of the CLI as functions (up, install, run, down, doctor, warm, repro), above clusters/
 // and harness/: they reach the cluster only through its provider and ask it for capabilities.
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import Table from 'cli-table3';
+import { stringify as stringifyYaml } from 'yaml';
 import { file, tool } from '../clusters/common/tools.ts';
 import { applyManifest, capabilitiesOf, poolsOf, providerFor, reproConfig } from '../clusters/index.ts';
 import type { ClusterProvider, Finding } from '../clusters/provider.ts';
@@ -14,7 +16,7 @@ import { type Config, type NodeConfig, type SuiteName, SUITE_NAMES, SUITE_NEEDS,
 import { ConfigError } from '../harness/errors.ts';
 import { applyImageBuilderVars, loadImageBuilderVars } from '../harness/imagebuilder.ts';
 import { buildTestImage, importTestImage, type TestImage } from '../harness/image.ts';
-import { INSTALL_RULES, installNode, recordTestImage, type InstallRules } from '../harness/installer.ts';
+import { INSTALL_RULES, installNode, recordTestImage, type InstallRules, type PlannedChange } from '../harness/installer.ts';
 import { log, step } from '../harness/log.ts';
 import { loadManifest } from '../harness/manifests.ts';
 import { mapLimit } from '../harness/map-limit.ts';
@@ -318,4 +320,71 @@ export function report(cfg: Config, ref?: string): { text: string; summary: RunS
   }
   if (summary.diagnostics?.length) lines.push('', `diagnostics: ${summary.diagnostics.map((d) => join(dirname(path), d)).join(', ')}`);
   return { text: `${lines.join('\n')}\n`, summary };
+}
+
+/** A unified diff of what `install` would write over what the node has (diff(1), as Gardener's install script compares). */
+export function changeDiff(c: PlannedChange): string {
+  const mode = c.mode ? ` (mode ${c.mode})` : '';
+  if (c.after === undefined) return `--- ${c.path}\n(would be removed: gvisor-e2e created it and the config no longer asks for it)\n`;
+  if (Buffer.isBuffer(c.after)) {
+    const sum = createHash('sha256').update(c.after).digest('hex');
+    return `--- ${c.path}\n(binary: ${c.before === undefined ? 'would be created' : 'would be replaced'}${mode}, ${c.after.length} bytes, sha256 ${sum})\n`;
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'gvisor-e2e-diff-'));
+  try {
+    writeFileSync(join(dir, 'a'), c.before ?? '');
+    writeFileSync(join(dir, 'b'), c.after);
+    const r = spawnSync('diff', ['-u', '--label', c.before === undefined ? '/dev/null' : c.path, '--label', `${c.path}${mode}`, join(dir, 'a'), join(dir, 'b')], { encoding: 'utf8' });
+    if (r.status !== 1) throw new Error(`diff of ${c.path} failed: ${r.error?.message ?? r.stderr}`);
+    return r.stdout;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * `install --dry-run`: per node, the files install would change (as diffs) and the Kubernetes
+ * objects it would create. The nodes are only read: no lock, no journal, no restart, no image import.
+ */
+export async function installDryRun(cfg: Config, nodes: NodeConfig[], rules: InstallRules = INSTALL_RULES): Promise<string> {
+  const provider = clusterOf(cfg);
+  const { installsNodes, kubernetesApi } = provider.info().capabilities;
+  const out: string[] = [];
+  if (!installsNodes) out.push(`provider "${cfg.cluster.provider}" is not installed by the harness (it tests the cluster as it is): install would only import the test image where containerd lacks it`);
+  else {
+    const bins = nodes.some((n) => rules.gvisorNode(cfg, n)) ? await gvisorBinaries(cfg.gvisor) : undefined;
+    for (const n of nodes) {
+      if (n.access.type === 'api') {
+        out.push(`## ${n.name}: reachable only through the API; install needs SSH access there`, '');
+        continue;
+      }
+      const node = openNode(n);
+      try {
+        const planned: PlannedChange[] = [];
+        await installNode(node, cfg, bins, rules, planned);
+        const restarts = planned.some((c) => c.path === n.paths.containerdConfig || c.path.includes('containerd.service.d/'));
+        out.push(`## ${n.name} (pool ${n.pool}${rules.gvisorNode(cfg, n) ? ', gVisor' : ''}): ${planned.length ? `${planned.length} file(s) would change${restarts ? '; containerd would restart' : ''}` : 'up to date, nothing would change'}`);
+        for (const c of planned) out.push(changeDiff(c));
+        out.push('');
+      } finally {
+        await node.close();
+      }
+    }
+  }
+  const kubeconfig = provider.kubeconfig();
+  if (kubernetesApi && installsNodes && kubeconfig) {
+    const kube = await import('../harness/kube.ts');
+    const { NodeV1Api, CoreV1Api } = await import('@kubernetes/client-node');
+    const kc = kube.kubeConfig(kubeconfig);
+    const rc = kube.runtimeClass(cfg);
+    const have = await kc.makeApiClient(NodeV1Api).readRuntimeClass({ name: rc.metadata!.name! }).catch(() => undefined);
+    out.push('## Kubernetes objects', have ? `RuntimeClass ${rc.metadata!.name} exists (handler ${have.handler}); install would converge it to:` : `RuntimeClass ${rc.metadata!.name} would be created:`, stringifyYaml(rc));
+    const registered = new Map((await kc.makeApiClient(CoreV1Api).listNode()).items.map((x) => [x.metadata?.name, x.metadata?.labels ?? {}] as const));
+    for (const n of nodes.filter((x) => registered.has(x.name))) {
+      const want = rules.gvisorNode(cfg, n) ? 'true' : undefined;
+      const now = registered.get(n.name)![kube.GVISOR_NODE_LABEL];
+      if (now !== want) out.push(`node ${n.name}: label ${kube.GVISOR_NODE_LABEL} ${want ? `would be set to "${want}"` : 'would be removed'} (now ${now === undefined ? 'unset' : `"${now}"`})`);
+    }
+  }
+  return `${out.join('\n')}\n`;
 }

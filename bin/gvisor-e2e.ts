@@ -10,7 +10,7 @@ import { ConfigError, ExitCode, InfrastructureError } from '../harness/errors.ts
 import { log, setVerbose } from '../harness/log.ts';
 import { ROOT_DIR } from '../harness/paths.ts';
 import { checkStateDir } from '../harness/state.ts';
-import { clusterOf, doctor, down, install, listRun, report, repro, run, up, warm } from './app.ts';
+import { clusterOf, doctor, down, install, installDryRun, listRun, report, repro, run, up, warm } from './app.ts';
 
 // gvisor-e2e: provision a cluster, install gVisor like Gardener's runtime-gvisor extension and
 // image-builder do, run the conformance suites, write reports. Exit codes: 0 all passed,
@@ -75,9 +75,12 @@ program
 program
   .command('install')
   .description('install gVisor and the containerd customizations on the cluster (idempotent)')
-  .action(async () => {
+  .option('--dry-run', 'print, per node, the diffs of the files install would change and the Kubernetes objects it would create; change nothing')
+  .action(async (o: { dryRun?: boolean }) => {
     const cfg = config(program.opts().config);
-    await install(cfg, await up(cfg));
+    const nodes = await up(cfg);
+    if (o.dryRun) process.stdout.write(await installDryRun(cfg, nodes));
+    else await install(cfg, nodes);
   });
 
 program
