@@ -268,7 +268,7 @@ export function suitePlan(cfg: Config, only?: string[], skip: string[] = []): Su
     if (cfg.suites.skip.includes(s)) return { suite: s, runs: false, why: 'skipped by suites.skip in the config' };
     if (only?.length) return { suite: s, runs: false, why: 'not named by --suite' };
     if (cfg.suites.include) return { suite: s, runs: false, why: 'not in suites.include of the config' };
-    return { suite: s, runs: false, why: `needs ${lacks.join(' and ')}, which provider "${cfg.cluster.provider}" does not offer` };
+    return { suite: s, runs: false, why: `needs ${lacks.join(' and ')}, which this cluster (provider "${cfg.cluster.provider}") does not offer` };
   });
 }
 
