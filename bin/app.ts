@@ -4,6 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import Table from 'cli-table3';
 import { stringify as stringifyYaml } from 'yaml';
@@ -21,13 +22,15 @@ import { log, step } from '../harness/log.ts';
 import { loadManifest } from '../harness/manifests.ts';
 import { mapLimit } from '../harness/map-limit.ts';
 import { openNode } from '../harness/node.ts';
-import { ROOT_DIR } from '../harness/paths.ts';
 import { newRunId } from '../harness/rundir.ts';
 import { registerKnownSecrets } from '../harness/redact.ts';
 import { exitCodeOf, table, warningLines, type RunSummary } from '../harness/report.ts';
 import { loadRunSummary, rerunSelection, type RerunSelection } from '../harness/rerun.ts';
 import { releaseClusterLock, withClusterLock } from '../harness/state.ts';
 import { listChecks, runSuites } from '../harness/suite-runner.ts';
+
+/** How to start this CLI in a child: its entry beside this file (.ts from source through tsx, .js when built). */
+const CLI_ENTRY = import.meta.url.endsWith('.ts') ? ['--import', 'tsx', fileURLToPath(new URL('./gvisor-e2e.ts', import.meta.url))] : [fileURLToPath(new URL('./gvisor-e2e.js', import.meta.url))];
 
 /** Holds the cluster's lock (where its provider keeps state on this machine) while a verb runs. */
 function locked<R>(provider: ClusterProvider, verb: string, fn: () => Promise<R>): Promise<R> {
@@ -174,7 +177,7 @@ export async function run(cfg: Config, opts: RunOptions = {}): Promise<RunSummar
       // before an asynchronous cleanup finished. The child takes the cluster's lock: give it up.
       cleaned = true;
       if (info.stateDir) releaseClusterLock(info.stateDir);
-      const r = spawnSync(process.execPath, ['--import', 'tsx', join(ROOT_DIR, 'bin', 'gvisor-e2e.ts'), '--config', opts.configPath, 'down'], { stdio: ['ignore', 'inherit', 'inherit'] });
+      const r = spawnSync(process.execPath, [...CLI_ENTRY, '--config', opts.configPath, 'down'], { stdio: ['ignore', 'inherit', 'inherit'] });
       if (r.status !== 0) log('error', `cleanup failed; run \`gvisor-e2e down\``);
       process.exit(code);
     }

@@ -8,8 +8,9 @@ import { loadManifest } from '../harness/manifests.ts';
 import { exitCodeOf } from '../harness/report.ts';
 import { ConfigError, ExitCode, InfrastructureError } from '../harness/errors.ts';
 import { log, setVerbose } from '../harness/log.ts';
-import { ROOT_DIR } from '../harness/paths.ts';
+import { PACKAGE_DIR } from '../harness/paths.ts';
 import { checkStateDir } from '../harness/state.ts';
+import { INIT_KINDS, writeStarterConfig } from './init.ts';
 import { clusterOf, doctor, down, install, installDryRun, listRun, report, repro, run, up, warm } from './app.ts';
 
 // gvisor-e2e: provision a cluster, install gVisor like Gardener's runtime-gvisor extension and
@@ -17,7 +18,7 @@ import { clusterOf, doctor, down, install, installDryRun, listRun, report, repro
 // 1 a check failed, 2 the harness or infrastructure broke, 3 nothing was checked (every check
 // skipped), 64 bad config or arguments.
 
-const DEFAULT_CONFIG = join(ROOT_DIR, 'fixtures', 'local.yaml');
+const DEFAULT_CONFIG = join(PACKAGE_DIR, 'fixtures', 'local.yaml');
 
 function configFile(path: string | undefined): string {
   return path ?? (existsSync('gvisor-e2e.yaml') ? 'gvisor-e2e.yaml' : DEFAULT_CONFIG);
@@ -49,6 +50,16 @@ const program = new Command()
   .option('-v, --verbose', 'log every command run on nodes')
   .hook('preAction', (cmd) => setVerbose(Boolean(cmd.opts().verbose)))
   .exitOverride();
+
+program
+  .command('init')
+  .description('write a commented starter config for a kind of cluster (default: ./gvisor-e2e.yaml, never over an existing file)')
+  .argument('[kind]', INIT_KINDS.join(' | '), 'local')
+  .option('-o, --output <file>', 'where to write it', 'gvisor-e2e.yaml')
+  .action((kind: string, o: { output: string }) => {
+    writeStarterConfig(kind, o.output);
+    process.stdout.write(`wrote ${o.output} (${kind}); next: gvisor-e2e doctor\n`);
+  });
 
 program
   .command('doctor')

@@ -2,7 +2,7 @@
 // tests/unit/summary-schema.test.ts fails while the shipped file is stale.
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ROOT_DIR } from '../harness/paths.ts';
+import { PACKAGE_DIR } from '../harness/paths.ts';
 import { summaryJsonSchema } from '../harness/summary-schema.ts';
 
-writeFileSync(join(ROOT_DIR, 'reports', 'summary.schema.json'), `${JSON.stringify(summaryJsonSchema(), null, 2)}\n`);
+writeFileSync(join(PACKAGE_DIR, 'reports', 'summary.schema.json'), `${JSON.stringify(summaryJsonSchema(), null, 2)}\n`);
