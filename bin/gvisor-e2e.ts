@@ -14,9 +14,8 @@ import { INIT_KINDS, writeStarterConfig } from './init.ts';
 import { clusterOf, doctor, down, install, installDryRun, listRun, report, repro, run, up, warm } from './app.ts';
 
 // gvisor-e2e: provision a cluster, install gVisor like Gardener's runtime-gvisor extension and
-// image-builder do, run the conformance suites, write reports. Exit codes: 0 all passed,
-// 1 a check failed, 2 the harness or infrastructure broke, 3 nothing was checked (every check
-// skipped), 64 bad config or arguments.
+// image-builder do, run the conformance suites, write reports. Exit codes (README "Exit codes"):
+// 0 passed, 1 a check failed, 2 broken, 3 nothing was checked, 64 bad config or arguments.
 
 const DEFAULT_CONFIG = join(PACKAGE_DIR, 'fixtures', 'local.yaml');
 
