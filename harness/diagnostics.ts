@@ -27,7 +27,8 @@ export function daemonLogCommand(daemon: string, lines = TAIL): string {
   return [
     `if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ] && systemctl cat ${d} >/dev/null 2>&1; then journalctl -u ${d} -n ${lines} --no-pager; exit; fi`,
     'me=$(readlink /proc/self/ns/mnt)',
-    `for p in $(pidof ${d}); do [ "$(readlink /proc/$p/ns/mnt)" = "$me" ] || continue; f=$(readlink /proc/$p/fd/1); [ -f "$f" ] && { echo "# $f (pid $p)"; tail -n ${lines} "$f"; exit; }; done`,
+    // /proc, not pidof: minimal node images lack procps.
+    `for p in $(grep -lx ${d} /proc/[0-9]*/comm 2>/dev/null | cut -d/ -f3); do [ "$(readlink /proc/$p/ns/mnt)" = "$me" ] || continue; f=$(readlink /proc/$p/fd/1); [ -f "$f" ] && { echo "# $f (pid $p)"; tail -n ${lines} "$f"; exit; }; done`,
     `echo "(no ${daemon} log found: no systemd unit, and no ${daemon} process of this node writing to a file)"`,
   ].join('\n');
 }
@@ -41,7 +42,14 @@ export function effectiveConfigCommand(configPath: string): string {
 /** The last runsc debug logs, when runsc.toml (or the config's flags) sets debug-log. */
 export function runscDebugCommand(runscConfig: string, flagDir: string | undefined): string {
   const dir = flagDir ? sh(flagDir) : `"$(sed -n 's/^[[:space:]]*debug-log[[:space:]]*=[[:space:]]*"\\(.*\\)"/\\1/p' ${sh(runscConfig)} 2>/dev/null | head -1)"`;
-  return `d=${dir}; d=\${d%%%*}; case "$d" in */) ;; *) d=$(dirname "$d");; esac; [ -n "$d" ] && [ -d "$d" ] || { echo "(debug is off: no debug-log in ${runscConfig})"; exit 0; }; for f in $(ls -t "$d" | head -5); do echo "===== $d/$f"; tail -n ${TAIL} "$d/$f"; done`;
+  const off = `(debug is off: no debug-log in ${runscConfig})`;
+  // debug-log may hold %ID%-style patterns: the directory is what comes before the first one.
+  return [
+    `d=${dir}; [ -n "$d" ] || { echo ${sh(off)}; exit 0; }`,
+    'd=${d%%%*}; case "$d" in */) ;; *) d=$(dirname "$d");; esac',
+    '[ -d "$d" ] || { echo "(debug-log directory $d does not exist on the node)"; exit 0; }',
+    `find "$d" -type f -printf '%T@ %p\\n' | sort -rn | head -5 | cut -d' ' -f2- | while read -r f; do echo "===== $f"; tail -n ${TAIL} "$f"; done`,
+  ].join('\n');
 }
 
 /** Nodes the failing checks name; a failure not tied to one node ("-", a suite or cluster check) takes every node. */
