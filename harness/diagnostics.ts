@@ -5,7 +5,7 @@
 // to the node's failed checks in the Allure results.
 import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { type Config, type NodeConfig, durationMs } from './config.ts';
 import { CriClient } from './cri.ts';
 import { log } from './log.ts';
@@ -61,9 +61,17 @@ export function nodesToDiagnose(summary: RunSummary, nodes: NodeConfig[]): NodeC
 }
 
 async function gather(node: NodeAccess, n: NodeConfig, cfg: Config, timeoutMs: number): Promise<Record<string, string>> {
+  // A node that cannot be reached for the first command is not asked the others (each would wait out its retries).
+  let unreachable: string | undefined;
   const run = async (cmd: string) => {
-    const r = await node.exec(cmd, { timeoutMs }).catch((e: Error) => ({ code: -1, stdout: '', stderr: e.message }));
-    return `${r.stdout}${r.stderr ? `\n# stderr:\n${r.stderr}` : ''}${r.code ? `\n# exit ${r.code}` : ''}`;
+    if (unreachable) return `(not collected: ${unreachable})`;
+    try {
+      const r = await node.exec(cmd, { timeoutMs });
+      return `${r.stdout}${r.stderr ? `\n# stderr:\n${r.stderr}` : ''}${r.code ? `\n# exit ${r.code}` : ''}`;
+    } catch (e) {
+      unreachable = (e as Error).message;
+      return `(not collected: ${unreachable})`;
+    }
   };
   const files: Record<string, string> = {
     'containerd.log': await run(daemonLogCommand('containerd')),
@@ -72,15 +80,18 @@ async function gather(node: NodeAccess, n: NodeConfig, cfg: Config, timeoutMs: n
     'runsc.toml': await run(`cat ${sh(n.paths.runscConfig)}`),
     'runsc-debug.log': await run(runscDebugCommand(n.paths.runscConfig, cfg.gvisor.configFlags['debug-log'])),
   };
-  try {
-    const cri = await CriClient.connect(node, n.paths.containerdSocket, timeoutMs);
+  if (unreachable) files['cri-status.json'] = JSON.stringify({ error: `not collected: ${unreachable}` });
+  else {
     try {
-      files['cri-status.json'] = JSON.stringify({ status: await cri.status(), runtimeHandlers: await cri.runtimeHandlers() }, null, 2);
-    } finally {
-      cri.close();
+      const cri = await CriClient.connect(node, n.paths.containerdSocket, timeoutMs);
+      try {
+        files['cri-status.json'] = JSON.stringify({ status: await cri.status(), runtimeHandlers: await cri.runtimeHandlers() }, null, 2);
+      } finally {
+        cri.close();
+      }
+    } catch (e) {
+      files['cri-status.json'] = JSON.stringify({ error: (e as Error).message });
     }
-  } catch (e) {
-    files['cri-status.json'] = JSON.stringify({ error: (e as Error).message });
   }
   return files;
 }
@@ -115,10 +126,10 @@ export async function collectDiagnostics(run: RunDir, cfg: Config, nodes: NodeCo
     try {
       const files = await gather(node, n, cfg, timeoutMs);
       files['pods.txt'] = pods[n.name] ?? '(no pod of this run left on the node; the checks remove theirs, their failure messages say how they ended)';
-      const dir = join(run.dir, 'diagnostics', n.name);
+      const dir = run.diagnosticsOf(n.name);
       mkdirSync(dir, { recursive: true, mode: 0o700 });
       for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), redact(text), { mode: 0o600 });
-      dirs.push(join('diagnostics', n.name));
+      dirs.push(relative(run.dir, dir));
       attachToAllure(run.allureResults, n.name, dir, Object.keys(files));
     } catch (e) {
       log('warn', `diagnostics of ${n.name}: ${(e as Error).message}`);

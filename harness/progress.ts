@@ -44,7 +44,7 @@ export class ProgressReporter implements Reporter {
   }
 
   onTestModuleCollected(m: TestModule): void {
-    for (const t of m.children.allTests()) if (t.options.mode !== 'skip' && this.wanted(t)) this.total++;
+    for (const t of m.children.allTests()) if (this.wanted(t)) this.total++;
   }
 
   onTestCaseReady(t: TestCase): void {
@@ -58,7 +58,6 @@ export class ProgressReporter implements Reporter {
     const started = this.running.get(t.id)?.since ?? Date.now();
     this.running.delete(t.id);
     const r = t.result();
-    if (r.state === 'skipped' && !r.note && t.options.mode === 'skip') return; // filtered out, never ran
     this.done++;
     const state = r.state === 'passed' ? 'PASS' : r.state === 'failed' ? (classify(r.errors) === 'failed' ? 'FAIL' : 'BROKEN') : 'SKIP';
     const why = r.state === 'failed' ? (r.errors ?? []).map((e) => e.message).join('; ') : r.state === 'skipped' ? (r.note ?? '') : '';
