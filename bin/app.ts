@@ -282,7 +282,7 @@ export function suitePlan(cfg: Config, only?: string[], skip: string[] = []): Su
 export async function listRun(cfg: Config, opts: Pick<RunOptions, 'suites' | 'skip' | 'rerunFailed'> = {}): Promise<string> {
   const provider = clusterOf(cfg);
   const rerun = opts.rerunFailed !== undefined ? rerunOf(cfg, opts.rerunFailed) : undefined;
-  const plan = rerun ? SUITE_NAMES.map((s) => ({ suite: s, runs: rerun.suites.includes(s), why: rerun.suites.includes(s) ? `has failed or broken checks in run ${rerun.of}` : `all its checks passed or were skipped in run ${rerun.of}` })) : suitePlan(cfg, opts.suites, opts.skip);
+  const plan = rerun ? SUITE_NAMES.map((s) => ({ suite: s, runs: rerun.suites.includes(s), why: rerun.suites.includes(s) ? `has failed or broken checks in run ${rerun.of}` : rerun.ran.includes(s) ? `all its checks passed or were skipped in run ${rerun.of}` : `not part of run ${rerun.of}` })) : suitePlan(cfg, opts.suites, opts.skip);
   const lines = [`cluster "${cfg.cluster.name}" (provider ${cfg.cluster.provider}); gVisor pools: ${cfg.gvisor.pools.join(', ') || '(none)'}`, '', 'suites:'];
   for (const p of plan) lines.push(`  ${p.runs ? 'run ' : 'skip'}  ${p.suite.padEnd(24)} ${p.why}`);
   // One stand-in node per pool: a suite declares the same checks on each node of a pool.

@@ -18,6 +18,8 @@ export interface RerunSelection {
   suites: string[];
   /** Per suite: the vitest test-name pattern (undefined: every check of the suite). */
   patterns: Map<string, RegExp | undefined>;
+  /** Suites the earlier run ran. */
+  ran: string[];
   /** Nodes the selected checks ran on. */
   nodes: string[];
   /** Whether a result of the new run is one of the selected checks. */
@@ -49,6 +51,7 @@ export function rerunSelection(prev: RunSummary): RerunSelection {
     checks,
     suites,
     patterns,
+    ran: prev.suites.map((s) => s.name),
     nodes: [...new Set(checks.map((c) => c.node).filter((n) => n !== '-'))],
     selects: (suite, node, name) => whole.has(suite) || keys.has(`${suite}\0${node}\0${name}`),
   };

@@ -90,6 +90,8 @@ export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteN
       {},
     );
     try {
+      // Reporters' onInit (allure-vitest sets up its writer there); start() would do it, but it takes no per-file filters.
+      await vitest.standalone();
       // One specification per suite file: a rerun narrows each file to its own checks by name.
       const project = vitest.getRootProject();
       const specs = files.map((s) => project.createSpecification(fileOf(s), { testNamePattern: inputs.rerun?.patterns.get(s) }));

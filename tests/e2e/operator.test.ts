@@ -71,8 +71,8 @@ describe('touching no node', () => {
     expect(r.code, r.stderr.slice(-2000)).toBe(0);
     expect(r.stdout).toContain('## gvisor-1 (pool gvisor, gVisor): 1 file(s) would change');
     expect(r.stdout).toMatch(/^--- \/etc\/containerd\/runsc\.toml\n\+\+\+ \/etc\/containerd\/runsc\.toml \(mode 0644\)\n/m);
-    expect(r.stdout).toMatch(/^-net-raw = "false"$/m);
-    expect(r.stdout).toMatch(/^\+net-raw = "true"$/m);
+    expect(r.stdout).toMatch(/^-  net-raw = "false"$/m);
+    expect(r.stdout).toMatch(/^\+  net-raw = "true"$/m);
     expect(await snapshots()).toEqual(before);
     // Up to date: nothing to show.
     const same = cli(['--config', installed, 'install', '--dry-run'], env);
