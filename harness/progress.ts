@@ -1,5 +1,5 @@
 // What a person or a CI log sees while the suites run. In a terminal: a line per finished check
-// and a live status line of what is running; in CI (no TTY): a line per check when it ends and a
+// and suite and a live status line of what is running; in CI (no TTY): a line per check when it ends and a
 // heartbeat every 30 s naming the checks still running, so a silent log never means "hung?".
 import type { Reporter, TestCase, TestModule } from 'vitest/node';
 import { classify, suiteOf } from './report.ts';
@@ -63,6 +63,18 @@ export class ProgressReporter implements Reporter {
     const why = r.state === 'failed' ? (r.errors ?? []).map((e) => e.message).join('; ') : r.state === 'skipped' ? (r.note ?? '') : '';
     const first = why.split('\n')[0]!.slice(0, 200);
     this.line(`${state.padEnd(6)} ${this.titleOf(t)} (${secs(t.diagnostic()?.duration ?? Date.now() - started)})${first ? ` — ${first}` : ''}`);
+  }
+
+  /** A line per suite file as it ends: its counts (checks a rerun did not select are not counted). */
+  onTestModuleEnd(m: TestModule): void {
+    const n = { passed: 0, failed: 0, broken: 0, skipped: 0 };
+    for (const t of m.children.allTests()) {
+      if (!this.wanted(t)) continue;
+      const r = t.result();
+      n[r.state === 'passed' ? 'passed' : r.state === 'failed' ? classify(r.errors) : 'skipped']++;
+    }
+    const counts = Object.entries(n).filter(([, v]) => v > 0).map(([k, v]) => `${v} ${k}`).join(', ') || 'no checks';
+    this.line(`suite ${suiteOf(m.moduleId)} done: ${counts} (${secs(m.diagnostic().duration)})`);
   }
 
   onTestRunEnd(): void {

@@ -1,7 +1,7 @@
 // Progress while the suites run: in a CI log a line per check when it ends and a heartbeat naming
 // checks that run long; in a terminal a live status line redrawn in place.
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import type { TestCase } from 'vitest/node';
+import type { TestCase, TestModule } from 'vitest/node';
 import { HEARTBEAT_MS } from '../../harness/log.ts';
 import { ProgressReporter } from '../../harness/progress.ts';
 
@@ -34,10 +34,12 @@ describe('ProgressReporter', () => {
     p.onTestCaseResult(tc('a', 'ping refused', 'failed', 'ping answered\nstack'));
     p.onTestCaseResult(tc('b', 'boot log', 'passed'));
     p.onTestCaseResult(tc('c', 'api', 'skipped'));
+    const tests = [tc('a', 'ping refused', 'failed', 'ping answered'), tc('b', 'boot log', 'passed'), tc('c', 'api', 'skipped')];
+    p.onTestModuleEnd({ moduleId: '/x/suites/net-raw/net-raw.suite.ts', diagnostic: () => ({ duration: 4000 }), children: { allTests: () => tests[Symbol.iterator]() } } as unknown as TestModule);
     p.onTestRunEnd();
     expect(out.join('')).not.toContain('\x1b');
     const lines = out.join('').trim().split('\n').map((l) => l.slice(9));
-    expect(lines).toEqual(['FAIL   net-raw [gvisor-1] ping refused (1.2s) — ping answered', 'PASS   net-raw [gvisor-1] boot log (1.2s)', 'SKIP   net-raw [gvisor-1] api (1.2s) — no SSH access']);
+    expect(lines).toEqual(['FAIL   net-raw [gvisor-1] ping refused (1.2s) — ping answered', 'PASS   net-raw [gvisor-1] boot log (1.2s)', 'SKIP   net-raw [gvisor-1] api (1.2s) — no SSH access', 'suite net-raw done: 1 passed, 1 failed, 1 skipped (4.0s)']);
   });
 
   it('in a CI log: a heartbeat names the checks running longer than the interval', () => {
