@@ -1,6 +1,6 @@
 // After a failed or broken run, what an operator needs to see why, per node, under
 // <run>/diagnostics/<node>/: containerd's and the kubelet's log tails, containerd's effective
-// config, the CRI runtime status, runsc's debug logs (when debug-log is set), and the events and
+// config and its config file, the CRI runtime status, runsc's debug logs (when debug-log is set), and the events and
 // status of the pods the failing checks left. Everything is redacted; each file is also attached
 // to the node's failed checks in the Allure results.
 import { randomUUID } from 'node:crypto';
@@ -77,6 +77,8 @@ async function gather(node: NodeAccess, n: NodeConfig, cfg: Config, timeoutMs: n
     'containerd.log': await run(daemonLogCommand('containerd')),
     'kubelet.log': await run(daemonLogCommand('kubelet')),
     'containerd-config.toml': await run(effectiveConfigCommand(n.paths.containerdConfig)),
+    // The file as written (comments, additional settings), which the effective config does not show.
+    'config.toml': await run(`cat ${sh(n.paths.containerdConfig)}`),
     'runsc.toml': await run(`cat ${sh(n.paths.runscConfig)}`),
     'runsc-debug.log': await run(runscDebugCommand(n.paths.runscConfig, cfg.gvisor.configFlags['debug-log'])),
   };
