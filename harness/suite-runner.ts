@@ -58,12 +58,11 @@ export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteN
   const reporter = new SummaryReporter();
   const startedAt = new Date();
   const testTimeout = 2 * durationMs(cfg.timeouts.container) + 60_000;
-  const fileOf = suiteFile;
   // A selected suite without its file is reported broken, never silently left out.
-  const missingSuites = suites.filter((s) => !existsSync(fileOf(s)));
+  const missingSuites = suites.filter((s) => !existsSync(suiteFile(s)));
   let unhandledErrors: { name?: string; message?: string }[] = [];
   try {
-    const files = suites.filter((s) => existsSync(fileOf(s)));
+    const present = suites.filter((s) => existsSync(suiteFile(s)));
     const what = inputs.rerun ? `the failed and broken checks of run ${inputs.rerun.of} (${inputs.rerun.checks.length}) in ` : '';
     log('info', `▶ run ${what}suites: ${suites.join(', ')} on ${nodes.map((n) => n.name).join(', ')} (run ${run.runId})`);
     const progress = new ProgressReporter(process.stderr, inputs.rerun?.selects);
@@ -94,7 +93,7 @@ export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteN
       await vitest.standalone();
       // One specification per suite file: a rerun narrows each file to its own checks by name.
       const project = vitest.getRootProject();
-      const specs = files.map((s) => project.createSpecification(fileOf(s), { testNamePattern: inputs.rerun?.patterns.get(s) }));
+      const specs = present.map((s) => project.createSpecification(suiteFile(s), { testNamePattern: inputs.rerun?.patterns.get(s) }));
       await vitest.runTestSpecifications(specs, true);
       unhandledErrors = vitest.state.getUnhandledErrors() as { name?: string; message?: string }[];
     } finally {
@@ -105,6 +104,9 @@ export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteN
   }
   const summary = summarize(run.runId, cfg.cluster.name, startedAt, reporter.modules, suites, { unhandledErrors, missingSuites, rerun: inputs.rerun });
   if (inputs.rerun) log('info', `this run continues run ${inputs.rerun.of}: ${inputs.rerun.checks.length} failed or broken check(s) re-run`);
+  // The verdict is printed before the reports are written, so a full disk does not hide it.
+  process.stdout.write(`\n${table(summary)}\n`);
+  for (const w of warningLines(summary)) process.stdout.write(`${w}\n`);
   // Before the reports are written (they list it) and sealed (it is redacted with them).
   if (summary.state === 'failed' || summary.state === 'broken') {
     summary.diagnostics = await step('collect diagnostics from the nodes', () => collectDiagnostics(run, cfg, nodes, summary, inputs.kubeconfig)).catch((e: Error) => {
@@ -112,9 +114,6 @@ export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteN
       return undefined;
     });
   }
-  // The verdict is printed before the reports are written, so a full disk does not hide it.
-  process.stdout.write(`\n${table(summary)}\n`);
-  for (const w of warningLines(summary)) process.stdout.write(`${w}\n`);
   writingReports(run.dir, () => writeReports(run, summary));
   // allure-results hold the workers' raw error messages: redacted before the HTML is made from them.
   run.seal(redact);
