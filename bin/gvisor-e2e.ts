@@ -8,16 +8,16 @@ import { loadManifest } from '../harness/manifests.ts';
 import { exitCodeOf } from '../harness/report.ts';
 import { ConfigError, ExitCode, InfrastructureError } from '../harness/errors.ts';
 import { log, setVerbose } from '../harness/log.ts';
-import { ROOT_DIR } from '../harness/paths.ts';
+import { PACKAGE_DIR } from '../harness/paths.ts';
 import { checkStateDir } from '../harness/state.ts';
-import { clusterOf, doctor, down, install, repro, run, up, warm } from './app.ts';
+import { INIT_KINDS, writeStarterConfig } from './init.ts';
+import { clusterOf, doctor, down, install, installDryRun, listRun, report, repro, run, up, warm } from './app.ts';
 
 // gvisor-e2e: provision a cluster, install gVisor like Gardener's runtime-gvisor extension and
-// image-builder do, run the conformance suites, write reports. Exit codes: 0 all passed,
-// 1 a check failed, 2 the harness or infrastructure broke, 3 nothing was checked (every check
-// skipped), 64 bad config or arguments.
+// image-builder do, run the conformance suites, write reports. Exit codes (README "Exit codes"):
+// 0 passed, 1 a check failed, 2 broken, 3 nothing was checked, 64 bad config or arguments.
 
-const DEFAULT_CONFIG = join(ROOT_DIR, 'fixtures', 'local.yaml');
+const DEFAULT_CONFIG = join(PACKAGE_DIR, 'fixtures', 'local.yaml');
 
 function configFile(path: string | undefined): string {
   return path ?? (existsSync('gvisor-e2e.yaml') ? 'gvisor-e2e.yaml' : DEFAULT_CONFIG);
@@ -51,6 +51,16 @@ const program = new Command()
   .exitOverride();
 
 program
+  .command('init')
+  .description('write a commented starter config for a kind of cluster (default: ./gvisor-e2e.yaml, never over an existing file)')
+  .argument('[kind]', INIT_KINDS.join(' | '), 'local')
+  .option('-o, --output <file>', 'where to write it', 'gvisor-e2e.yaml')
+  .action((kind: string, o: { output: string }) => {
+    writeStarterConfig(kind, o.output);
+    process.stdout.write(`wrote ${o.output} (${kind}); next: gvisor-e2e doctor\n`);
+  });
+
+program
   .command('doctor')
   .description('check that this machine and the nodes have what the chosen cluster needs, and say how to get what is missing')
   .action(async () => {
@@ -75,9 +85,12 @@ program
 program
   .command('install')
   .description('install gVisor and the containerd customizations on the cluster (idempotent)')
-  .action(async () => {
+  .option('--dry-run', 'print, per node, the diffs of the files install would change and the Kubernetes objects it would create; change nothing')
+  .action(async (o: { dryRun?: boolean }) => {
     const cfg = config(program.opts().config);
-    await install(cfg, await up(cfg));
+    const nodes = await up(cfg);
+    if (o.dryRun) process.stdout.write(await installDryRun(cfg, nodes));
+    else await install(cfg, nodes);
   });
 
 program
@@ -88,9 +101,26 @@ program
   .option('--keep', 'keep the local cluster after the run')
   .option('--no-install', 'do not install; test the cluster as it is')
   .addOption(new Option('--retries <n>', 'retry a failing check up to n times (each attempt is kept in the report)').argParser(retriesArg).default(0))
-  .action(async (o: { suite?: string[]; skip?: string[]; keep?: boolean; install: boolean; retries: number }) => {
-    const summary = await run(config(program.opts().config), { suites: o.suite, skip: o.skip, keep: o.keep, noInstall: !o.install, retries: o.retries, configPath: configFile(program.opts().config) });
+  .option('--rerun-failed [run]', 'run again only the failed and broken checks of an earlier run (a run id, a summary.json or its directory; default: the latest run), on the same cluster')
+  .option('--list', 'print the suites and checks that would run, and why others would not; touches no node')
+  .action(async (o: { suite?: string[]; skip?: string[]; keep?: boolean; install: boolean; retries: number; rerunFailed?: string | true; list?: boolean }) => {
+    const rerunFailed = o.rerunFailed === true ? '' : o.rerunFailed;
+    if (o.list) {
+      process.stdout.write(await listRun(config(program.opts().config, false), { suites: o.suite, skip: o.skip, rerunFailed }));
+      return;
+    }
+    const summary = await run(config(program.opts().config), { suites: o.suite, skip: o.skip, keep: o.keep, noInstall: !o.install, retries: o.retries, configPath: configFile(program.opts().config), rerunFailed });
     process.exitCode = exitCodeOf(summary);
+  });
+
+program
+  .command('report')
+  .description("print a run's verdict table and first failures again, from its summary.json; exits with the run's exit code")
+  .argument('[run]', 'a run id under reportsDir, a summary.json or its directory (default: the latest run)')
+  .action((ref: string | undefined) => {
+    const r = report(config(program.opts().config, false), ref);
+    process.stdout.write(r.text);
+    process.exitCode = exitCodeOf(r.summary);
   });
 
 program

@@ -2,7 +2,7 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync,
 import { join } from 'node:path';
 import { log } from './log.ts';
 import { mustRunCommand } from './process.ts';
-import { ROOT_DIR } from './paths.ts';
+import { packageBin } from './paths.ts';
 import type { RunDir } from './rundir.ts';
 
 // Static HTML from allure-vitest's results with Allure 3 (JavaScript, no Java): one overall
@@ -25,7 +25,7 @@ async function generate(resultsDir: string, outDir: string, name: string): Promi
   const rc = join(work, 'allurerc.json');
   writeFileSync(rc, JSON.stringify({ name, output: outDir, plugins: { awesome: { options: { singleFile: true, reportName: name, groupBy: ['feature', 'subSuite'] } } } }));
   try {
-    await mustRunCommand([join(ROOT_DIR, 'node_modules', '.bin', 'allure'), 'generate', resultsDir, '--config', rc, '--output', outDir, '--name', name], {
+    await mustRunCommand([packageBin('allure'), 'generate', resultsDir, '--config', rc, '--output', outDir, '--name', name], {
       cwd: work,
       env: { ...process.env, NO_COLOR: '1' },
       timeoutMs: 600_000,

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { processStartTime } from './state.ts';
@@ -79,11 +80,21 @@ export const INSTALL_RULES: InstallRules = {
   containerdConfig: renderContainerdConfig,
 };
 
-export function installNode(node: NodeAccess, cfg: Config, bins: GVisorBinaries | undefined, rules: InstallRules = INSTALL_RULES): Promise<InstallResult> {
+/** What `install --dry-run` would write (`after`) over what the node has (`before`; undefined = absent), or remove (`after` undefined). */
+export interface PlannedChange {
+  path: string;
+  mode?: string;
+  before?: string;
+  after?: string | Buffer;
+}
+
+/** `dryRun`: collects the changes instead of making them; the node is only read (not even locked). */
+export function installNode(node: NodeAccess, cfg: Config, bins: GVisorBinaries | undefined, rules: InstallRules = INSTALL_RULES, dryRun?: PlannedChange[]): Promise<InstallResult> {
+  if (dryRun) return installLocked(node, cfg, bins, rules, dryRun);
   return withNodeLock(node, 'install', () => installLocked(node, cfg, bins, rules));
 }
 
-async function installLocked(node: NodeAccess, cfg: Config, bins: GVisorBinaries | undefined, rules: InstallRules): Promise<InstallResult> {
+async function installLocked(node: NodeAccess, cfg: Config, bins: GVisorBinaries | undefined, rules: InstallRules, dryRun?: PlannedChange[]): Promise<InstallResult> {
   const g = cfg.gvisor;
   const p = node.config.paths;
   const inPool = rules.gvisorNode(cfg, node.config);
@@ -93,10 +104,19 @@ async function installLocked(node: NodeAccess, cfg: Config, bins: GVisorBinaries
 
   /** Writes a file if its content differs; the journal records it before. */
   const put = async (path: string, content: string | Buffer, mode: string) => {
-    if (await journal.put(path, content, mode)) changed.push(path);
+    if (dryRun) {
+      const r = await node.exec(`sha256sum ${sh(path)} 2>/dev/null`);
+      if (r.code === 0 && r.stdout.split(' ')[0] === createHash('sha256').update(content).digest('hex')) return;
+      dryRun.push({ path, mode, before: r.code === 0 ? await readNodeFile(node, path) : undefined, after: content });
+      changed.push(path);
+    } else if (await journal.put(path, content, mode)) changed.push(path);
   };
   const remove = async (path: string) => {
-    if (await journal.remove(path)) changed.push(`-${path}`);
+    if (dryRun) {
+      if (!journal.created(path)) return;
+      dryRun.push({ path, before: await readNodeFile(node, path) });
+      changed.push(`-${path}`);
+    } else if (await journal.remove(path)) changed.push(`-${path}`);
   };
 
   if (inPool) {
@@ -147,6 +167,7 @@ async function installLocked(node: NodeAccess, cfg: Config, bins: GVisorBinaries
     await put(pathDropIn, `[Service]\nEnvironment="PATH=${[g.binaryPath, ...STANDARD_PATH].join(':')}"\n`, '0644');
   } else await remove(pathDropIn);
 
+  if (dryRun) return { node: node.name, inPool, changed, restarted: false, facts };
   // A node the install did not change gets no record (and no directory for one).
   if (journal.existed || changed.length > 0) await journal.save();
   // As the extension does: containerd restarts when its own config or unit changed, not for a new

@@ -5,56 +5,19 @@ import type { Reporter, TestModule } from 'vitest/node';
 import { ExitCode } from './errors.ts';
 import { redact } from './redact.ts';
 import type { RunDir } from './rundir.ts';
+import type { z } from 'zod';
+import { RUN_SUMMARY_SCHEMA, SUMMARY_SCHEMA_VERSION } from './summary-schema.ts';
 
 // A run's results, per suite and per node, in the four states CI needs: passed, failed (the node
 // is wrong), broken (the harness or infrastructure could not tell), skipped. Written as
 // summary.json for machines and summary.md for people; the terminal prints the same table.
 
-export type State = 'passed' | 'failed' | 'broken' | 'skipped';
-
-export interface CheckResult {
-  suite: string;
-  node: string;
-  name: string;
-  state: State;
-  durationMs: number;
-  message?: string;
-  notes: string[];
-  /** What the check found worth fixing that does not fail it (e.g. a deprecated fallback runsc runs on). */
-  warnings: string[];
-  /** Attempts made (more than 1 with --retries). */
-  attempts: number;
-}
-
-export interface SuiteSummary {
-  name: string;
-  state: State;
-  durationMs: number;
-  counts: Record<State, number>;
-  nodes: Record<string, Record<State, number>>;
-  firstFailure?: string;
-}
-
-export interface PodSummary {
-  suite: string;
-  node: string;
-  pod: string;
-  handler: string;
-  /** Why the pod had more than least privilege; [] = it had not. */
-  privileged: string[];
-}
-
-export interface RunSummary {
-  runId: string;
-  cluster: string;
-  state: State;
-  startedAt: string;
-  durationMs: number;
-  suites: SuiteSummary[];
-  checks: CheckResult[];
-  /** Every pod the checks created, so privileged ones are named (see suite.ts recordPod). */
-  pods: { total: number; privileged: PodSummary[] };
-}
+export type State = RunSummary['state'];
+/** summary.json: its types come from the schema that ships as reports/summary.schema.json. */
+export type RunSummary = z.output<typeof RUN_SUMMARY_SCHEMA>;
+export type CheckResult = RunSummary['checks'][number];
+export type SuiteSummary = RunSummary['suites'][number];
+export type PodSummary = RunSummary['pods']['privileged'][number];
 
 /** Must match suite.ts POD_ANNOTATION (not imported: suite.ts pulls in vitest's test API). */
 const POD_ANNOTATION = 'gvisor-e2e.pod';
@@ -88,6 +51,8 @@ function worst(states: State[]): State {
 export interface RunProblems {
   unhandledErrors?: readonly { name?: string; message?: string }[];
   missingSuites?: string[];
+  /** A rerun: only the checks it selected count (vitest reports the others as skipped); one it selected and did not find is broken. */
+  rerun?: { of: string; checks: readonly { suite: string; node: string; name: string }[]; selects: (suite: string, node: string, name: string) => boolean };
 }
 
 export function summarize(runId: string, cluster: string, startedAt: Date, modules: readonly TestModule[], suiteNames: string[], problems: RunProblems = {}): RunSummary {
@@ -108,6 +73,7 @@ export function summarize(runId: string, cluster: string, startedAt: Date, modul
     for (const t of m.children.allTests()) {
       const r = t.result();
       const node = t.parent.type === 'suite' ? t.parent.name : '-';
+      if (problems.rerun && !problems.rerun.selects(suite, node, t.name)) continue;
       const state: State = r.state === 'passed' ? 'passed' : r.state === 'failed' ? classify(r.errors) : 'skipped';
       const message = r.state === 'failed' ? redact((r.errors ?? []).map((e) => e.message).join('; ')) : r.state === 'skipped' && r.note ? redact(r.note) : undefined;
       const d = t.diagnostic();
@@ -123,6 +89,10 @@ export function summarize(runId: string, cluster: string, startedAt: Date, modul
       const warnings = annotations.filter((a) => a.type === WARNING_ANNOTATION).map((a) => redact(a.message));
       checks.push({ suite, node, name: t.name, state, durationMs: d?.duration ?? 0, message, notes, warnings, attempts: (d?.retryCount ?? 0) + 1 });
     }
+  }
+  for (const c of problems.rerun?.checks ?? []) {
+    if (c.name.startsWith('(') || checks.some((x) => x.suite === c.suite && x.node === c.node && x.name === c.name)) continue;
+    checks.push({ suite: c.suite, node: c.node, name: c.name, state: 'broken', durationMs: 0, message: `run ${problems.rerun!.of} had this check; this run did not declare it (a node or pool gone, or its title changed with the config)`, notes: [], warnings: [], attempts: 1 });
   }
   for (const suite of problems.missingSuites ?? []) {
     checks.push({ suite, node: '-', name: '(suite file)', state: 'broken', durationMs: 0, message: `the suite file suites/${suite}/${suite}.suite.ts does not exist`, notes: [], warnings: [], attempts: 1 });
@@ -148,7 +118,8 @@ export function summarize(runId: string, cluster: string, startedAt: Date, modul
   }
   for (const s of suites.values()) s.state = worst(checks.filter((c) => c.suite === s.name).map((c) => c.state));
   const list = [...suites.values()];
-  return {
+  const summary: RunSummary = {
+    schemaVersion: SUMMARY_SCHEMA_VERSION,
     runId,
     cluster,
     state: worst(list.map((s) => s.state)),
@@ -157,14 +128,18 @@ export function summarize(runId: string, cluster: string, startedAt: Date, modul
     suites: list,
     checks,
     pods: { total: pods.length, privileged: pods.filter((p) => p.privileged.length > 0) },
+    exitCode: 0,
+    ...(problems.rerun ? { continues: { runId: problems.rerun.of, checks: problems.rerun.checks.length } } : {}),
   };
+  summary.exitCode = exitCodeOf(summary);
+  return summary;
 }
 
 /**
  * The exit code of a run: a failed check outranks a broken one (a definite finding about the
  * product); a run in which every check was skipped (or that had none) checked nothing and does not pass.
  */
-export function exitCodeOf(summary: RunSummary): number {
+export function exitCodeOf(summary: Pick<RunSummary, 'suites'>): number {
   if (summary.suites.some((s) => s.counts.failed > 0)) return ExitCode.Failed;
   if (summary.suites.some((s) => s.counts.broken > 0)) return ExitCode.Broken;
   const checked = summary.suites.reduce((n, s) => n + s.counts.passed, 0);

@@ -45,6 +45,10 @@ export class RunDir {
   get allureSplit(): string {
     return join(this.dir, '.allure-split');
   }
+  /** What was collected from a node after a failed or broken run (harness/diagnostics.ts). */
+  diagnosticsOf(node: string): string {
+    return join(this.dir, 'diagnostics', node);
+  }
   /** Every command a suite ran on the nodes (redacted). */
   transcriptOf(suite: string): string {
     return join(this.dir, 'transcripts', `${suite}.json`);

@@ -82,6 +82,8 @@ describe('errors', () => {
 });
 
 const SUMMARY: RunSummary = {
+  schemaVersion: 1,
+  exitCode: 1,
   runId: 'run-20250101-abcdef',
   cluster: 'gvisor-e2e',
   state: 'failed',
