@@ -235,14 +235,12 @@ describe('forwarder relaying, byte for byte', () => {
       const { path, server } = await echoServer(`echo-${name}`);
       try {
         const data = randomBytes(1024 * 1024);
-        const t0 = Date.now();
         const r = await forward(pathWith(`relay-${name}`, { [name]: bin! }), path, data);
         expect(r.stderr).toBe(`${FORWARDER_READY}\n`);
         expect(r.code).toBe(0);
         expect(r.stdout.length).toBe(data.length);
         expect(createHash('sha256').update(r.stdout).digest('hex')).toBe(createHash('sha256').update(data).digest('hex'));
-        // The echo server closes as soon as it sees EOF: no drain timeout was needed.
-        expect(Date.now() - t0).toBeLessThan(4000);
+        // That the server's close (not the drain time) ends it is the next test's: there stdin stays open.
       } finally {
         server.close();
       }
