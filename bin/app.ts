@@ -200,6 +200,7 @@ export async function run(cfg: Config, opts: RunOptions = {}): Promise<RunSummar
           kubeconfig: provider.kubeconfig(),
           capabilities: info.capabilities,
           retries: opts.retries,
+          clusterLogs: (dir) => provider.collectLogs(dir),
           rerun,
         });
       } finally {

@@ -30,6 +30,8 @@ export interface SuiteRunInputs {
   runId?: string;
   /** `--rerun-failed`: only these checks of an earlier run (its suites, by vitest test-name pattern). */
   rerun?: RerunSelection;
+  /** On failure: the provider's own cluster logs (`kind export logs`) into a directory of the run; returns where. */
+  clusterLogs?: (runDir: string) => Promise<string | undefined>;
 }
 
 /** A suite's file: .ts from source (tsx), .js in the built package (dist/). */
@@ -113,6 +115,10 @@ export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteN
       log('warn', `diagnostics: ${e.message}`);
       return undefined;
     });
+    if (inputs.clusterLogs) {
+      const where = await step("collect the cluster's own logs", () => inputs.clusterLogs!(run.dir)).catch((e: Error) => `none: ${e.message}`);
+      if (where) log('info', `cluster logs: ${where}`);
+    }
   }
   writingReports(run.dir, () => writeReports(run, summary));
   // allure-results hold the workers' raw error messages: redacted before the HTML is made from them.

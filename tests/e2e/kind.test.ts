@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse as parseYaml, stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -211,6 +211,10 @@ describe('kind against a private Docker engine (in a user namespace, linked to t
         expect(r.code, r.stderr.slice(-2000)).toBe(1);
         expect(failures(r.summary, 'runsc-installation').map((f) => f.name)).toContain('runsc is installed at /var/bin/containerruntimes/runsc and executable');
         expect(failures(r.summary, 'runsc-installation').find((f) => f.name.startsWith('runsc is installed'))?.message).toContain('/var/bin/containerruntimes/runsc');
+        // A failing run keeps kind's own logs (kind export logs) in its report dir.
+        const logs = join(reports, r.summary.runId, 'kind-logs');
+        expect(readdirSync(logs).length, r.stderr.slice(-1500)).toBe(1);
+        expect(readdirSync(join(logs, readdirSync(logs)[0]!, gvisorNode))).toEqual(expect.arrayContaining(['containerd.log', 'kubelet.log']));
         inNode(gvisorNode, 'mv /var/bin/containerruntimes/runsc.moved /var/bin/containerruntimes/runsc');
 
         // handler renamed
