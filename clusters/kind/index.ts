@@ -16,7 +16,7 @@ import { tool, which } from '../common/tools.ts';
 import { defineProvider, type Finding } from '../provider.ts';
 import { kindWorkers, renderKindConfig, type KindWorker } from './config.ts';
 import { layPodNetwork } from './network.ts';
-import { type DockerCli, ensureLocalNodeImage, LOCAL_IMAGE_NAMES, LOCAL_NODE_IMAGE } from './node-image.ts';
+import { type DockerCli, dockerCliWith, ensureLocalNodeImage, LOCAL_IMAGE_NAMES, LOCAL_NODE_IMAGE } from './node-image.ts';
 import { mustExec, openNode } from '../../harness/node.ts';
 
 /** kind v1alpha4 Mount (the fields kind accepts), for cluster.extraMounts. */
@@ -148,6 +148,8 @@ export interface KindProviderOptions {
 
 export class KindProvider extends BaseProvider<KindCluster> {
   private readonly run: Runner;
+  /** The docker CLI through the same runner. */
+  private readonly docker: DockerCli;
   private kindBin?: string;
   private readonly state: StateFile<State>;
 
@@ -159,6 +161,7 @@ export class KindProvider extends BaseProvider<KindCluster> {
     super(cfg, CAPABILITIES, stateDir);
     this.state = new StateFile<State>(stateDir, { provider: 'kind', cluster: cfg.cluster.name }, (s) => s.provider === 'kind');
     this.run = opts.run ?? defaultRunner;
+    this.docker = dockerCliWith(this.run);
     this.kindBin = opts.kind;
   }
 
@@ -207,12 +210,6 @@ export class KindProvider extends BaseProvider<KindCluster> {
     return r.stdout;
   }
 
-  /** The docker CLI through this provider's runner (tests inject one). */
-  private readonly docker: DockerCli = async (args, timeoutMs = 300_000) => {
-    const r = await this.run(['docker', ...args], { timeoutMs });
-    if (r.code !== 0) throw new InfrastructureError(`docker ${args.slice(0, 2).join(' ')} failed (exit ${r.code}): ${(r.stderr.trim() || r.stdout.trim()).slice(-1500)}`);
-    return r.stdout;
-  };
 
   private async requireEngine(): Promise<void> {
     const e = await dockerEngine(this.run);

@@ -23,7 +23,7 @@ import { buildContainerd, cacheRoot, go } from '../../harness/binaries.ts';
 import { InfrastructureError } from '../../harness/errors.ts';
 import { writeOciArchive, type OciImage } from '../../harness/image.ts';
 import { step } from '../../harness/log.ts';
-import { runCommand, runSync } from '../../harness/process.ts';
+import { type CommandResult, runCommand, runSync } from '../../harness/process.ts';
 import { CONTAINERD_MODULE_VERSION, ETCD_VERSION, KIND_VERSION, KUBERNETES_VERSION } from '../../harness/versions.ts';
 import { buildKubeadm, buildKubernetes } from '../kube/build.ts';
 import { ensureNspawnRootfs } from '../local/nspawn-node.ts';
@@ -36,11 +36,16 @@ const RECIPE = 1;
 /** Runs the docker CLI (DOCKER_HOST and friends from the environment); throws with docker's own words. */
 export type DockerCli = (args: string[], timeoutMs?: number) => Promise<string>;
 
-export const dockerCli: DockerCli = async (args, timeoutMs = 300_000) => {
-  const r = await runCommand(['docker', ...args], { timeoutMs });
-  if (r.code !== 0) throw new InfrastructureError(`docker ${args.slice(0, 2).join(' ')} failed (exit ${r.code}): ${(r.stderr.trim() || r.stdout.trim()).slice(-1500)}`);
-  return r.stdout;
-};
+/** The docker CLI through `run` (the kind provider's runner, which tests replace). */
+export function dockerCliWith(run: (argv: string[], opts?: { timeoutMs?: number }) => Promise<CommandResult> = runCommand): DockerCli {
+  return async (args, timeoutMs = 300_000) => {
+    const r = await run(['docker', ...args], { timeoutMs });
+    if (r.code !== 0) throw new InfrastructureError(`docker ${args.slice(0, 2).join(' ')} failed (exit ${r.code}): ${(r.stderr.trim() || r.stdout.trim()).slice(-1500)}`);
+    return r.stdout;
+  };
+}
+
+export const dockerCli: DockerCli = dockerCliWith();
 
 /** What kubeadm v1.35 and kind's containerd config name; the etcd tag is ours (the kind config tells kubeadm). */
 export const LOCAL_IMAGE_NAMES = {
