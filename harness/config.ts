@@ -161,13 +161,14 @@ export interface ClusterSpec {
   name: string;
 }
 
-export const SUITE_NAMES = ['runsc-installation', 'sandbox-dmesg', 'net-raw', 'limit-nofile', 'runtimeclass-scheduling'] as const;
+export const SUITE_NAMES = ['runsc-installation', 'sandbox-dmesg', 'sandbox-basics', 'net-raw', 'limit-nofile', 'runtimeclass-scheduling'] as const;
 export type SuiteName = (typeof SUITE_NAMES)[number];
 
 /** What each suite needs from the cluster (see capabilities.ts); a suite that lacks it skips itself, naming it. */
 export const SUITE_NEEDS: Record<SuiteName, Capability[]> = {
   'runsc-installation': [],
   'sandbox-dmesg': [],
+  'sandbox-basics': [],
   'net-raw': [],
   'limit-nofile': [],
   'runtimeclass-scheduling': ['kubernetesApi'],
