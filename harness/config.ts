@@ -161,7 +161,7 @@ export interface ClusterSpec {
   name: string;
 }
 
-export const SUITE_NAMES = ['runsc-installation', 'sandbox-dmesg', 'sandbox-basics', 'net-raw', 'limit-nofile', 'runtimeclass-scheduling'] as const;
+export const SUITE_NAMES = ['runsc-installation', 'sandbox-dmesg', 'sandbox-basics', 'net-raw', 'limit-nofile', 'runtimeclass-scheduling', 'lifecycle'] as const;
 export type SuiteName = (typeof SUITE_NAMES)[number];
 
 /** What each suite needs from the cluster (see capabilities.ts); a suite that lacks it skips itself, naming it. */
@@ -172,7 +172,11 @@ export const SUITE_NEEDS: Record<SuiteName, Capability[]> = {
   'net-raw': [],
   'limit-nofile': [],
   'runtimeclass-scheduling': ['kubernetesApi'],
+  lifecycle: ['kubernetesApi', 'installsNodes', 'reshapesPools'],
 };
+
+/** Suites that change the cluster while they run: only run when named (--suite or suites.include), never by default. */
+export const OPT_IN_SUITES: readonly SuiteName[] = ['lifecycle'];
 
 /** A cross-field rule of a provider: reports an issue at a config path. */
 export type AddIssue = (path: (string | number)[], message: string) => void;
@@ -352,7 +356,7 @@ export function chooseSuites(cfg: Config, caps: Capabilities, only?: string[], s
       throw new ConfigError('command line', [{ path: '--suite/--skip', message: `unknown suite "${s}"; expected one of ${SUITE_NAMES.join(', ')}` }]);
     }
   }
-  const runnable = SUITE_NAMES.filter((s) => SUITE_NEEDS[s].every((c) => caps[c]));
+  const runnable = SUITE_NAMES.filter((s) => !OPT_IN_SUITES.includes(s) && SUITE_NEEDS[s].every((c) => caps[c]));
   const base: SuiteName[] = only?.length ? (only as SuiteName[]) : (cfg.suites.include ?? runnable);
   const skipped = new Set<string>([...cfg.suites.skip, ...skip]);
   const selected = SUITE_NAMES.filter((s) => base.includes(s) && !skipped.has(s));

@@ -112,6 +112,12 @@ async function installLocked(node: NodeAccess, cfg: Config, bins: GVisorBinaries
     // runsc finds its sidecars in gvisor-bin/ next to itself (gVisor 2026+; runsc/gvisorbinaries).
     for (const [name, file] of Object.entries(bins.sidecars)) await put(`${g.binaryPath}/${SIDECAR_DIR}/${name}`, readFileSync(file), '0755');
     await put(p.runscConfig, renderRunscToml(rules.runscFlags(g.configFlags)), '0644');
+  } else {
+    // A node whose pool no longer gets gVisor loses what an earlier install put there, as the
+    // extension's own test expects of a pool whose ContainerRuntime was removed; a file that was
+    // there before the harness stays.
+    for (const f of journal.createdUnder(`${g.binaryPath}/${SIDECAR_DIR}`)) await remove(f);
+    for (const f of [`${g.binaryPath}/runsc`, `${g.binaryPath}/containerd-shim-runsc-v1`, p.runscConfig]) await remove(f);
   }
 
   // config.toml is always rendered from the original, so re-applying converges. A node outside the
