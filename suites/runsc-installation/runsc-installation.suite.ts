@@ -1,6 +1,7 @@
 import { afterAll } from 'vitest';
 import { InfrastructureError } from '../../harness/errors.ts';
 import { readNodeFile, sh } from '../../harness/node.ts';
+import { GVISOR_MODULE_VERSION } from '../../harness/versions.ts';
 import { SuiteContext, check, warn } from '../context.ts';
 import { cite, gardener, gvisor, imageBuilder, parseTomlFile, runscConfigOf, runtimeTable, tomlPath, type Toml } from '../spec/index.ts';
 import { judgeSidecars, type SidecarFacts, type SidecarFile } from './sidecars.ts';
@@ -91,8 +92,11 @@ ctx.eachNode(ctx.gvisorNodes, (n) => {
     check(out === 'ok', `runsc at ${runsc} on ${n.name} is not an executable file: mode ${symbolic} (0${octal}), ${type.join(' ')}`);
   });
 
-  const versionInputs = { configured: g.version, source: g.source.type, pinned: ctx.plan.expectedVersion };
-  ctx.test(n, `runsc runs and reports version ${ctx.plan.expectedVersion || g.version}`, async () => {
+  // A build is labelled with the version it was built from (the pinned module for "latest"), also
+  // when this run did not install it (--no-install): harness/versions.ts is where that pin lives.
+  const pinned = ctx.plan.expectedVersion || (g.source.type === 'build' ? (g.version === 'latest' ? GVISOR_MODULE_VERSION : g.version) : '');
+  const versionInputs = { configured: g.version, source: g.source.type, pinned };
+  ctx.test(n, `runsc runs and reports version ${pinned || g.version}`, async () => {
     const r = await ctx.node(n).exec(`${sh(runsc)} --version`);
     check(r.code === 0, `\`${runsc} --version\` on ${n.name} exited ${r.code}: ${(r.stderr || r.stdout).trim().slice(0, 300) || '(no output)'}`, gvisor.runscVersion);
     const first = r.stdout.split('\n')[0] ?? '';

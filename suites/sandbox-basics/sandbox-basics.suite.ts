@@ -94,10 +94,11 @@ describe('cluster', () => {
     const s = await serverPod();
     const ip = s.status!.podIP!;
     // The client runs under the default runtime on the same node: the pod network reaches into the sandbox's own stack.
-    const client = pod('basics-client', ['sh', '-c', `wget -q -T 10 -O - http://${ip}:8080/ 2>&1; echo "exit=$?"`], { nodeName: s.spec!.nodeName });
+    // nc, not wget: a static busybox's wget looks the "http" service up through glibc's NSS, which a static binary cannot load.
+    const client = pod('basics-client', ['sh', '-c', `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 10 ${ip} 8080 2>&1; echo "exit=$?"`], { nodeName: s.spec!.nodeName });
     await record(client, s.spec!.nodeName!);
     const r = await runPodToCompletion(kc, client, timeoutMs);
-    await ctx.attach(`wget http://${ip}:8080/ from pod basics-client`, r.logs);
+    await ctx.attach(`GET http://${ip}:8080/ from pod basics-client`, r.logs);
     check(r.logs.includes(PAGE), `the "${rc}" pod on ${s.spec?.nodeName} (IP ${ip}) did not answer pod basics-client on port 8080: ${r.logs.trim().replace(/\n/g, '; ').slice(0, 200) || '(no output)'}`, kubernetes.podIpAnswers);
   });
 });

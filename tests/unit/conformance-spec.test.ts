@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { INSTALL_RULES } from '../../harness/installer.ts';
 import { imageBuilderImports, imageBuilderUnitDropIns, renderContainerdConfig } from '../../harness/render.ts';
 import { parseConfig } from '../../clusters/index.ts';
+import { chooseSuites, SUITE_NEEDS } from '../../harness/config.ts';
 import { gardener, gvisor, imageBuilder, kubernetes, type Toml } from '../../suites/spec/index.ts';
 
 const v3 = (body: string) => parse(`version = 3\n${body}`) as Toml;
@@ -111,5 +112,15 @@ describe('kubernetes: tolerations', () => {
     [{ key: 'other', operator: 'Exists' }, false],
   ])('%j tolerates the taint: %s', (t, ok) => {
     expect(kubernetes.tolerates(t, taint)).toBe(ok);
+  });
+});
+
+describe('lifecycle is opt-in', () => {
+  const cfg = parseConfig(JSON.stringify({ apiVersion: 'gvisor-e2e.dev/v1alpha1', kind: 'Config', cluster: { provider: 'nodes', nodes: [{ name: 'n', pool: 'p', access: { type: 'local' } }] }, gvisor: { pools: ['p'] } }), 't');
+  const all = { kubernetesApi: true, installsNodes: true, cleansUpAfterRun: true, reshapesPools: true };
+  it('a cluster that could run it does not, unless it is named', () => {
+    expect(chooseSuites(cfg, all)).not.toContain('lifecycle');
+    expect(chooseSuites(cfg, all, ['lifecycle', 'sandbox-basics'])).toEqual(['sandbox-basics', 'lifecycle']);
+    expect(SUITE_NEEDS.lifecycle).toEqual(['kubernetesApi', 'installsNodes', 'reshapesPools']);
   });
 });
