@@ -1,5 +1,6 @@
 import * as k8s from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, it } from 'vitest';
+import { durationMs } from '../../harness/config.ts';
 import { InfrastructureError } from '../../harness/errors.ts';
 import { api, apiError, createRunNamespace, eventSummary, eventsOf, kubeConfig, privilegeOf, runPodToCompletion, testPod, unschedulableBySelector } from '../../harness/kube.ts';
 import { until } from '../../harness/wait.ts';
@@ -14,7 +15,8 @@ import { gardener, imageBuilder, kubernetes } from '../spec/index.ts';
 const ctx = new SuiteContext('runtimeclass-scheduling');
 afterAll(() => ctx.close());
 const rc = ctx.gvisor.runtimeClassName;
-const podTimeout = 120_000;
+// As long as a one-shot pod of the node-level suites may take (timeouts.container, twice: pull-free start and run).
+const podTimeout = durationMs(ctx.config.timeouts.container) * 2;
 const expectedClass = gardener.runtimeClass(rc, ctx.gvisor.handler);
 const bootLog = imageBuilder.sandboxBootLog;
 

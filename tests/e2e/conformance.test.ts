@@ -84,9 +84,12 @@ describe('on the good cluster', () => {
     ]);
     expect(names).toContain('cluster: a "gvisor" pod\'s IP answers another pod');
     expect(names).toContain('cluster: HOME is /root in an exec into a "gvisor" pod');
-    // Debian's containerd 1.6 ignores image_pull_progress_timeout: the check passes with a warning saying so.
-    const timeout = r.summary.checks.find((c) => c.node === 'systemd-1' && c.name.startsWith('containerd itself reads image_pull_progress_timeout'))!;
-    expect(timeout.warnings?.[0]).toMatch(/^containerd 1\.6\.\S+ on systemd-1 predates image_pull_progress_timeout: containerd\.imagePullProgressTimeout has no effect there/);
+    // containerd's own view of the timeout, on every node (a containerd older than 1.7 would pass with a warning: unit-tested).
+    expect(r.summary.checks.filter((c) => c.name.startsWith('containerd itself reads image_pull_progress_timeout')).map((c) => [c.node, c.state]).sort()).toEqual([
+      ['gvisor-1', 'passed'],
+      ['plain-1', 'passed'],
+      ['systemd-1', 'passed'],
+    ]);
     // The run's own RuntimeClass is gone afterwards; only the configured one is left.
     expect((await nodeApi.listRuntimeClass()).items.map((c) => c.metadata?.name)).toEqual(['gvisor']);
   });
@@ -195,7 +198,9 @@ describe('runtimeclass-scheduling: taints, tolerations and conflicting selectors
   it('the gVisor pool tainted, the RuntimeClass without a toleration: the check names the taint; with the toleration, the pods land there', async () => {
     await taint([TAINT]);
     try {
-      const bad = runSuites(['runtimeclass-scheduling']);
+      // Pods that cannot land wait out timeouts.container twice: a short one keeps this run short.
+      const quick = writeConfig(dir, 'quick.yaml', { ...raw, timeouts: { container: '15s' } });
+      const bad = runInstalled(quick, reports, ['runtimeclass-scheduling']);
       expect(bad.code).not.toBe(0);
       const t = bad.summary.checks.find((c) => c.name === TOLERATIONS)!;
       expect([t.state, t.message]).toEqual([
