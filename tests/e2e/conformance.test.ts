@@ -41,7 +41,7 @@ const messages = (r: ReturnType<typeof runSuites>, suite: string) => failures(r.
 
 async function sh(node: NodeAccess, cmd: string): Promise<void> {
   const r = await node.exec(cmd);
-  if (r.code !== 0) throw new Error(`${cmd}: ${r.stderr}`);
+  if (r.code !== 0) throw new Error(`${cmd}: exit ${r.code}: ${r.stderr || r.stdout}`);
 }
 
 beforeAll(async () => {
@@ -103,7 +103,8 @@ describe('runsc-installation fails on a broken node, naming the cause', () => {
         'mv /usr/local/bin/runsc /usr/local/bin/runsc.real',
         `printf '#!/bin/sh\\nif [ "$1" = --version ]; then echo "runsc version release-20200101.0"; exit 0; fi\\nexec /usr/local/bin/runsc.real "$@"\\n' > /usr/local/bin/runsc`,
         'chmod +x /usr/local/bin/runsc',
-        `printf '#!/bin/sh\\nexit 0\\n' > /usr/local/bin/containerd-shim-runsc-v1`,
+        // A new file renamed over it: the shim of a pod still stopping may be running (ETXTBSY on a write in place).
+        `printf '#!/bin/sh\\nexit 0\\n' > /usr/local/bin/shim.new && chmod +x /usr/local/bin/shim.new && mv -f /usr/local/bin/shim.new /usr/local/bin/containerd-shim-runsc-v1`,
         `printf '  platform = "ptrace"\\n' >> /etc/containerd/runsc.toml`,
         'rm /etc/systemd/system/containerd.service.d/max-tasks.conf',
         `sed -i 's/^OOMScoreAdjust=.*/OOMScoreAdjust=0/' /etc/systemd/system/containerd.service.d/memory-pressure.conf`,
