@@ -360,6 +360,11 @@ export function chooseSuites(cfg: Config, caps: Capabilities, only?: string[], s
   const base: SuiteName[] = only?.length ? (only as SuiteName[]) : (cfg.suites.include ?? runnable);
   const skipped = new Set<string>([...cfg.suites.skip, ...skip]);
   const selected = SUITE_NAMES.filter((s) => base.includes(s) && !skipped.has(s));
+  // A suite that reshapes the cluster would pull it from under the others' checks (suite files run side by side).
+  const changing = selected.filter((s) => OPT_IN_SUITES.includes(s));
+  if (changing.length && selected.length > 1) {
+    throw new ConfigError('command line', [{ path: '--suite', message: `${changing.join(', ')} changes the cluster while it runs: run it on its own (--suite ${changing.join(' ')}), not with ${selected.filter((s) => !changing.includes(s)).join(', ')}` }]);
+  }
   // A run that checks nothing would "pass": contradictory selections are a usage error instead.
   if (selected.length === 0) {
     throw new ConfigError('command line', [{ path: '--suite/--skip', message: `no suite left to run: selected ${base.join(', ') || '(none)'}, skipped ${[...skipped].join(', ')}` }]);

@@ -2,7 +2,7 @@ import { afterAll } from 'vitest';
 import { InfrastructureError } from '../../harness/errors.ts';
 import { readNodeFile, sh } from '../../harness/node.ts';
 import { GVISOR_MODULE_VERSION } from '../../harness/versions.ts';
-import { SuiteContext, check, warn } from '../context.ts';
+import { SuiteContext, check, warnOn } from '../context.ts';
 import { cite, gardener, gvisor, imageBuilder, parseTomlFile, runscConfigOf, runtimeTable, tomlPath, type Toml } from '../spec/index.ts';
 import { judgeSidecars, type SidecarFacts, type SidecarFile } from './sidecars.ts';
 
@@ -119,7 +119,7 @@ ctx.eachNode(ctx.gvisorNodes, (n) => {
     const facts = await sidecarFacts(n);
     const v = judgeSidecars(facts);
     if (v.notApplicable) return t.skip(v.notApplicable);
-    for (const w of v.warnings) await warn(w);
+    for (const w of v.warnings) await warnOn(t, w);
     check(v.failures.length === 0, v.failures.join('; '));
   });
 
@@ -279,11 +279,11 @@ if (imageBuilder.followsLayout(g)) {
 if (timeout || extra?.trim()) {
   ctx.eachNode(ctx.nodes, (n) => {
     if (timeout) {
-      ctx.test(n, `containerd itself reads image_pull_progress_timeout = "${timeout}"`, async () => {
+      ctx.test(n, `containerd itself reads image_pull_progress_timeout = "${timeout}"`, async (t) => {
         const view = await containerdView(n);
         if (imageBuilder.knowsImagePullProgressTimeout(view.version) === false) {
           // An older containerd ignores the key: the setting has no effect there, which the user should know.
-          await warn(`containerd ${view.version} on ${n.name} predates image_pull_progress_timeout: containerd.imagePullProgressTimeout has no effect there${cite(imageBuilder.knowsImagePullProgressTimeout)}`);
+          await warnOn(t, `containerd ${view.version} on ${n.name} predates image_pull_progress_timeout: containerd.imagePullProgressTimeout has no effect there${cite(imageBuilder.knowsImagePullProgressTimeout)}`);
           return;
         }
         const found = imageBuilder.imagePullProgressTimeoutInEffect(view.dump);

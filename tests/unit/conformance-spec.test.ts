@@ -120,7 +120,9 @@ describe('lifecycle is opt-in', () => {
   const all = { kubernetesApi: true, installsNodes: true, cleansUpAfterRun: true, reshapesPools: true };
   it('a cluster that could run it does not, unless it is named', () => {
     expect(chooseSuites(cfg, all)).not.toContain('lifecycle');
-    expect(chooseSuites(cfg, all, ['lifecycle', 'sandbox-basics'])).toEqual(['sandbox-basics', 'lifecycle']);
+    expect(chooseSuites(cfg, all, ['lifecycle'])).toEqual(['lifecycle']);
+    // Never beside another suite: it pulls gVisor from under their checks.
+    expect(() => chooseSuites(cfg, all, ['lifecycle', 'sandbox-basics'])).toThrow(/lifecycle changes the cluster while it runs: run it on its own \(--suite lifecycle\), not with sandbox-basics/);
     expect(SUITE_NEEDS.lifecycle).toEqual(['kubernetesApi', 'installsNodes', 'reshapesPools']);
   });
 });
