@@ -107,9 +107,16 @@ export const HARNESS_RUNSC_KEYS: readonly string[] = [];
  * nothing else; values.go passes net-raw, debug and nvproxy. A key outside that set changes runsc's
  * behaviour in a way the ContainerRuntime does not say (a hand edit, another installer).
  */
-export const runscTomlKeys = rule(`${INSTALL_SCRIPT} (runsc.toml: "[runsc_config]" + configFlags); ${VALUES}`, (extra: readonly string[] = HARNESS_RUNSC_KEYS) => ({
+/**
+ * runsc's own sidecar policies, which gVisor asks operators to set in runsc.toml ahead of its
+ * default turning STRICT (gvisor runsc/config/flags.go): the runsc-installation suite reads them
+ * there (README "Sidecars"), so a runsc.toml may carry them without being foreign.
+ */
+export const GVISOR_POLICY_KEYS: readonly string[] = ['sidecar-usage-policy', 'sidecar-release-enforcement-policy'];
+
+export const runscTomlKeys = rule(`${INSTALL_SCRIPT} (runsc.toml: "[runsc_config]" + configFlags); ${VALUES}; gvisor runsc/config/flags.go (sidecar policies)`, (extra: readonly string[] = HARNESS_RUNSC_KEYS) => ({
   tables: ['runsc_config'],
-  runscConfig: ['net-raw', 'debug', 'nvproxy', ...extra],
+  runscConfig: ['net-raw', 'debug', 'nvproxy', ...GVISOR_POLICY_KEYS, ...extra],
 }));
 
 /** The keys of a parsed runsc.toml that runscTomlKeys does not admit, as dotted paths. */

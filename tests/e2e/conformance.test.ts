@@ -119,7 +119,7 @@ describe('runsc-installation fails on a broken node, naming the cause', () => {
       const [maxTasks, memory] = imageBuilder.unitDropIns('/etc/systemd/system');
       expect(m.some((x) => x.startsWith('gvisor-1: runsc on gvisor-1 reports version "release-20200101.0", expected v0.0.0-') && x.endsWith(`(gvisor.version latest, source build)${cite(gvisor.runscVersion)}`)), m.join('\n')).toBe(true);
       expect(m).toContain(`gvisor-1: /usr/local/bin/containerd-shim-runsc-v1 on gvisor-1 run without arguments exited 0 saying "(nothing)", expected exit 1 with "shim namespace cannot be empty"${cite(gvisor.shimAnswer)}`);
-      expect(m).toContain(`gvisor-1: /etc/containerd/runsc.toml on gvisor-1 sets runsc_config.platform, which the extension does not write (expected only [runsc_config] with net-raw, debug, nvproxy)${cite(gardener.runscTomlKeys)}`);
+      expect(m).toContain(`gvisor-1: /etc/containerd/runsc.toml on gvisor-1 sets runsc_config.platform, which the extension does not write (expected only [runsc_config] with net-raw, debug, nvproxy, sidecar-usage-policy, sidecar-release-enforcement-policy)${cite(gardener.runscTomlKeys)}`);
       expect(m).toContain(`gvisor-1: ${D}/max-tasks.conf is missing on gvisor-1: expected a [Service] drop-in with TasksMax=infinity${cite(maxTasks!)}`);
       expect(m).toContain(`gvisor-1: ${D}/memory-pressure.conf on gvisor-1 sets OOMScoreAdjust=0, expected -999${cite(memory!)}`);
       expect(m).toContain(`gvisor-1: /etc/containerd/config.toml on gvisor-1 has imports = null, expected it to include "/etc/containerd/conf.d/*.toml"${cite(imageBuilder.configImports)}`);

@@ -26,7 +26,8 @@ describe('gardener: where the runtime table is, and what runsc.toml may hold', (
     const odd = parse('binary_name = "/x"\n[runsc_config]\n  net-raw = "true"\n  platform = "ptrace"\n  systemd-cgroup = "true"\n') as Toml;
     expect(gardener.unexpectedRunscKeys(odd)).toEqual(['binary_name', 'runsc_config.platform', 'runsc_config.systemd-cgroup']);
     expect(gardener.unexpectedRunscKeys(odd, ['systemd-cgroup'])).toEqual(['binary_name', 'runsc_config.platform']);
-    expect(gardener.runscTomlKeys().runscConfig).toEqual(['net-raw', 'debug', 'nvproxy', ...gardener.HARNESS_RUNSC_KEYS]);
+    expect(gardener.runscTomlKeys().runscConfig).toEqual(['net-raw', 'debug', 'nvproxy', 'sidecar-usage-policy', 'sidecar-release-enforcement-policy', ...gardener.HARNESS_RUNSC_KEYS]);
+    expect(gardener.unexpectedRunscKeys(parse('[runsc_config]\n  sidecar-usage-policy = "STRICT"\n') as Toml)).toEqual([]);
   });
 });
 
