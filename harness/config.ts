@@ -161,17 +161,22 @@ export interface ClusterSpec {
   name: string;
 }
 
-export const SUITE_NAMES = ['runsc-installation', 'sandbox-dmesg', 'net-raw', 'limit-nofile', 'runtimeclass-scheduling'] as const;
+export const SUITE_NAMES = ['runsc-installation', 'sandbox-dmesg', 'sandbox-basics', 'net-raw', 'limit-nofile', 'runtimeclass-scheduling', 'lifecycle'] as const;
 export type SuiteName = (typeof SUITE_NAMES)[number];
 
 /** What each suite needs from the cluster (see capabilities.ts); a suite that lacks it skips itself, naming it. */
 export const SUITE_NEEDS: Record<SuiteName, Capability[]> = {
   'runsc-installation': [],
   'sandbox-dmesg': [],
+  'sandbox-basics': [],
   'net-raw': [],
   'limit-nofile': [],
   'runtimeclass-scheduling': ['kubernetesApi'],
+  lifecycle: ['kubernetesApi', 'installsNodes', 'reshapesPools'],
 };
+
+/** Suites that change the cluster while they run: only run when named (--suite or suites.include), never by default. */
+export const OPT_IN_SUITES: readonly SuiteName[] = ['lifecycle'];
 
 /** A cross-field rule of a provider: reports an issue at a config path. */
 export type AddIssue = (path: (string | number)[], message: string) => void;
@@ -351,10 +356,15 @@ export function chooseSuites(cfg: Config, caps: Capabilities, only?: string[], s
       throw new ConfigError('command line', [{ path: '--suite/--skip', message: `unknown suite "${s}"; expected one of ${SUITE_NAMES.join(', ')}` }]);
     }
   }
-  const runnable = SUITE_NAMES.filter((s) => SUITE_NEEDS[s].every((c) => caps[c]));
+  const runnable = SUITE_NAMES.filter((s) => !OPT_IN_SUITES.includes(s) && SUITE_NEEDS[s].every((c) => caps[c]));
   const base: SuiteName[] = only?.length ? (only as SuiteName[]) : (cfg.suites.include ?? runnable);
   const skipped = new Set<string>([...cfg.suites.skip, ...skip]);
   const selected = SUITE_NAMES.filter((s) => base.includes(s) && !skipped.has(s));
+  // A suite that reshapes the cluster would pull it from under the others' checks (suite files run side by side).
+  const changing = selected.filter((s) => OPT_IN_SUITES.includes(s));
+  if (changing.length && selected.length > 1) {
+    throw new ConfigError('command line', [{ path: '--suite', message: `${changing.join(', ')} changes the cluster while it runs: run it on its own (--suite ${changing.join(' ')}), not with ${selected.filter((s) => !changing.includes(s)).join(', ')}` }]);
+  }
   // A run that checks nothing would "pass": contradictory selections are a usage error instead.
   if (selected.length === 0) {
     throw new ConfigError('command line', [{ path: '--suite/--skip', message: `no suite left to run: selected ${base.join(', ') || '(none)'}, skipped ${[...skipped].join(', ')}` }]);

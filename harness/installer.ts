@@ -11,7 +11,10 @@ import { NodeJournal } from './journal.ts';
 import { until } from './wait.ts';
 import { log } from './log.ts';
 import { readNodeFile, sh, type NodeAccess } from './node.ts';
+import { IMAGE_BUILDER_GVISOR } from './imagebuilder.ts';
 import {
+  imageBuilderImports,
+  imageBuilderUnitDropIns,
   LIMIT_NOFILE_DROPIN,
   limitNofileExpected,
   osFamilyFromOsRelease,
@@ -71,6 +74,8 @@ export interface InstallRules {
   limitNofileDropIn: (osFamily: string, enableLimitNoFile: boolean) => boolean;
   /** config.toml rendered from the node's original (runtime table per config version, customizations). */
   containerdConfig: typeof renderContainerdConfig;
+  /** Whether the config follows image-builder's layout: then its unit drop-ins and conf.d import go on every node. */
+  imageBuilderLayout: (cfg: Config) => boolean;
 }
 
 export const INSTALL_RULES: InstallRules = {
@@ -78,6 +83,7 @@ export const INSTALL_RULES: InstallRules = {
   runscFlags: (configFlags) => effectiveRunscFlags(configFlags, () => undefined),
   limitNofileDropIn: limitNofileExpected,
   containerdConfig: renderContainerdConfig,
+  imageBuilderLayout: (cfg) => cfg.gvisor.handler === IMAGE_BUILDER_GVISOR.handler && cfg.gvisor.binaryPath.replace(/\/+$/, '') === IMAGE_BUILDER_GVISOR.binaryPath,
 };
 
 /** What `install --dry-run` would write (`after`) over what the node has (`before`; undefined = absent), or remove (`after` undefined). */
@@ -126,12 +132,20 @@ async function installLocked(node: NodeAccess, cfg: Config, bins: GVisorBinaries
     // runsc finds its sidecars in gvisor-bin/ next to itself (gVisor 2026+; runsc/gvisorbinaries).
     for (const [name, file] of Object.entries(bins.sidecars)) await put(`${g.binaryPath}/${SIDECAR_DIR}/${name}`, readFileSync(file), '0755');
     await put(p.runscConfig, renderRunscToml(rules.runscFlags(g.configFlags)), '0644');
+  } else {
+    // A node whose pool no longer gets gVisor loses what an earlier install put there, as the
+    // extension's own test expects of a pool whose ContainerRuntime was removed; a file that was
+    // there before the harness stays.
+    for (const f of journal.createdUnder(`${g.binaryPath}/${SIDECAR_DIR}`)) await remove(f);
+    for (const f of [`${g.binaryPath}/runsc`, `${g.binaryPath}/containerd-shim-runsc-v1`, p.runscConfig]) await remove(f);
   }
 
   // config.toml is always rendered from the original, so re-applying converges. A node outside the
   // gVisor pools keeps its file untouched unless an image-builder customization applies to it (or
   // an earlier install changed it, which this one converges).
-  const customized = Boolean(cfg.containerd.imagePullProgressTimeout || cfg.containerd.additionalSettings?.trim());
+  const imageBuilder = rules.imageBuilderLayout(cfg);
+  const imports = imageBuilder ? imageBuilderImports(cfg.containerd.additionalSettings) : [];
+  const customized = Boolean(cfg.containerd.imagePullProgressTimeout || cfg.containerd.additionalSettings?.trim() || imports.length);
   if (inPool || customized || journal.owns(p.containerdConfig)) {
     const current = await readNodeFile(node, p.containerdConfig);
     const backup = journal.backupOf(p.containerdConfig);
@@ -147,6 +161,7 @@ async function installLocked(node: NodeAccess, cfg: Config, bins: GVisorBinaries
         runscConfigPath: p.runscConfig,
         imagePullProgressTimeout: cfg.containerd.imagePullProgressTimeout,
         additionalSettings: cfg.containerd.additionalSettings,
+        imports,
       });
     } catch (e) {
       throw new InfrastructureError(`[${node.name}] ${p.containerdConfig}: ${(e as Error).message}`);
@@ -160,6 +175,12 @@ async function installLocked(node: NodeAccess, cfg: Config, bins: GVisorBinaries
   const dropIn = `${p.systemdUnitDir}/${LIMIT_NOFILE_DROPIN}`;
   if (rules.limitNofileDropIn(facts.osFamily, cfg.containerd.enableLimitNoFile)) await put(dropIn, renderLimitNofileDropIn(), '0644');
   else await remove(dropIn);
+
+  // image-builder's containerd role puts these on every node it builds (tasks/main.yml).
+  for (const d of imageBuilderUnitDropIns()) {
+    if (imageBuilder) await put(`${p.systemdUnitDir}/${d.path}`, d.text, '0644');
+    else await remove(`${p.systemdUnitDir}/${d.path}`);
+  }
 
   // The runsc shim (and runsc) are found on containerd's PATH; add binaryPath where systemd runs it.
   const pathDropIn = `${p.systemdUnitDir}/${PATH_DROPIN}`;

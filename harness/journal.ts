@@ -69,6 +69,10 @@ export class NodeJournal<X extends object = Record<never, never>> {
   created(path: string): boolean {
     return this.record.created.includes(path);
   }
+  /** The files it created below `dir`. */
+  createdUnder(dir: string): string[] {
+    return this.record.created.filter((c) => c.startsWith(`${dir.replace(/\/+$/, '')}/`));
+  }
   backupOf(path: string): string | undefined {
     return this.record.replaced.find((r) => r.path === path)?.backup;
   }

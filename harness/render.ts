@@ -85,6 +85,8 @@ export interface ContainerdRenderOptions extends RuntimeEntryOptions {
   gvisor: boolean;
   imagePullProgressTimeout?: string;
   additionalSettings?: string;
+  /** Top-level `imports` config.toml must include (image-builder's conf.d), added to any it has. */
+  imports?: string[];
 }
 
 export const MANAGED_HEADER = '# Managed by gvisor-e2e: rendered from the original config.toml (kept beside it as config.toml.gvisor-e2e.orig).';
@@ -112,6 +114,10 @@ export function renderContainerdConfig(original: string, o: ContainerdRenderOpti
     const defaultName = typeof cri.default_runtime_name === 'string' ? cri.default_runtime_name : 'runc';
     if (defaultName !== o.handler && runtimes[defaultName] === undefined) runtimes[defaultName] = { runtime_type: 'io.containerd.runc.v2' };
     runtimes[o.handler] = runtimeEntry(o);
+  }
+  if (o.imports?.length) {
+    const have = Array.isArray(cfg.imports) ? (cfg.imports as unknown[]).map(String) : [];
+    cfg.imports = [...have, ...o.imports.filter((i) => !have.includes(i))];
   }
   if (o.imagePullProgressTimeout) {
     if (version === 1) throw new Error('image_pull_progress_timeout needs containerd config version 2 or 3; the node has version 1');
@@ -196,6 +202,31 @@ export function renderLimitNofileDropIn(): string {
 }
 
 export const LIMIT_NOFILE_DROPIN = 'containerd.service.d/limit-nofile.conf';
+
+/** image-builder's conf.d import (roles/containerd/templates/etc/containerd/config.toml). */
+export const CONFD_IMPORT = '/etc/containerd/conf.d/*.toml';
+
+/**
+ * The conf.d import image-builder's config.toml template writes, unless containerd_additional_settings
+ * mention `imports` (the template's own test: `'imports' not in containerd_additional_settings`).
+ */
+export function imageBuilderImports(additionalSettings: string | undefined): string[] {
+  return (additionalSettings ?? '').includes('imports') ? [] : [CONFD_IMPORT];
+}
+
+/**
+ * The systemd drop-ins image-builder's containerd role creates on every node besides limit-nofile.conf
+ * (roles/containerd/templates/etc/systemd/system/containerd.service.d/), path under the unit dir and text.
+ */
+export function imageBuilderUnitDropIns(): { path: string; text: string }[] {
+  return [
+    { path: 'containerd.service.d/max-tasks.conf', text: '[Service]\n# Do not limit the number of tasks that can be spawned by containerd\nTasksMax=infinity\n' },
+    {
+      path: 'containerd.service.d/memory-pressure.conf',
+      text: '[Service]\n# Decreases the likelihood that containerd is killed due to memory\n# pressure.\nOOMScoreAdjust=-999\n',
+    },
+  ];
+}
 
 /** image-builder deploys the drop-in on Flatcar and Azure Linux / CBL-Mariner, elsewhere only on opt-in. */
 export function limitNofileExpected(osFamily: string, enableLimitNoFile: boolean): boolean {

@@ -1,8 +1,9 @@
 import { afterAll } from 'vitest';
 import { InfrastructureError } from '../../harness/errors.ts';
 import { readNodeFile, sh } from '../../harness/node.ts';
-import { SuiteContext, check, warn } from '../context.ts';
-import { gardener, gvisor, imageBuilder, parseTomlFile, runscConfigOf, runtimeTable, type Toml } from '../spec/index.ts';
+import { GVISOR_MODULE_VERSION } from '../../harness/versions.ts';
+import { SuiteContext, check, warnOn } from '../context.ts';
+import { cite, gardener, gvisor, imageBuilder, parseTomlFile, runscConfigOf, runtimeTable, tomlPath, type Toml } from '../spec/index.ts';
 import { judgeSidecars, type SidecarFacts, type SidecarFile } from './sidecars.ts';
 
 // Each describe block is one node (its title is the node name, which the report uses).
@@ -91,14 +92,18 @@ ctx.eachNode(ctx.gvisorNodes, (n) => {
     check(out === 'ok', `runsc at ${runsc} on ${n.name} is not an executable file: mode ${symbolic} (0${octal}), ${type.join(' ')}`);
   });
 
-  ctx.test(n, `runsc runs and reports version ${ctx.plan.expectedVersion || '(any)'}`, async () => {
+  // A build is labelled with the version it was built from (the pinned module for "latest"), also
+  // when this run did not install it (--no-install): harness/versions.ts is where that pin lives.
+  const pinned = ctx.plan.expectedVersion || (g.source.type === 'build' ? (g.version === 'latest' ? GVISOR_MODULE_VERSION : g.version) : '');
+  const versionInputs = { configured: g.version, source: g.source.type, pinned };
+  ctx.test(n, `runsc runs and reports version ${pinned || g.version}`, async () => {
     const r = await ctx.node(n).exec(`${sh(runsc)} --version`);
-    check(r.code === 0, `\`${runsc} --version\` on ${n.name} exited ${r.code}: ${(r.stderr || r.stdout).trim().slice(0, 300) || '(no output)'}`);
+    check(r.code === 0, `\`${runsc} --version\` on ${n.name} exited ${r.code}: ${(r.stderr || r.stdout).trim().slice(0, 300) || '(no output)'}`, gvisor.runscVersion);
     const first = r.stdout.split('\n')[0] ?? '';
-    check(/^runsc version /.test(first), `\`${runsc} --version\` on ${n.name} printed "${first}", expected "runsc version …"`);
-    if (ctx.plan.expectedVersion) {
-      check(first.includes(ctx.plan.expectedVersion), `runsc on ${n.name} reports "${first}", expected version ${ctx.plan.expectedVersion}`);
-    }
+    check(/^runsc version /.test(first), `\`${runsc} --version\` on ${n.name} printed "${first}", expected "runsc version …"`, gvisor.runscVersion);
+    const reported = first.slice('runsc version '.length).trim();
+    const v = gvisor.runscVersion(reported, versionInputs);
+    check(v.ok, `runsc on ${n.name} reports version "${reported}", expected ${v.expected} (gvisor.version ${g.version}, source ${g.source.type})`, gvisor.runscVersion);
   });
 
   ctx.test(n, 'runsc has every file it needs (static binary, or all shared libraries resolve)', async () => {
@@ -114,7 +119,7 @@ ctx.eachNode(ctx.gvisorNodes, (n) => {
     const facts = await sidecarFacts(n);
     const v = judgeSidecars(facts);
     if (v.notApplicable) return t.skip(v.notApplicable);
-    for (const w of v.warnings) await warn(w);
+    for (const w of v.warnings) await warnOn(t, w);
     check(v.failures.length === 0, v.failures.join('; '));
   });
 
@@ -123,6 +128,14 @@ ctx.eachNode(ctx.gvisorNodes, (n) => {
       const r = await ctx.node(n).exec(`[ -x ${sh(shim)} ] && [ -f ${sh(shim)} ] && ${sh(shim)} -v`);
       check(r.code === 0, `containerd-shim-runsc-v1 is missing or broken on ${n.name}: expected an executable at ${shim} that answers -v (exit ${r.code}: ${(r.stderr || r.stdout).trim().slice(0, 200)})`, gardener.binaries);
     });
+  
+    ctx.test(n, 'containerd-shim-runsc-v1 run without arguments refuses to start: "shim namespace cannot be empty"', async () => {
+      const want = gvisor.shimAnswer();
+      // An empty environment and /: the shim must fail on its missing -namespace before it reads anything else.
+      const r = await ctx.node(n).exec(`cd / && env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin timeout 20 ${sh(shim)} </dev/null`);
+      const said = (r.stderr || r.stdout).trim().split('\n').slice(-2).join(' | ').slice(0, 300) || '(nothing)';
+      check(r.code === want.exitCode && r.stderr.includes(want.stderr), `${shim} on ${n.name} run without arguments exited ${r.code} saying "${said}", expected exit ${want.exitCode} with "${want.stderr}"`, gvisor.shimAnswer);
+    });
   }
 
   const want = expectedRuntime(n);
@@ -130,7 +143,12 @@ ctx.eachNode(ctx.gvisorNodes, (n) => {
     const cfg = await containerdConfig(n);
     const rt = runtimeTable(cfg, g.handler);
     check(rt.version, `${n.paths.containerdConfig} on ${n.name} has config version ${String(cfg.version)}, expected 1, 2 or 3`, gardener.configVersion);
-    check(rt.entry, `${n.paths.containerdConfig} on ${n.name} has no runtime "${g.handler}": expected a containerd.runtimes.${g.handler} table at [${rt.path}] (config version ${rt.version})`, gardener.runtimeTablePath);
+    if (!rt.entry) {
+      // Name the table that is there instead: a version-2 table in a version-3 file is silently ignored.
+      const elsewhere = gardener.misplacedRuntimeTable(cfg, g.handler, rt.version);
+      const found = elsewhere ? `; found [${tomlPath(elsewhere)}] instead, a table this containerd does not read for config version ${rt.version}` : '';
+      check(false, `${n.paths.containerdConfig} on ${n.name} has no runtime "${g.handler}": expected a containerd.runtimes.${g.handler} table at [${rt.path}] (config version ${rt.version})${found}`, elsewhere ? gardener.misplacedRuntimeTable : gardener.runtimeTablePath);
+    }
     check(rt.entry.runtime_type === want.runtime_type, `runtime "${g.handler}" on ${n.name} has runtime_type "${String(rt.entry.runtime_type)}", expected "${want.runtime_type}"`, want);
     const opts = (rt.entry.options ?? {}) as Toml;
     for (const [k, v] of Object.entries(want.options)) {
@@ -147,6 +165,14 @@ ctx.eachNode(ctx.gvisorNodes, (n) => {
       for (const k of ['debug', 'nvproxy'] as const) {
         check((found[k] ?? 'false') === flags[k], `${n.paths.runscConfig} on ${n.name} sets ${k} = "${found[k]}", expected "${flags[k]}" (or unset)`, gardener.runscFlags);
       }
+    });
+
+    ctx.test(n, 'runsc.toml holds only keys the extension writes', async (t) => {
+      const text = await readNodeFile(ctx.node(n), n.paths.runscConfig);
+      if (text === undefined) return t.skip(`${n.paths.runscConfig} does not exist on ${n.name} (the net-raw check fails for it)`);
+      const extra = gardener.unexpectedRunscKeys(parseTomlFile(text, n.paths.runscConfig, n.name));
+      const allowed = gardener.runscTomlKeys();
+      check(extra.length === 0, `${n.paths.runscConfig} on ${n.name} sets ${extra.join(', ')}, which the extension does not write (expected only [${allowed.tables.join(', ')}] with ${allowed.runscConfig.join(', ')})`, gardener.runscTomlKeys);
     });
   }
 
@@ -173,6 +199,29 @@ ctx.eachNode(ctx.otherNodes, (n) => {
   });
 });
 
+// The containerd that serves this node's socket: the one sharing our mount namespace (several nodes may share a PID namespace).
+const CONTAINERD_EXE = 'for p in $(pidof containerd); do [ "$(readlink /proc/$p/ns/mnt)" = "$(readlink /proc/self/ns/mnt)" ] && readlink /proc/$p/exe && break; done';
+
+/**
+ * containerd's own view of its configuration: `containerd config dump` of the running binary, which
+ * merges config.toml's imports as the daemon does; with the binary's version.
+ */
+async function containerdView(n: (typeof ctx.nodes)[number]): Promise<{ version: string; dump: Toml }> {
+  const node = ctx.node(n);
+  const exe = (await node.exec(CONTAINERD_EXE)).stdout.trim().split('\n')[0];
+  if (!exe) throw new InfrastructureError(`no containerd process found on ${n.name}: cannot ask it for its configuration`);
+  const version = (await node.exec(`${sh(exe)} --version`)).stdout.trim().split(/\s+/)[2] ?? '';
+  // stdout only: containerd logs its warnings (unknown keys) on stderr.
+  const r = await node.exec(`${sh(exe)} --config ${sh(n.paths.containerdConfig)} config dump 2>/dev/null`);
+  if (r.code !== 0) throw new InfrastructureError(`\`containerd config dump\` on ${n.name} exited ${r.code}`);
+  return { version, dump: parseTomlFile(r.stdout, `containerd config dump (${n.paths.containerdConfig})`, n.name) };
+}
+
+/** Whether systemd runs containerd on the node (only then does a unit drop-in take effect). */
+async function systemdRunsContainerd(n: (typeof ctx.nodes)[number]): Promise<boolean> {
+  return (await ctx.node(n).exec('[ "$(cat /proc/1/comm 2>/dev/null)" = systemd ] && systemctl cat containerd >/dev/null 2>&1')).code === 0;
+}
+
 // image-builder's containerd customizations go into every node's config.toml, gVisor pool or not.
 const { imagePullProgressTimeout: timeout, additionalSettings: extra } = ctx.config.containerd;
 if (timeout || extra?.trim()) {
@@ -192,6 +241,64 @@ if (timeout || extra?.trim()) {
         const missing = imageBuilder.additionalSettingsApplied(await containerdConfig(n), parseTomlFile(extra, 'containerd.additionalSettings', 'the config'));
         // Key paths only: the values stay out of the message (settings may hold credentials); the failed check attaches the file, redacted.
         check(missing.length === 0, `${n.paths.containerdConfig} on ${n.name} does not carry containerd.additionalSettings at ${missing.join(', ')}`, imageBuilder.additionalSettingsApplied);
+      });
+    }
+  });
+}
+
+// image-builder parity: where the config follows image-builder's layout (handler "gvisor" in
+// /usr/local/bin), the files its containerd role puts on every node, and its settings as
+// containerd itself reads them.
+if (imageBuilder.followsLayout(g)) {
+  const imports = imageBuilder.configImports(extra);
+  ctx.eachNode(ctx.nodes, (n) => {
+    for (const d of imageBuilder.unitDropIns(n.paths.systemdUnitDir)) {
+      ctx.test(n, `${d.path} sets ${d.key}=${d.value} (image-builder)`, async () => {
+        const text = await readNodeFile(ctx.node(n), d.path);
+        check(text !== undefined, `${d.path} is missing on ${n.name}: expected a [Service] drop-in with ${d.key}=${d.value}`, d);
+        const value = new RegExp(`^\\s*${d.key}=(.*)$`, 'm').exec(text)?.[1]?.trim();
+        check(/^\[Service\]/m.test(text) && value === d.value, `${d.path} on ${n.name} sets ${d.key}=${value ?? '(nothing)'}${/^\[Service\]/m.test(text) ? '' : ' outside a [Service] section'}, expected ${d.value}`, d);
+        if (await systemdRunsContainerd(n)) {
+          const shown = (await ctx.node(n).exec(`systemctl show containerd -p ${d.key} --value`)).stdout.trim();
+          check(shown === d.value, `systemd on ${n.name} runs containerd with ${d.key}=${shown || '(nothing)'}, expected ${d.value} from ${d.path} (was \`systemctl daemon-reload\` run?)`, d);
+        }
+      });
+    }
+    if (imports) {
+      ctx.test(n, `config.toml imports ${imports.join(', ')} (image-builder)`, async () => {
+        const found = (await containerdConfig(n)).imports;
+        const list = Array.isArray(found) ? found.map(String) : [];
+        const missing = imports.filter((i) => !list.includes(i));
+        check(missing.length === 0, `${n.paths.containerdConfig} on ${n.name} has imports = ${JSON.stringify(found ?? null)}, expected it to include ${missing.map((m) => JSON.stringify(m)).join(', ')}`, imageBuilder.configImports);
+      });
+    }
+  });
+}
+
+// image-builder's settings in effect: what containerd itself reads (conf.d imports merged), not just the file.
+if (timeout || extra?.trim()) {
+  ctx.eachNode(ctx.nodes, (n) => {
+    if (timeout) {
+      ctx.test(n, `containerd itself reads image_pull_progress_timeout = "${timeout}"`, async (t) => {
+        const view = await containerdView(n);
+        if (imageBuilder.knowsImagePullProgressTimeout(view.version) === false) {
+          // An older containerd ignores the key: the setting has no effect there, which the user should know.
+          await warnOn(t, `containerd ${view.version} on ${n.name} predates image_pull_progress_timeout: containerd.imagePullProgressTimeout has no effect there${cite(imageBuilder.knowsImagePullProgressTimeout)}`);
+          return;
+        }
+        const found = imageBuilder.imagePullProgressTimeoutInEffect(view.dump);
+        check(found === timeout, `containerd ${view.version} on ${n.name} reads image_pull_progress_timeout = "${String(found ?? '(unset)')}" (\`containerd config dump\`, imports merged), expected "${timeout}": ${n.paths.containerdConfig} or a file it imports says otherwise`, imageBuilder.imagePullProgressTimeoutPath);
+      });
+    }
+    if (extra?.trim()) {
+      ctx.test(n, 'containerd itself reads containerd.additionalSettings', async () => {
+        const view = await containerdView(n);
+        const settings = parseTomlFile(extra, 'containerd.additionalSettings', 'the config');
+        const fileVersion = gardener.configVersion(await containerdConfig(n));
+        // A dump in another schema than the file (containerd 2 migrates version 2) has the plugins elsewhere: judge the rest.
+        const comparable = view.dump.version === fileVersion ? settings : Object.fromEntries(Object.entries(settings).filter(([k]) => k !== 'plugins'));
+        const missing = imageBuilder.additionalSettingsApplied(view.dump, comparable);
+        check(missing.length === 0, `containerd ${view.version} on ${n.name} does not read containerd.additionalSettings at ${missing.join(', ')} (\`containerd config dump\`, imports merged): a file it imports overrides them, or containerd does not know them`, imageBuilder.additionalSettingsApplied);
       });
     }
   });

@@ -1,6 +1,6 @@
 // The conformance profile of gardener-extension-runtime-gvisor: what a node and cluster look like once the extension enabled gVisor.
 
-import { rule, type Toml } from './rule.ts';
+import { at, rule, type Toml } from './rule.ts';
 
 // Paths below are in github.com/gardener/gardener-extension-runtime-gvisor, checked with the code
 // search over its stored versions. Where search could not confirm a fact, the rule says so.
@@ -35,6 +35,24 @@ export const runtimeTablePath = rule(
   (version: ConfigVersion): string[] => {
     const plugin = { 1: 'cri', 2: 'io.containerd.grpc.v1.cri', 3: 'io.containerd.cri.v1.runtime' }[version];
     return ['plugins', plugin, 'containerd', 'runtimes'];
+  },
+);
+
+/**
+ * Where a handler's table sits in a file of another config version: the path each version reads,
+ * other than this file's. containerd 2 silently ignores a version-2 table in a version-3 file, and
+ * every pod of that handler then fails (google/gvisor#13985): the message names both tables.
+ */
+export const misplacedRuntimeTable = rule(
+  `${INSTALL_SCRIPT} (versions 1, 2); containerd docs/cri/config.md (version 3); google/gvisor#13985 (a version-2 table in a version-3 file is ignored)`,
+  (doc: Toml, handler: string, version: ConfigVersion): string[] | undefined => {
+    for (const other of [1, 2, 3] as const) {
+      if (other === version) continue;
+      const path = [...runtimeTablePath(other), handler];
+      const found = at(doc, path);
+      if (found && typeof found === 'object') return path;
+    }
+    return undefined;
   },
 );
 
@@ -76,6 +94,41 @@ export const runscFlags = rule(VALUES, (configFlags: Record<string, string>): Ru
   const v = configFlags['net-raw'];
   return { 'net-raw': v === 'true' || v === 'false' ? v : 'false', debug: 'false', nvproxy: 'false' };
 });
+
+/**
+ * Keys a harness writes into runsc.toml beyond the extension's, documented in its README (its own
+ * choice, not an upstream rule): e.g. a provider that must set `systemd-cgroup` on systemd-cgroup
+ * nodes. Empty until such a key is documented.
+ */
+export const HARNESS_RUNSC_KEYS: readonly string[] = [];
+
+/**
+ * What runsc.toml may hold: the install script writes `[runsc_config]` with the configFlags and
+ * nothing else; values.go passes net-raw, debug and nvproxy. A key outside that set changes runsc's
+ * behaviour in a way the ContainerRuntime does not say (a hand edit, another installer).
+ */
+/**
+ * runsc's own sidecar policies, which gVisor asks operators to set in runsc.toml ahead of its
+ * default turning STRICT (gvisor runsc/config/flags.go): the runsc-installation suite reads them
+ * there (README "Sidecars"), so a runsc.toml may carry them without being foreign.
+ */
+export const GVISOR_POLICY_KEYS: readonly string[] = ['sidecar-usage-policy', 'sidecar-release-enforcement-policy'];
+
+export const runscTomlKeys = rule(`${INSTALL_SCRIPT} (runsc.toml: "[runsc_config]" + configFlags); ${VALUES}; gvisor runsc/config/flags.go (sidecar policies)`, (extra: readonly string[] = HARNESS_RUNSC_KEYS) => ({
+  tables: ['runsc_config'],
+  runscConfig: ['net-raw', 'debug', 'nvproxy', ...GVISOR_POLICY_KEYS, ...extra],
+}));
+
+/** The keys of a parsed runsc.toml that runscTomlKeys does not admit, as dotted paths. */
+export function unexpectedRunscKeys(doc: Toml, extra: readonly string[] = HARNESS_RUNSC_KEYS): string[] {
+  const allowed = runscTomlKeys(extra);
+  const out: string[] = [];
+  for (const [k, v] of Object.entries(doc)) {
+    if (!allowed.tables.includes(k)) out.push(k);
+    else if (v && typeof v === 'object' && !Array.isArray(v)) for (const f of Object.keys(v as Toml)) if (!allowed.runscConfig.includes(f)) out.push(`${k}.${f}`);
+  }
+  return out;
+}
 
 /** The two binaries the install script puts in the ContainerRuntime's binaryPath (the integration test checks both). */
 export const binaries = rule(`${INSTALL_SCRIPT}; ${INTEGRATION_TEST}`, (binaryPath: string) => ({

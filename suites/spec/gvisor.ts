@@ -64,3 +64,41 @@ export const releaseEnforced = rule(`${FLAGS} (--sidecar-release-enforcement-pol
   if (p === 'NEVER') return false;
   return isReleaseVersion(runscVersion);
 });
+
+const VERSION = `${REPO} runsc/version/version.go`;
+const GOSS = 'image-builder images/capi/packer/goss/goss-command.yaml';
+const HARNESS_BUILD = 'gvisor-e2e README.md ("Where gVisor comes from": a build is labelled with the pinned module version)';
+
+export interface VersionInputs {
+  /** gvisor.version: "latest", a release date yyyymmdd[.n], or an exact version string. */
+  configured: string;
+  source: 'build' | 'release' | 'dir';
+  /** The label of the build the harness installed (source build: the pinned module version); '' when unknown. */
+  pinned: string;
+}
+
+/**
+ * Whether the version runsc reports (`runsc --version`: "runsc version <v>") is the configured one:
+ * a release date must be that release (`release-<date>`, with its `.n` if the date gives none);
+ * `latest` from the release bucket must be some release build; a build must carry the pinned
+ * label; an exact string must be that string. image-builder's goss only asks that runsc answers.
+ */
+export const runscVersion = rule(`${VERSION}; ${CONFIG} (IsReleaseVersion); ${GOSS} ("runsc --version"); ${HARNESS_BUILD}`, (reported: string, i: VersionInputs): { ok: boolean; expected: string } => {
+  const date = /^(\d{8})(\.\d+)?$/.exec(i.configured);
+  if (date) {
+    const want = `release-${i.configured}`;
+    return { ok: reported === want || (!date[2] && reported.startsWith(`${want}.`)), expected: want };
+  }
+  if (i.source === 'build' && i.pinned) return { ok: reported === i.pinned, expected: i.pinned };
+  if (i.configured === 'latest') {
+    if (i.source === 'release') return { ok: isReleaseVersion(reported), expected: 'a release build (release-yyyymmdd)' };
+    return { ok: reported !== '', expected: 'any version' };
+  }
+  return { ok: reported === i.configured, expected: i.configured };
+});
+
+/**
+ * The shim really runs: started with no arguments, containerd-shim-runsc-v1 exits 1 with
+ * "io.containerd.runsc.v1: shim namespace cannot be empty" on stderr, as image-builder's goss checks.
+ */
+export const shimAnswer = rule(`${GOSS} ("containerd-shim-runsc-v1": exit-status 1, "shim namespace cannot be empty")`, () => ({ exitCode: 1, stderr: 'shim namespace cannot be empty' }));

@@ -97,3 +97,51 @@ export const sandboxBootLog = rule(`${DOC} ("Running sandboxed containers using 
   const lines = dmesg.split('\n').map((l) => l.trimEnd()).filter(Boolean);
   return { starts: lines.some((l) => l.includes('Starting gVisor...')), ready: (lines.at(-1) ?? '').endsWith('Ready!'), lines };
 });
+
+const MAX_TASKS = `${ROLE}/templates/etc/systemd/system/containerd.service.d/max-tasks.conf`;
+const MEMORY_PRESSURE = `${ROLE}/templates/etc/systemd/system/containerd.service.d/memory-pressure.conf`;
+const CONFIG_IMPORTS = `${CONFIG_TEMPLATE} ("{% if 'imports' not in containerd_additional_settings %} imports = [\\"/etc/containerd/conf.d/*.toml\\"]")`;
+const CONTAINERD_RELEASES = 'containerd RELEASES.md / docs/cri/config.md (image_pull_progress_timeout: containerd 1.7 and later)';
+
+/** Whether gvisor-e2e's config follows image-builder's layout (handler and binary path of `layout`): only then are its other files due. */
+export const followsLayout = rule(`${DOC}; ${TASKS}`, (g: { handler: string; binaryPath: string }): boolean => {
+  const l = layout();
+  return g.handler === l.handler && g.binaryPath.replace(/\/+$/, '') === l.binaryPath;
+});
+
+/** A systemd drop-in image-builder puts on every node: where, and the one setting it makes. */
+export interface DropIn {
+  path: string;
+  key: string;
+  value: string;
+  source: string;
+}
+
+/** The drop-ins tasks/main.yml creates unconditionally (limit-nofile.conf has its own rule above). */
+export const unitDropIns = rule(`${TASKS} ("Create containerd memory pressure drop-in file", "Create containerd max tasks drop-in file")`, (systemdUnitDir: string): DropIn[] => [
+  { path: `${systemdUnitDir}/containerd.service.d/max-tasks.conf`, key: 'TasksMax', value: 'infinity', source: MAX_TASKS },
+  { path: `${systemdUnitDir}/containerd.service.d/memory-pressure.conf`, key: 'OOMScoreAdjust', value: '-999', source: MEMORY_PRESSURE },
+]);
+
+export const CONFD_IMPORT = '/etc/containerd/conf.d/*.toml';
+
+/** The `imports` config.toml must hold: conf.d's files, unless the additional settings bring their own `imports`. */
+export const configImports = rule(CONFIG_IMPORTS, (additionalSettings: string | undefined): string[] | undefined => ((additionalSettings ?? '').includes('imports') ? undefined : [CONFD_IMPORT]));
+
+/** Whether a containerd of this version knows image_pull_progress_timeout (an older one ignores the key). */
+export const knowsImagePullProgressTimeout = rule(CONTAINERD_RELEASES, (containerdVersion: string): boolean | undefined => {
+  const m = /v?(\d+)\.(\d+)/.exec(containerdVersion);
+  if (!m) return undefined;
+  const [major, minor] = [Number(m[1]), Number(m[2])];
+  return major > 1 || (major === 1 && minor >= 7);
+});
+
+/**
+ * image_pull_progress_timeout as containerd itself reads its configuration (`containerd config
+ * dump`: config.toml with its imports merged, in the dump's own version), not as the file says.
+ */
+export function imagePullProgressTimeoutInEffect(dump: Toml): unknown {
+  const v = dump.version;
+  const version = v === 2 || v === 3 ? v : undefined;
+  return version ? imagePullProgressTimeoutIn(dump, version) : undefined;
+}

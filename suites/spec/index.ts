@@ -4,13 +4,15 @@ import { parse as parseToml } from 'smol-toml';
 import * as gardener from './gardener.ts';
 import * as gvisor from './gvisor.ts';
 import * as imageBuilder from './image-builder.ts';
+import * as kubernetes from './kubernetes.ts';
+import * as lifecycle from './lifecycle.ts';
 import { at, type Toml } from './rule.ts';
 
 // Nothing here imports harness/render.ts, harness/installer.ts or harness/config.ts: a wrong rule
 // in the installer must not also be the suites' expectation. tests/unit/spec.test.ts cross-checks
 // the two statements on the good cases.
 
-export { gardener, gvisor, imageBuilder, at, type Toml };
+export { gardener, gvisor, imageBuilder, kubernetes, lifecycle, at, type Toml };
 export type { Rule } from './rule.ts';
 
 /** The suffix a failure message gets: where upstream states the rule that failed. */

@@ -345,7 +345,7 @@ describe('selectSuites', () => {
   const withSuites = (suites: Config['suites']): Config => ({ ...base, suites });
 
   it('by default runs every suite except runtimeclass-scheduling, in canonical order', () => {
-    expect(selectSuites(base)).toEqual(['runsc-installation', 'sandbox-dmesg', 'net-raw', 'limit-nofile']);
+    expect(selectSuites(base)).toEqual(['runsc-installation', 'sandbox-dmesg', 'sandbox-basics', 'net-raw', 'limit-nofile']);
     expect(selectSuites(base)).not.toContain('runtimeclass-scheduling');
     expect(SUITE_NAMES).toContain('runtimeclass-scheduling');
   });
@@ -359,7 +359,7 @@ describe('selectSuites', () => {
   });
 
   it('--skip removes suites', () => {
-    expect(selectSuites(base, undefined, ['net-raw', 'sandbox-dmesg'])).toEqual(['runsc-installation', 'limit-nofile']);
+    expect(selectSuites(base, undefined, ['net-raw', 'sandbox-dmesg'])).toEqual(['runsc-installation', 'sandbox-basics', 'limit-nofile']);
   });
 
   it('the config include / skip lists apply, and CLI --skip adds to them', () => {
