@@ -96,8 +96,16 @@ export async function runSuites(cfg: Config, nodes: NodeConfig[], suites: SuiteN
       // One specification per suite file: a rerun narrows each file to its own checks by name.
       const project = vitest.getRootProject();
       const specs = present.map((s) => project.createSpecification(suiteFile(s), { testNamePattern: inputs.rerun?.patterns.get(s) }));
-      await vitest.runTestSpecifications(specs, true);
-      unhandledErrors = vitest.state.getUnhandledErrors() as { name?: string; message?: string }[];
+      try {
+        await vitest.runTestSpecifications(specs, true);
+      } catch (e) {
+        // allure-vitest writes its results from this process: a full or read-only reports disk surfaces
+        // here. The run still ends with a verdict (broken, naming the dir) before the reports are tried.
+        const err = e as NodeJS.ErrnoException;
+        if (!err.code) throw e;
+        unhandledErrors.push({ name: 'InfrastructureError', message: `cannot write ${err.path ?? run.allureResults}: ${err.code}${err.code === 'ENOSPC' ? ' (no space left on device)' : ''}: ${err.message}` });
+      }
+      unhandledErrors.push(...(vitest.state.getUnhandledErrors() as { name?: string; message?: string }[]));
     } finally {
       await vitest.close();
     }
