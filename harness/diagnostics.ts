@@ -142,13 +142,17 @@ export async function collectDiagnostics(run: RunDir, cfg: Config, nodes: NodeCo
   return dirs.sort();
 }
 
-/** Adds the node's diagnostics as attachments of its failed and broken results in allure-results. */
+/**
+ * Adds the node's diagnostics as attachments of its failed results in allure-results. Not of broken
+ * ones: a check that could not run learned nothing from the node's files, and every copy of them is
+ * one more place a secret could leak (they stay, redacted, in diagnostics/<node>/).
+ */
 function attachToAllure(resultsDir: string, node: string, dir: string, names: string[]): void {
   if (!existsSync(resultsDir)) return;
   for (const f of readdirSync(resultsDir).filter((x) => x.endsWith('-result.json'))) {
     const path = join(resultsDir, f);
     const r = JSON.parse(readFileSync(path, 'utf8')) as { status?: string; parameters?: { name: string; value: string }[]; attachments?: { name: string; source: string; type: string }[] };
-    if (!['failed', 'broken'].includes(r.status ?? '') || !r.parameters?.some((p) => p.name === 'node' && p.value === node)) continue;
+    if (r.status !== 'failed' || !r.parameters?.some((p) => p.name === 'node' && p.value === node)) continue;
     for (const name of names) {
       const source = `${randomUUID()}-attachment.txt`;
       writeFileSync(join(resultsDir, source), readFileSync(join(dir, name)));
