@@ -4,8 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { down, up } from '../../bin/app.ts';
 import { parseConfig } from '../../clusters/index.ts';
 import type { Config, NodeConfig } from '../../harness/config.ts';
-import { openNode } from '../../harness/node.ts';
-import { ROOT, cli, expectLocalClusterGone, localCluster, scratch, writeConfig } from './helpers.ts';
+import { ROOT, cli, expectLocalClusterGone, localCluster, nodeSnapshot, scratch, writeConfig } from './helpers.ts';
 
 // The fault matrix of the do-no-harm issue: the CLI is killed (SIGKILL, or SIGINT) at each step of
 // `install` on `provider: nodes` (real SSH hosts: the nodes of a local cluster, made first), then
@@ -20,23 +19,6 @@ const hostsCfg: Config = parseConfig(JSON.stringify(hostsRaw), 'fault matrix: th
 let nodes: NodeConfig[] = [];
 let nodesCfgPath = '';
 
-/** What the harness may touch on a node: files (type, mode, target, sha256) under its paths, and the images containerd holds. */
-async function snapshot(n: NodeConfig): Promise<string> {
-  const node = openNode(n);
-  try {
-    const paths = ['/var/bin', '/usr/local/bin', '/etc/containerd', '/etc/systemd/system', '/var/lib/gvisor-e2e', '/run/gvisor-e2e-node.lock'];
-    const r = await node.exec(
-      [
-        `for p in ${paths.join(' ')}; do [ -e "$p" ] || continue; find "$p" -xdev -printf '%y %m %p %l\\n'; find "$p" -xdev -type f -exec sha256sum {} +; done | sort`,
-        `ctr --address ${n.paths.containerdSocket} -n k8s.io images ls -q | sort`,
-      ].join('; '),
-    );
-    expect(r.code, r.stderr).toBe(0);
-    return r.stdout;
-  } finally {
-    await node.close();
-  }
-}
 
 /** The CLI in a child; killed with `signal` when its log has `atLine` lines (or left to finish). */
 function killedAt(args: string[], atLine: number, signal: NodeJS.Signals): Promise<{ code: number | null; lines: string[] }> {
@@ -80,14 +62,14 @@ afterAll(async () => {
 
 describe('install killed at each step, then down', () => {
   it('leaves every node as it was before, byte for byte', async () => {
-    const before = await Promise.all(nodes.map(snapshot));
+    const before = await Promise.all(nodes.map(nodeSnapshot));
     // A whole install first: how many log lines it has is how many places there are to kill it.
     const full = await killedAt(['--config', nodesCfgPath, 'install'], Number.MAX_SAFE_INTEGER, 'SIGKILL');
     expect(full.code, full.lines.slice(-20).join('\n')).toBe(0);
-    expect(await Promise.all(nodes.map(snapshot))).not.toEqual(before);
+    expect(await Promise.all(nodes.map(nodeSnapshot))).not.toEqual(before);
     const d0 = cli(['--config', nodesCfgPath, 'down']);
     expect(d0.code, d0.stderr.slice(-2000)).toBe(0);
-    expect(await Promise.all(nodes.map(snapshot))).toEqual(before);
+    expect(await Promise.all(nodes.map(nodeSnapshot))).toEqual(before);
     const steps = full.lines.length;
     expect(steps).toBeGreaterThan(5);
     const seen: string[] = [];
@@ -97,7 +79,7 @@ describe('install killed at each step, then down', () => {
       seen.push(`${signal} after "${r.lines[at - 1] ?? '(end)'}" → exit ${r.code}`);
       const d = cli(['--config', nodesCfgPath, 'down']);
       expect(d.code, `${seen.at(-1)}: down: ${d.stderr.slice(-2000)}`).toBe(0);
-      const after = await Promise.all(nodes.map(snapshot));
+      const after = await Promise.all(nodes.map(nodeSnapshot));
       for (let i = 0; i < nodes.length; i++) expect(after[i], `${nodes[i]!.name} after ${seen.at(-1)}`).toBe(before[i]);
     }
     expect(seen.length).toBe(steps - 1);

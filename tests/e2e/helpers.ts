@@ -4,6 +4,8 @@ import { homedir, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { stringify } from 'yaml';
 import type { RunSummary } from '../../harness/report.ts';
+import type { NodeConfig } from '../../harness/config.ts';
+import { openNode } from '../../harness/node.ts';
 import { expect } from 'vitest';
 import { CLUSTER_MARKER, clusterNetwork } from '../../clusters/kube/controlplane.ts';
 
@@ -106,4 +108,22 @@ export function expectLocalClusterGone(name: string): void {
   });
   expect(marked).toEqual([]);
   expect(execFileSync('ip', ['-o', 'link', 'show'], { encoding: 'utf8' })).not.toContain(clusterNetwork(S).bridge);
+}
+
+/** What the harness may touch on a node (to compare before and after): files (type, mode, target, sha256) under its paths, and the images containerd holds. */
+export async function nodeSnapshot(n: NodeConfig): Promise<string> {
+  const node = openNode(n);
+  try {
+    const paths = ['/var/bin', '/usr/local/bin', '/etc/containerd', '/etc/systemd/system', '/var/lib/gvisor-e2e', '/run/gvisor-e2e-node.lock'];
+    const r = await node.exec(
+      [
+        `for p in ${paths.join(' ')}; do [ -e "$p" ] || continue; find "$p" -xdev -printf '%y %m %p %l\\n'; find "$p" -xdev -type f -exec sha256sum {} +; done | sort`,
+        `ctr --address ${n.paths.containerdSocket} -n k8s.io images ls -q | sort`,
+      ].join('; '),
+    );
+    expect(r.code, r.stderr).toBe(0);
+    return r.stdout;
+  } finally {
+    await node.close();
+  }
 }

@@ -9,9 +9,8 @@ import { z } from 'zod';
 import { down, up } from '../../bin/app.ts';
 import { parseConfig } from '../../clusters/index.ts';
 import type { NodeConfig } from '../../harness/config.ts';
-import { openNode } from '../../harness/node.ts';
 import type { RunSummary } from '../../harness/report.ts';
-import { ROOT, cli, latestSummary, localCluster, scratch, writeConfig } from './helpers.ts';
+import { ROOT, cli, latestSummary, localCluster, nodeSnapshot, scratch, writeConfig } from './helpers.ts';
 
 const dir = scratch('operator');
 const reports = join(dir, 'reports');
@@ -31,24 +30,7 @@ const expecting = writeConfig(dir, 'expecting.yaml', cluster('true'));
 const SUITES = ['runsc-installation', 'net-raw', 'sandbox-dmesg'];
 let nodes: NodeConfig[] = [];
 
-/** What install may touch on a node: files (type, mode, target, sha256) under its paths, and containerd's images (as fault-matrix.test.ts). */
-async function snapshot(n: NodeConfig): Promise<string> {
-  const node = openNode(n);
-  try {
-    const paths = ['/var/bin', '/usr/local/bin', '/etc/containerd', '/etc/systemd/system', '/var/lib/gvisor-e2e', '/run/gvisor-e2e-node.lock'];
-    const r = await node.exec(
-      [
-        `for p in ${paths.join(' ')}; do [ -e "$p" ] || continue; find "$p" -xdev -printf '%y %m %p %l\\n'; find "$p" -xdev -type f -exec sha256sum {} +; done | sort`,
-        `ctr --address ${n.paths.containerdSocket} -n k8s.io images ls -q | sort`,
-      ].join('; '),
-    );
-    expect(r.code, r.stderr).toBe(0);
-    return r.stdout;
-  } finally {
-    await node.close();
-  }
-}
-const snapshots = () => Promise.all(nodes.map(snapshot));
+const snapshots = () => Promise.all(nodes.map(nodeSnapshot));
 
 function files(d: string): string[] {
   return readdirSync(d).flatMap((f) => (statSync(join(d, f)).isDirectory() ? files(join(d, f)) : [join(d, f)]));
