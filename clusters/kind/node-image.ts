@@ -47,14 +47,17 @@ export function dockerCliWith(run: (argv: string[], opts?: { timeoutMs?: number 
 
 export const dockerCli: DockerCli = dockerCliWith();
 
+/** etcd's image tag in kubeadm's form (<version>-<revision>). */
+const ETCD_TAG = `${ETCD_VERSION.replace(/^v/, '')}-0`;
+
 /** What kubeadm v1.35 and kind's containerd config name; the etcd tag is ours (the kind config tells kubeadm). */
 export const LOCAL_IMAGE_NAMES = {
   apiserver: `registry.k8s.io/kube-apiserver:${KUBERNETES_VERSION}`,
   controllerManager: `registry.k8s.io/kube-controller-manager:${KUBERNETES_VERSION}`,
   scheduler: `registry.k8s.io/kube-scheduler:${KUBERNETES_VERSION}`,
   /** kubeadm's own pairing for 1.35 is 3.6.6-0 (cmd/kubeadm/app/constants); this image carries ETCD_VERSION. */
-  etcdTag: `${ETCD_VERSION.replace(/^v/, '')}-0`,
-  etcd: `registry.k8s.io/etcd:${ETCD_VERSION.replace(/^v/, '')}-0`,
+  etcdTag: ETCD_TAG,
+  etcd: `registry.k8s.io/etcd:${ETCD_TAG}`,
   /** kind's containerd sandbox_image (images/base/files/etc/containerd/config.toml) and kubeadm's PauseVersion. */
   pause: ['registry.k8s.io/pause:3.10', 'registry.k8s.io/pause:3.10.1'],
 };
