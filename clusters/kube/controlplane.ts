@@ -23,6 +23,8 @@ export interface ClusterNetwork {
   bridge: string;
   /** First three octets, e.g. "10.217.42": gateway .1, nodes .10 and up. */
   prefix: string;
+  /** The API server's address when it serves on a network the cluster does not own (no bridge). */
+  address?: string;
 }
 
 /** The bridge name and first-choice /24 derived from the cluster's state dir, so concurrent clusters do not collide. */
@@ -91,13 +93,17 @@ export class ControlPlane {
   ) {}
 
   get gateway(): string {
-    return `${this.net.prefix}.1`;
+    return this.net.address ?? `${this.net.prefix}.1`;
   }
 
-  static async start(stateDir: string, bins: KubeBinaries, timeoutMs = 120_000): Promise<ControlPlane> {
+  /**
+   * `address`: serve the API on this address of the machine (a LAN that the nodes are on, e.g. VMs)
+   * instead of on a bridge of the cluster's own (host nodes in network namespaces).
+   */
+  static async start(stateDir: string, bins: KubeBinaries, timeoutMs = 120_000, opts: { address?: string } = {}): Promise<ControlPlane> {
     const dir = join(stateDir, 'control-plane');
     mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const net = await withClusterLock(NETWORK_LOCK, 'network', async () => {
+    const net = opts.address ? { bridge: '', prefix: '', address: opts.address } : await withClusterLock(NETWORK_LOCK, 'network', async () => {
       const bridge = clusterNetwork(stateDir).bridge;
       // A bridge of this name is this state dir's, left by a crash: made again on a free subnet.
       if (sh(`ip -o link show ${bridge} 2>/dev/null || true`).trim()) sh(`ip link del ${bridge}`);
@@ -107,8 +113,9 @@ export class ControlPlane {
       sh(`ip link add ${n.bridge} type bridge && ip addr add ${n.prefix}.1/24 dev ${n.bridge} && ip link set ${n.bridge} up`);
       return n;
     }, 60_000);
-    if (net.prefix !== clusterNetwork(stateDir).prefix) log('info', `cluster network ${net.prefix}.0/24 (the first choice overlaps a route of this machine)`);
-    const gw = `${net.prefix}.1`;
+    if (opts.address) writeFileSync(join(dir, 'network.json'), JSON.stringify(net));
+    else if (net.prefix !== clusterNetwork(stateDir).prefix) log('info', `cluster network ${net.prefix}.0/24 (the first choice overlaps a route of this machine)`);
+    const gw = opts.address ?? `${net.prefix}.1`;
     const pki = new Pki(join(dir, 'pki'));
     const apiPort = await freePort();
     const server = `https://${gw}:${apiPort}`;
@@ -172,6 +179,8 @@ export class ControlPlane {
       `--service-account-key-file=${sa.pub}`,
       `--service-account-signing-key-file=${sa.key}`,
       '--authorization-mode=Node,RBAC',
+      // Nodes that join over the network (VMs) bootstrap their kubelet credentials with a token, as kubeadm's do.
+      '--enable-bootstrap-token-auth=true',
       '--enable-admission-plugins=NodeRestriction',
       '--allow-privileged=true',
       '--endpoint-reconciler-type=none',
@@ -189,7 +198,10 @@ export class ControlPlane {
       '--leader-elect=false',
       '--bind-address=127.0.0.1',
       '--secure-port=0',
-      '--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller',
+      '--controllers=*,bootstrapsigner,tokencleaner,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller',
+      // Signs the kubelets' client CSRs (TLS bootstrap and rotation) with the cluster CA.
+      `--cluster-signing-cert-file=${pki.ca.crt}`,
+      `--cluster-signing-key-file=${pki.ca.key}`,
       '--v=1',
     ]);
     cp.daemon('kube-scheduler', bins.kubeScheduler, [

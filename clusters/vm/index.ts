@@ -1,7 +1,8 @@
 import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { z } from 'zod';
 import { buildContainerd } from '../../harness/binaries.ts';
-import { type Config, type NodeConfig, configPath, dnsLabel, dnsName, nodeConfig, OS_FAMILIES, sshAccess } from '../../harness/config.ts';
+import { type Config, type NodeConfig, configPath, dnsLabel, dnsName, durationMs, nodeConfig, OS_FAMILIES, sshAccess } from '../../harness/config.ts';
 import { InfrastructureError } from '../../harness/errors.ts';
 import { buildTestImage } from '../../harness/image.ts';
 import { restartContainerd } from '../../harness/installer.ts';
@@ -14,6 +15,12 @@ import { uninstallHosts } from '../common/hosts.ts';
 import { addKubernetesObjects, removeKubernetesObjects, type ObjectsRecord } from '../common/objects.ts';
 import { checkMembers, requireManifestPools } from '../common/pools.ts';
 import { tool } from '../common/tools.ts';
+import { bootstrapKubeconfig, issueBootstrapToken, revokeBootstrapTokens } from '../kube/bootstrap.ts';
+import { buildKubernetes } from '../kube/build.ts';
+import { ControlPlane } from '../kube/controlplane.ts';
+import { drainAndDeleteNode } from '../kube/drain.ts';
+import { forgetBootstrap, joinKubelet, kubeletLogTail, leaveKubelet, waitNodeReady } from '../kube/join.ts';
+import { runSync } from '../../harness/process.ts';
 import { defineProvider, type Finding, type Secrets } from '../provider.ts';
 
 // VMs (or any hosts) reached over SSH, which the harness provisions before the normal install:
@@ -38,6 +45,8 @@ const vmHostSchema = z
     knownHostsPath: sshAccess.shape.knownHostsPath,
     hostKeyFingerprint: sshAccess.shape.hostKeyFingerprint,
     osFamily: z.enum(OS_FAMILIES).default('auto'),
+    /** With `kubernetes`: the kubelet's node IP, which the API server connects to (default: `address`). */
+    nodeIP: z.ipv4().optional(),
   })
   .strict()
   .refine((a) => a.knownHostsPath || a.hostKeyFingerprint, {
@@ -53,12 +62,42 @@ const schema = z
     hosts: z.array(vmHostSchema).min(1),
     /** The kubeconfig of an existing cluster these hosts are nodes of (RuntimeClass, labels, API pods). */
     kubeconfig: configPath.optional(),
+    /**
+     * Make the hosts a Kubernetes cluster: the harness runs the control plane on this machine and
+     * joins each host's kubelet to it (bootstrap token, then certificates the kubelet renews).
+     */
+    kubernetes: z.boolean().default(false),
+    /** With `kubernetes`: the address of this machine the hosts reach the API server at (default: the source address of the route to the first host). */
+    apiServerAddress: z.ipv4().optional(),
   })
   .strict();
 export type VmCluster = z.infer<typeof schema>;
 export type VmHost = VmCluster['hosts'][number];
 
-const capabilities = (c: VmCluster) => ({ kubernetesApi: Boolean(c.kubeconfig), installsNodes: true, cleansUpAfterRun: false, reshapesPools: false });
+const capabilities = (c: VmCluster) => ({ kubernetesApi: Boolean(c.kubeconfig) || c.kubernetes, installsNodes: true, cleansUpAfterRun: false, reshapesPools: false });
+
+/** The record of a cluster the harness runs for the hosts (`kubernetes: true`). */
+interface JoinedRecord {
+  kubeconfig: string;
+  apiServerAddress: string;
+}
+
+/** How long a bootstrap token lives: one `up` joins every host well within it, and it is deleted after. */
+const BOOTSTRAP_TTL_MS = 30 * 60_000;
+
+/** The address of this machine that `to` is reached from (`ip route get`'s source). */
+export function sourceAddressTo(to: string): string {
+  const routes = JSON.parse(runSync(['ip', '-j', '-4', 'route', 'get', to])) as { prefsrc?: string; dev?: string }[];
+  const src = routes[0]?.prefsrc;
+  if (!src) throw new InfrastructureError(`no route from this machine to ${to}: set cluster.apiServerAddress to an address of this machine the hosts reach`);
+  return src;
+}
+
+/** The cgroup driver the node's containerd gives runc (the kubelet must use the same). */
+async function cgroupDriverOf(node: NodeAccess): Promise<'systemd' | 'cgroupfs'> {
+  const r = await node.exec('containerd config dump 2>/dev/null | grep -E "^\\s*SystemdCgroup\\s*=\\s*true" | head -1', { timeoutMs: 60_000 });
+  return r.stdout.trim() ? 'systemd' : 'cgroupfs';
+}
 
 export const PROVISION_STATE = '/var/lib/gvisor-e2e/provisioned.json';
 /** The provisioned containerd keeps its data apart from any containerd the host had. */
@@ -303,14 +342,19 @@ export async function unprovisionHost(node: NodeAccess, cfg: Config): Promise<st
 export class VmProvider extends BaseProvider<VmCluster> {
   /** With a kubeconfig, the cluster is someone else's: what install adds there is recorded here and removed by uninstall. */
   private readonly objects?: StateFile<ObjectsRecord>;
+  /** With `kubernetes`, the cluster is the harness's own: its control plane's record. */
+  private readonly joined?: StateFile<JoinedRecord>;
   constructor(cfg: Config & { cluster: VmCluster }) {
-    const stateDir = cfg.cluster.kubeconfig ? defaultStateDir(`vm-${cfg.cluster.name}`) : undefined;
+    const stateDir = cfg.cluster.kubeconfig || cfg.cluster.kubernetes ? defaultStateDir(`vm-${cfg.cluster.name}`) : undefined;
     super(cfg, capabilities(cfg.cluster), stateDir);
-    if (stateDir) this.objects = new StateFile<ObjectsRecord>(stateDir, { provider: 'vm', cluster: cfg.cluster.name });
+    if (stateDir && cfg.cluster.kubeconfig) this.objects = new StateFile<ObjectsRecord>(stateDir, { provider: 'vm', cluster: cfg.cluster.name });
+    if (stateDir && cfg.cluster.kubernetes) this.joined = new StateFile<JoinedRecord>(stateDir, { provider: 'vm', cluster: cfg.cluster.name });
   }
 
   /** As on an existing cluster: only what is missing is added (recorded first); a RuntimeClass or label that is there stays as it is. */
   override async installKubernetesObjects(nodes: NodeConfig[]): Promise<void> {
+    // The harness's own cluster: its objects go with its control plane.
+    if (this.joined) return super.installKubernetesObjects(nodes);
     if (!this.spec.kubeconfig || !this.objects) return;
     const rec = this.objects.read() ?? { runtimeClasses: [], nodeLabels: [] };
     await addKubernetesObjects(this.spec.kubeconfig, this.cfg, nodes, rec, () => this.objects!.write(rec), this.spec.name);
@@ -339,7 +383,65 @@ export class VmProvider extends BaseProvider<VmCluster> {
         await node.close();
       }
     }));
+    if (this.joined) await this.joinHosts(nodes);
     return nodes;
+  }
+
+  /**
+   * The control plane runs on this machine (as the local provider's does), serving on the address the
+   * hosts reach it at; each host's kubelet joins with a bootstrap token made for this `up` and
+   * deleted as soon as every host holds a certificate of its own.
+   */
+  private async joinHosts(nodes: NodeConfig[]): Promise<void> {
+    const joined = this.joined!;
+    joined.checkOwnership();
+    const address = this.spec.apiServerAddress ?? sourceAddressTo(this.spec.hosts[0]!.nodeIP ?? this.spec.hosts[0]!.address);
+    const bins = await buildKubernetes();
+    let cp = joined.read() ? ControlPlane.attach(this.stateDir!) : undefined;
+    if (cp && joined.read()?.apiServerAddress === address) {
+      try {
+        await cp.waitReady(15_000);
+      } catch {
+        log('info', `the control plane of cluster "${this.spec.name}" is not answering: starting it again`);
+        cp = undefined;
+      }
+    } else cp = undefined;
+    if (!cp) {
+      ControlPlane.stop(this.stateDir!);
+      joined.write({ kubeconfig: join(this.stateDir!, 'control-plane', 'admin.kubeconfig'), apiServerAddress: address });
+      cp = await step(`start the Kubernetes control plane on ${address} (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)`, () => ControlPlane.start(this.stateDir!, bins, 120_000, { address }));
+    }
+    const controlPlane = cp;
+    const kubelet = readFileSync(bins.kubelet);
+    const caPem = readFileSync(controlPlane.pki.ca.crt, 'utf8');
+    // One token for the hosts that still need one, made on first demand.
+    let token: Promise<string> | undefined;
+    const bootstrap = () =>
+      (token ??= issueBootstrapToken(controlPlane.adminKubeconfig, this.spec.name, BOOTSTRAP_TTL_MS).then((t) => {
+        log('info', `bootstrap token ${t.id} made for cluster "${this.spec.name}" (expires ${t.expires.toISOString()}; deleted once the hosts have joined)`);
+        return bootstrapKubeconfig(controlPlane.server, caPem, t.token);
+      }));
+    try {
+      await Promise.all(nodes.map(async (n, i) => {
+        const h = this.spec.hosts[i]!;
+        const node = new SshNode(n);
+        try {
+          await step(`join ${n.name} to the cluster (kubelet, node IP ${h.nodeIP ?? h.address})`, async () => {
+            const driver = await cgroupDriverOf(node);
+            await joinKubelet(node, { name: n.name, pool: n.pool, nodeIP: h.nodeIP ?? h.address, server: controlPlane.server, caPem, kubelet, containerdSocket: n.paths.containerdSocket, cgroupDriver: driver, bootstrapKubeconfig: bootstrap });
+            await waitNodeReady(n.name, (p) => controlPlane.get(p), 2 * durationMs(this.cfg.timeouts.container), () => kubeletLogTail(node));
+            await forgetBootstrap(node);
+          });
+        } finally {
+          await node.close();
+        }
+      }));
+    } finally {
+      if (token) {
+        const ids = await revokeBootstrapTokens(controlPlane.adminKubeconfig);
+        log('info', `bootstrap token(s) ${ids.join(', ')} deleted`);
+      }
+    }
   }
 
   /** Set once this provider undid the install (the verb's uninstall and `down`'s own need it once). */
@@ -354,25 +456,47 @@ export class VmProvider extends BaseProvider<VmCluster> {
   }
 
   async down(): Promise<void> {
+    const kubeconfig = this.joined?.read()?.kubeconfig;
+    // Nodes leave the cluster while their kubelets still run, so their pods stop the way pods do.
+    if (kubeconfig && existsSync(kubeconfig)) {
+      const cp = ControlPlane.attach(this.stateDir!);
+      const answering = await cp?.waitReady(10_000).then(() => true, () => false);
+      if (answering) {
+        for (const n of this.nodes()) {
+          const r = await step(`drain and delete node ${n.name}`, () => drainAndDeleteNode(kubeconfig, n.name, durationMs(this.cfg.timeouts.container)));
+          log('info', `[${n.name}] drained (${r.evicted.length} pod(s) evicted${r.forced.length ? `, ${r.forced.length} deleted by force` : ''}) and deleted`);
+        }
+      } else log('warn', `the control plane of cluster "${this.spec.name}" does not answer: Node objects go with it, not drained`);
+    }
     // Also with --keep-install: the install cannot outlive the containerd it was made for.
     await this.uninstall();
     await Promise.all(this.nodes().map(async (n) => {
       const node = new SshNode(n);
       try {
+        if (this.joined) {
+          const left = await step(`stop the kubelet on ${n.name}`, () => leaveKubelet(node));
+          if (left.length) log('info', `[${n.name}] kubelet stopped; removed: ${left.join(', ')}`);
+        }
         const undone = await step(`unprovision ${n.name}`, () => unprovisionHost(node, this.cfg));
         log('info', `[${n.name}] provider removed/restored: ${undone.join(', ') || 'nothing (not provisioned)'}`);
       } finally {
         await node.close();
       }
     }));
+    if (this.joined && this.stateDir) {
+      this.joined.checkOwnership();
+      if (existsSync(join(this.stateDir, 'control-plane'))) await step('stop the Kubernetes control plane', async () => ControlPlane.stop(this.stateDir!));
+      this.joined.remove();
+    }
   }
 
   override kubeconfig(): string | undefined {
-    return this.spec.kubeconfig;
+    return this.spec.kubeconfig ?? this.joined?.read()?.kubeconfig;
   }
 
   override secrets(): Secrets {
-    return { keyFiles: this.spec.hosts.map((h) => h.privateKeyPath), kubeconfigs: this.spec.kubeconfig ? [this.spec.kubeconfig] : [] };
+    const kc = this.kubeconfig();
+    return { keyFiles: this.spec.hosts.map((h) => h.privateKeyPath), kubeconfigs: kc ? [kc] : [] };
   }
 
   async doctor(): Promise<Finding[]> {
@@ -381,6 +505,7 @@ export class VmProvider extends BaseProvider<VmCluster> {
 
   override async warm(): Promise<void> {
     await buildContainerd();
+    if (this.spec.kubernetes) await buildKubernetes();
   }
 }
 
@@ -438,7 +563,12 @@ export const vm = defineProvider<VmCluster>({
       const at = `${h.address}:${h.port}`;
       if (seen.has(at)) issue(['cluster', 'hosts', i, 'address'], `${at} is already host [${seen.get(at)}]`);
       seen.set(at, i);
+      // The API server connects to each kubelet at its node IP: a port forwarded to this machine's loopback is not one.
+      if (c.kubernetes && !h.nodeIP && (/^127\./.test(h.address) || h.address === 'localhost')) {
+        issue(['cluster', 'hosts', i, 'nodeIP'], `host ${h.name} is reached at ${h.address}, a loopback address: with kubernetes: true the API server connects to its kubelet, so give the host's own IPv4 address (address or nodeIP) on a network this machine reaches`);
+      }
     });
+    if (c.kubernetes && c.kubeconfig) issue(['cluster', 'kubernetes'], 'set either kubernetes: true (the harness runs the cluster) or kubeconfig (the hosts are nodes of that cluster), not both');
   },
   resolvePaths(c, paths) {
     c.hosts.forEach((h, i) => paths.keyFiles(h, `cluster.hosts[${i}]`));
