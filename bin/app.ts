@@ -217,16 +217,16 @@ export async function run(cfg: Config, opts: RunOptions = {}): Promise<RunSummar
  * `repro`: a cluster made from a customer's manifest (and image-builder variables), every suite, a
  * report. Only providers that can reshape their pools make one.
  */
-export async function repro(base: Config, source: string, manifest: string, opts: { imageBuilder?: string; keep?: boolean }): Promise<RunSummary> {
+export async function repro(base: Config, source: string, manifest: string, opts: { imageBuilder?: string; keep?: boolean; suite?: string[]; skip?: string[] }): Promise<RunSummary> {
   const made = reproConfig(base);
   if (!made) {
-    throw new ConfigError(source, [{ path: 'cluster.provider', message: `repro makes a cluster from the manifest's pools, which provider "${base.cluster.provider}" cannot (it needs ${CAPABILITY_NAMES.reshapesPools}; use provider "local")` }]);
+    throw new ConfigError(source, [{ path: 'cluster.provider', message: `repro makes a cluster from the manifest's pools, which provider "${base.cluster.provider}" cannot (it needs ${CAPABILITY_NAMES.reshapesPools}, or hosts of its own it can match the manifest's pools to; use provider "local", "kind" or "vm")` }]);
   }
   let cfg = applyManifest(made, loadManifest(manifest));
   if (opts.imageBuilder) cfg = applyImageBuilderVars(cfg, loadImageBuilderVars(opts.imageBuilder));
   const pools = poolsOf(cfg).map((p) => `${p}${cfg.gvisor.pools.includes(p) ? ' (gVisor)' : ''}`).join(', ');
   log('info', `repro of ${manifest}: pools ${pools}; handler ${cfg.gvisor.handler} at ${cfg.gvisor.binaryPath}; configFlags ${JSON.stringify(cfg.gvisor.configFlags)}`);
-  const summary = await run(cfg, { keep: opts.keep, configPath: source });
+  const summary = await run(cfg, { keep: opts.keep, configPath: source, suites: opts.suite, skip: opts.skip });
   process.stdout.write(`report: ${join(cfg.reportsDir, summary.runId, 'summary.md')}\n`);
   return summary;
 }

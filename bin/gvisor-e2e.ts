@@ -128,8 +128,10 @@ program
   .description("reproduce a customer's setup: a local Kubernetes cluster with the pools, flags and customizations of a Shoot or ContainerRuntime (and image-builder variables), all suites, a report")
   .argument('<manifest>', 'a Gardener Shoot or ContainerRuntime manifest')
   .option('--image-builder <vars>', "the node image's image-builder variables (YAML or JSON)")
+  .addOption(new Option('-s, --suite <name...>', 'run only these suites'))
+  .addOption(new Option('--skip <name...>', 'skip these suites'))
   .option('--keep', 'keep the cluster afterwards')
-  .action(async (manifest: string, o: { imageBuilder?: string; keep?: boolean }) => {
+  .action(async (manifest: string, o: { imageBuilder?: string; keep?: boolean; suite?: string[]; skip?: string[] }) => {
     // The embedded cluster's shape, unless -c names another config (its name, stateDir, reportsDir).
     const file = program.opts().config ?? DEFAULT_CONFIG;
     const base = loadConfig(file);

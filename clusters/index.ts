@@ -69,8 +69,12 @@ export function applyManifest<C extends Config>(cfg: C, spec: GVisorSpec): C {
   return out;
 }
 
-/** The config `repro` runs: this provider's cluster made from a manifest, or undefined where it cannot (no `reshapesPools`). */
+/**
+ * The config `repro` runs: this provider's cluster for a manifest, or undefined where it cannot.
+ * A provider offers `forRepro` when it makes the cluster itself: with pools reshaped from the
+ * manifest (local, kind), or on hosts of its own whose pools must match the manifest's (vm).
+ */
 export function reproConfig<C extends Config>(cfg: C): C | undefined {
   const d = definitionOf(cfg.cluster);
-  return d.capabilities(cfg.cluster).reshapesPools && d.forRepro ? { ...cfg, cluster: d.forRepro(cfg.cluster) } : undefined;
+  return d.forRepro ? { ...cfg, cluster: d.forRepro(cfg.cluster) } : undefined;
 }

@@ -68,7 +68,7 @@ export interface ProviderDefinition<C extends ClusterSpec = ClusterSpec> {
   poolNames(cluster: C): string[];
   /** A customer's manifest applied to this section: pools reshaped (repro) or checked to exist. */
   applyManifest(cluster: C, spec: GVisorSpec): C;
-  /** The section `repro` uses, for providers that can make a cluster from a manifest. */
+  /** The section `repro` uses, for providers that make the cluster a manifest describes (pools reshaped, or matched to their hosts). */
   forRepro?(cluster: C): C;
   create(cfg: Config & { cluster: C }): ClusterProvider;
 }

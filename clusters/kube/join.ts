@@ -8,7 +8,6 @@ import { InfrastructureError } from '../../harness/errors.ts';
 import { NodeJournal } from '../../harness/journal.ts';
 import { POOL_LABEL } from '../../harness/labels.ts';
 import { mustExec, type NodeAccess, sh } from '../../harness/node.ts';
-import { shCommand } from '../../harness/shell.ts';
 
 export const KUBELET_DIR = '/var/lib/gvisor-e2e/kubelet';
 export const KUBELET_UNIT_NAME = 'gvisor-e2e-kubelet.service';
@@ -74,8 +73,17 @@ export function joinedKubeletConfig(o: { cgroupDriver: 'cgroupfs' | 'systemd'; c
   };
 }
 
+/**
+ * An ExecStart= command line: each word double-quoted with systemd's own escapes (backslash, quote,
+ * `%` specifiers, `$` variables), so a name from a config or manifest stays one literal word.
+ * Source: systemd.service(5) "Command lines", systemd.unit(5) "Specifiers".
+ */
+export function systemdExec(words: string[]): string {
+  return words.map((w) => `"${w.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/%/g, '%%').replace(/\$/g, '$$$$')}"`).join(' ');
+}
+
 export function kubeletUnit(o: { name: string; pool: string; nodeIP: string }): string {
-  const cmd = shCommand([
+  const cmd = systemdExec([
     `${KUBELET_DIR}/kubelet`,
     `--config=${KUBELET_DIR}/config.yaml`,
     `--bootstrap-kubeconfig=${BOOTSTRAP_KUBECONFIG}`,

@@ -580,5 +580,7 @@ export const vm = defineProvider<VmCluster>({
     requireManifestPools(vm.poolNames(c), spec);
     return c;
   },
+  // The hosts are fixed: repro runs on them when their pools are the manifest's (applyManifest checks).
+  forRepro: (c) => c,
   create: (cfg) => new VmProvider(cfg),
 });
