@@ -90,6 +90,9 @@ cluster:
 # Put your SSH private key at ./id_ed25519 and the hosts' keys in ./known_hosts (host keys are always verified).
 cluster:
   provider: vm
+  # The harness runs a control plane on this machine and joins each host's kubelet (bootstrap token):
+  # every suite runs. The hosts must reach this machine, and it their port 10250, by address.
+  kubernetes: true
   hosts:
     - name: vm-1
       pool: gvisor
@@ -99,7 +102,12 @@ cluster:
       privateKeyPath: ./id_ed25519
       knownHostsPath: ./known_hosts
       osFamily: auto
-  # kubeconfig: ./admin.conf      # the cluster these hosts are nodes of: RuntimeClass, labels, runtimeclass-scheduling
+    - name: vm-2
+      pool: plain
+      address: 192.0.2.11
+      privateKeyPath: ./id_ed25519
+      knownHostsPath: ./known_hosts
+  # kubeconfig: ./admin.conf      # instead of kubernetes: true, the existing cluster these hosts are nodes of
 `,
 };
 

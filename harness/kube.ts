@@ -131,6 +131,11 @@ export async function installKubernetesObjects(kubeconfig: string, cfg: Config, 
   const current = await api(`reading RuntimeClass ${name}`, () => nodeApi.readRuntimeClass({ name }).catch((e: { code?: number }) => (e.code === 404 ? undefined : Promise.reject(e))));
   if (current && addOnly) {
     if (current.handler !== rc.handler) log('warn', `RuntimeClass ${name} exists with handler "${current.handler}" (config: "${rc.handler}"); left as it is`);
+  } else if (current && current.handler !== rc.handler) {
+    // The handler is immutable (node.k8s.io validation): on the harness's own cluster the object is made again.
+    log('info', `RuntimeClass ${name}: handler "${current.handler}" → "${rc.handler}" (replaced: the handler field is immutable)`);
+    await api(`deleting RuntimeClass ${name}`, () => nodeApi.deleteRuntimeClass({ name }).catch((e: { code?: number }) => (e.code === 404 ? undefined : Promise.reject(e))));
+    await api(`creating RuntimeClass ${name}`, () => nodeApi.createRuntimeClass({ body: rc }), { created: true });
   } else if (current) {
     await api(`updating RuntimeClass ${name}`, () => nodeApi.replaceRuntimeClass({ name, body: { ...rc, metadata: { ...rc.metadata, resourceVersion: current.metadata?.resourceVersion } } }));
   } else {

@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { buildContainerd } from '../../harness/binaries.ts';
@@ -19,7 +19,9 @@ import { bootstrapKubeconfig, issueBootstrapToken, revokeBootstrapTokens } from 
 import { buildKubernetes } from '../kube/build.ts';
 import { ControlPlane } from '../kube/controlplane.ts';
 import { drainAndDeleteNode } from '../kube/drain.ts';
-import { forgetBootstrap, joinKubelet, kubeletLogTail, leaveKubelet, waitNodeReady } from '../kube/join.ts';
+import { forgetBootstrap, joinKubelet, KUBELET_UNIT_NAME, kubeletLogTail, leaveKubelet, waitNodeReady } from '../kube/join.ts';
+import { redact } from '../../harness/redact.ts';
+import { clusterLogsDir } from '../../harness/rundir.ts';
 import { runSync } from '../../harness/process.ts';
 import { defineProvider, type Finding, type Secrets } from '../provider.ts';
 
@@ -494,13 +496,44 @@ export class VmProvider extends BaseProvider<VmCluster> {
     return this.spec.kubeconfig ?? this.joined?.read()?.kubeconfig;
   }
 
+  /** Each host's containerd and kubelet journal, and the control plane's logs when it is the harness's: for a failed run's report. */
+  override async collectLogs(reportsDir: string): Promise<string> {
+    const dir = clusterLogsDir(reportsDir, 'vm', this.spec.name);
+    mkdirSync(dir, { recursive: true });
+    await Promise.all(this.nodes().map(async (n) => {
+      const node = new SshNode(n);
+      try {
+        const r = await node.exec(`journalctl -u containerd -u ${KUBELET_UNIT_NAME} --no-pager -o short-iso -n 5000 2>&1`, { timeoutMs: 120_000 });
+        writeFileSync(join(dir, `${n.name}.journal.log`), redact(r.stdout));
+      } catch (e) {
+        writeFileSync(join(dir, `${n.name}.journal.log`), `not collected: ${(e as Error).message}\n`);
+      } finally {
+        await node.close();
+      }
+    }));
+    const cp = this.stateDir ? join(this.stateDir, 'control-plane') : undefined;
+    for (const f of cp && existsSync(cp) ? readdirSync(cp).filter((x) => x.endsWith('.log')) : []) writeFileSync(join(dir, f), redact(readFileSync(join(cp!, f), 'utf8')));
+    return dir;
+  }
+
   override secrets(): Secrets {
     const kc = this.kubeconfig();
     return { keyFiles: this.spec.hosts.map((h) => h.privateKeyPath), kubeconfigs: kc ? [kc] : [] };
   }
 
   async doctor(): Promise<Finding[]> {
-    return [tool('ssh-keygen', 'openssh-client', 'host keys'), ...(await vmDoctor(this.spec))];
+    const f = [tool('ssh-keygen', 'openssh-client', 'host keys'), ...(await vmDoctor(this.spec))];
+    if (this.spec.kubernetes) {
+      const first = this.spec.hosts[0]!;
+      try {
+        const at = this.spec.apiServerAddress ?? sourceAddressTo(first.nodeIP ?? first.address);
+        f.push({ check: 'API server address for the hosts', ok: true, detail: `${at}${this.spec.apiServerAddress ? '' : ` (the source of the route to ${first.nodeIP ?? first.address})`}` });
+      } catch (e) {
+        f.push({ check: 'API server address for the hosts', ok: false, detail: (e as Error).message, fix: 'set cluster.apiServerAddress' });
+      }
+      f.push(tool('openssl', 'openssl', 'the cluster CA and certificates'));
+    }
+    return f;
   }
 
   override async warm(): Promise<void> {
