@@ -43,6 +43,8 @@ export interface JoinOptions {
   cgroupDriver: 'cgroupfs' | 'systemd';
   /** A bootstrap kubeconfig (token inside), asked for only when the kubelet has no certificate yet. */
   bootstrapKubeconfig: () => Promise<string>;
+  /** The control plane is a new one (new CA): a certificate the kubelet holds is of no use and goes. */
+  freshControlPlane: boolean;
 }
 
 /** The kubelet's configuration on a joined host: a real node's defaults, evictions off, files in KUBELET_DIR. */
@@ -128,6 +130,10 @@ export async function joinKubelet(node: NodeAccess, o: JoinOptions): Promise<{ b
   await journal.put(`${KUBELET_DIR}/ca.crt`, o.caPem, '0644');
   await journal.put(`${KUBELET_DIR}/config.yaml`, stringify(joinedKubeletConfig(o)), '0644');
   const unitChanged = await journal.put(KUBELET_UNIT, kubeletUnit(o), '0644');
+  if (o.freshControlPlane && journal.extra.started) {
+    await node.exec(`systemctl stop ${KUBELET_UNIT_NAME}`, { timeoutMs: 60_000 });
+    await mustExec(node, `rm -rf --one-file-system ${KUBELET_DIR}/pki ${KUBELET_DIR}/kubeconfig`);
+  }
   const hasCert = (await node.exec(`test -s ${KUBELET_DIR}/pki/kubelet-client-current.pem`)).code === 0;
   if (!hasCert) await journal.put(BOOTSTRAP_KUBECONFIG, await o.bootstrapKubeconfig(), '0600');
   journal.extra.started = true;

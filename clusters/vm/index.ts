@@ -408,6 +408,7 @@ export class VmProvider extends BaseProvider<VmCluster> {
         cp = undefined;
       }
     } else cp = undefined;
+    const fresh = !cp;
     if (!cp) {
       ControlPlane.stop(this.stateDir!);
       joined.write({ kubeconfig: join(this.stateDir!, 'control-plane', 'admin.kubeconfig'), apiServerAddress: address });
@@ -430,7 +431,7 @@ export class VmProvider extends BaseProvider<VmCluster> {
         try {
           await step(`join ${n.name} to the cluster (kubelet, node IP ${h.nodeIP ?? h.address})`, async () => {
             const driver = await cgroupDriverOf(node);
-            await joinKubelet(node, { name: n.name, pool: n.pool, nodeIP: h.nodeIP ?? h.address, server: controlPlane.server, caPem, kubelet, containerdSocket: n.paths.containerdSocket, cgroupDriver: driver, bootstrapKubeconfig: bootstrap });
+            await joinKubelet(node, { name: n.name, pool: n.pool, nodeIP: h.nodeIP ?? h.address, server: controlPlane.server, caPem, kubelet, containerdSocket: n.paths.containerdSocket, cgroupDriver: driver, bootstrapKubeconfig: bootstrap, freshControlPlane: fresh });
             await waitNodeReady(n.name, (p) => controlPlane.get(p), 2 * durationMs(this.cfg.timeouts.container), () => kubeletLogTail(node));
             await forgetBootstrap(node);
           });
