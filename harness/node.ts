@@ -465,6 +465,22 @@ export async function writeNodeFile(node: NodeAccess, path: string, content: str
   }
 }
 
+/**
+ * Removes a tree the harness (or software it ran) made on a node: every mount at or below it is
+ * unmounted lazily first (pod volumes, network namespaces), and rm never crosses into a mount.
+ */
+export async function removeTreeOnNode(node: NodeAccess, dir: string): Promise<void> {
+  if (!/^\/[^\s]+$/.test(dir) || dir.split('/').filter(Boolean).length < 2) throw new InfrastructureError(`[${node.name}] refusing to remove ${dir}: not a path at least two levels deep`);
+  const re = dir.replace(/[.[\]()*+?^$|\\]/g, '\\$&');
+  await mustExec(node, `for m in $(awk '{print $5}' /proc/self/mountinfo | grep -E ${sh(`^${re}(/|$)`)} | sort -r); do umount -l "$m"; done; rm -rf --one-file-system ${sh(dir)}`, { timeoutMs: 120_000 });
+}
+
+/** Which of `paths` do not exist on the node (recorded before software the harness runs may make them). */
+export async function absentOnNode(node: NodeAccess, paths: string[]): Promise<string[]> {
+  const r = await mustExec(node, paths.map((p) => `[ -e ${sh(p)} ] || echo ${sh(p)}`).join('; ') + '; true');
+  return r.split('\n').filter(Boolean);
+}
+
 export async function mustExec(node: NodeAccess, command: string, opts?: ExecOptions): Promise<string> {
   const r = await node.exec(command, opts);
   if (r.code !== 0) throw new InfrastructureError(`[${node.name}] \`${redact(command).slice(0, 160)}\` exited ${r.code}: ${redact(r.stderr.trim() || r.stdout.trim()).slice(0, 500)}`);

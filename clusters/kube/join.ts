@@ -7,7 +7,7 @@ import { stringify } from 'yaml';
 import { InfrastructureError } from '../../harness/errors.ts';
 import { NodeJournal } from '../../harness/journal.ts';
 import { POOL_LABEL } from '../../harness/labels.ts';
-import { mustExec, type NodeAccess, sh } from '../../harness/node.ts';
+import { absentOnNode, mustExec, type NodeAccess, removeTreeOnNode, sh } from '../../harness/node.ts';
 
 export const KUBELET_DIR = '/var/lib/gvisor-e2e/kubelet';
 export const KUBELET_UNIT_NAME = 'gvisor-e2e-kubelet.service';
@@ -16,17 +16,21 @@ const JOIN_STATE = '/var/lib/gvisor-e2e/kubelet.json';
 const BACKUP_SUFFIX = '.gvisor-e2e-kubelet.orig';
 const BOOTSTRAP_KUBECONFIG = `${KUBELET_DIR}/bootstrap-kubeconfig`;
 /** What the kubelet makes at run time (certificates, kubeconfig, pods' volumes and logs): removed as a tree on leave. */
-const KUBELET_MADE = ['pki', 'kubeconfig', 'root', 'pod-logs'].map((d) => `${KUBELET_DIR}/${d}`);
+const KUBELET_MADE = ['pki', 'kubeconfig', 'root', 'pod-logs', 'volume-plugins'].map((d) => `${KUBELET_DIR}/${d}`);
 /** The kubelet writes these at start when protectKernelDefaults is off (pkg/kubelet/cm/container_manager_linux.go, setupKernelTunables). */
 export const KUBELET_SYSCTLS = ['vm/overcommit_memory', 'vm/panic_on_oom', 'kernel/panic', 'kernel/panic_on_oops', 'kernel/keys/root_maxkeys', 'kernel/keys/root_maxbytes'];
-/** The kubelet links containers' logs here (a fixed path, pkg/kubelet/kuberuntime ContainerLogsDir). */
-const CONTAINER_LOGS_DIR = '/var/log/containers';
+/**
+ * Paths the kubelet makes whatever its flags say: /var/log/containers (kuberuntime ContainerLogsDir)
+ * and the device-plugin socket dir /var/lib/kubelet/device-plugins (deviceplugin/v1beta1
+ * DevicePluginPath). Those that were not there before the join are removed on leave.
+ */
+export const KUBELET_FIXED_PATHS = ['/var/log/containers', '/var/lib/kubelet'];
 
 interface JoinFacts {
   /** Kernel settings before the kubelet first ran, restored on leave. */
   sysctls: Record<string, string>;
-  /** /var/log/containers existed before the kubelet. */
-  hadContainerLogsDir: boolean;
+  /** Of KUBELET_FIXED_PATHS, those absent before the kubelet first ran. */
+  absentBefore: string[];
   started: boolean;
 }
 
@@ -66,7 +70,8 @@ export function joinedKubeletConfig(o: { cgroupDriver: 'cgroupfs' | 'systemd'; c
     makeIPTablesUtilChains: false,
     serializeImagePulls: false,
     resolvConf: '',
-    podLogsDirectory: `${KUBELET_DIR}/pod-logs`,
+    podLogsDir: `${KUBELET_DIR}/pod-logs`,
+    volumePluginDir: `${KUBELET_DIR}/volume-plugins`,
     port: 10250,
     readOnlyPort: 0,
     // The client certificate from the bootstrap is renewed by the kubelet (approved as selfnodeclient).
@@ -120,7 +125,7 @@ export async function joinKubelet(node: NodeAccess, o: JoinOptions): Promise<{ b
     const v = values.trim().split('\n');
     Object.assign(journal.extra, {
       sysctls: Object.fromEntries(KUBELET_SYSCTLS.map((k, i) => [k, v[i] ?? ''])),
-      hadContainerLogsDir: (await node.exec(`test -d ${CONTAINER_LOGS_DIR}`)).code === 0,
+      absentBefore: await absentOnNode(node, KUBELET_FIXED_PATHS),
       started: false,
     } satisfies JoinFacts);
     await journal.save();
@@ -162,13 +167,9 @@ export async function leaveKubelet(node: NodeAccess): Promise<string[]> {
     await node.exec(`systemctl reset-failed ${KUBELET_UNIT_NAME} 2>/dev/null; systemctl daemon-reload`);
     const undone: string[] = [];
     // Pod volumes (tmpfs for projected tokens) are mounts under the root dir: unmounted first, never crossed.
-    for (const dir of KUBELET_MADE) {
-      await mustExec(node, `for m in $(awk '{print $5}' /proc/self/mountinfo | grep -E '^${dir}(/|$)' | sort -r); do umount -l "$m"; done; rm -rf --one-file-system ${sh(dir)}`, { timeoutMs: 120_000 });
+    for (const dir of [...KUBELET_MADE, ...(facts.absentBefore ?? [])]) {
+      await removeTreeOnNode(node, dir);
       undone.push(dir);
-    }
-    if (facts.hadContainerLogsDir === false) {
-      await node.exec(`rm -rf --one-file-system ${CONTAINER_LOGS_DIR}`);
-      undone.push(CONTAINER_LOGS_DIR);
     }
     for (const [k, v] of Object.entries(facts.sysctls ?? {})) {
       if (v && /^[-\d]+$/.test(v)) await node.exec(`[ "$(cat /proc/sys/${k})" = ${sh(v)} ] || echo ${sh(v)} > /proc/sys/${k}`);

@@ -8,7 +8,7 @@ import { buildTestImage } from '../../harness/image.ts';
 import { restartContainerd } from '../../harness/installer.ts';
 import { NodeJournal } from '../../harness/journal.ts';
 import { log, step } from '../../harness/log.ts';
-import { knownHostKeys, mustExec, sh, SshNode, type NodeAccess } from '../../harness/node.ts';
+import { absentOnNode, knownHostKeys, mustExec, removeTreeOnNode, sh, SshNode, type NodeAccess } from '../../harness/node.ts';
 import { defaultStateDir, StateFile } from '../../harness/state.ts';
 import { BaseProvider } from '../common/base.ts';
 import { uninstallHosts } from '../common/hosts.ts';
@@ -122,7 +122,20 @@ export interface ProvisionFacts {
   enabled: boolean;
   /** Entries of /run/containerd before provisioning (shims of the new containerd add theirs there, e.g. runsc's root). */
   runBefore?: string[];
+  /** Of RUNTIME_MADE_PATHS, those absent before provisioning (the runtime made them; removed on unprovision). */
+  absentBefore?: string[];
+  /** The CNI bridge of the provider's conflist existed before (else it is deleted on unprovision). */
+  bridgeBefore?: boolean;
 }
+
+/**
+ * Paths containerd 2.x, its CRI plugin and CNI make at fixed places whatever their root says: the CNI
+ * result cache and host-local leases (/var/lib/cni), network namespaces (/run/netns), the NRI socket
+ * (/run/nri), CRI's pod log dirs (/var/log/pods) and the introspection plugin's uuid.
+ */
+export const RUNTIME_MADE_PATHS = ['/var/lib/cni', '/run/netns', '/run/nri', '/var/log/pods', '/var/lib/containerd/io.containerd.grpc.v1.introspection'];
+/** The bridge renderCniConflist names. */
+const CNI_BRIDGE = 'gve2e0';
 
 export interface ContainerdVersion {
   major: number;
@@ -196,7 +209,7 @@ export function renderCniConflist(subnet = '10.88.0.0/16'): string {
     {
       cniVersion: '1.0.0',
       name: 'gvisor-e2e',
-      plugins: [{ type: 'bridge', bridge: 'gve2e0', isGateway: true, ipMasq: false, ipam: { type: 'host-local', ranges: [[{ subnet }]], routes: [{ dst: '0.0.0.0/0' }] } }],
+      plugins: [{ type: 'bridge', bridge: CNI_BRIDGE, isGateway: true, ipMasq: false, ipam: { type: 'host-local', ranges: [[{ subnet }]], routes: [{ dst: '0.0.0.0/0' }] } }],
     },
     null,
     2,
@@ -249,7 +262,9 @@ export async function provisionHost(node: NodeAccess, cfg: Config, sandboxImage:
   if (!journal.existed) {
     const active = (await node.exec('systemctl is-active containerd')).stdout.trim() === 'active';
     const runBefore = (await node.exec('ls -A /run/containerd 2>/dev/null')).stdout.split('\n').filter(Boolean);
-    Object.assign(state, { containerdBefore: current?.raw ?? null, wasActive: active, enabled: false, runBefore } satisfies ProvisionFacts);
+    const absentBefore = await absentOnNode(node, RUNTIME_MADE_PATHS);
+    const bridgeBefore = (await node.exec(`ip link show ${CNI_BRIDGE}`)).code === 0;
+    Object.assign(state, { containerdBefore: current?.raw ?? null, wasActive: active, enabled: false, runBefore, absentBefore, bridgeBefore } satisfies ProvisionFacts);
     log('info', `[${node.name}] containerd ${current ? `${current.raw} is too old for the runsc shim (needs >= 2.0)` : 'is missing'}: provisioning containerd 2.x`);
   }
   const changed: string[] = [];
@@ -326,15 +341,14 @@ export async function unprovisionHost(node: NodeAccess, cfg: Config): Promise<st
     // What the provisioned containerd and its shims made under /run/containerd (e.g. the runsc shim's root).
     const runNow = (await node.exec('ls -A /run/containerd 2>/dev/null')).stdout.split('\n').filter(Boolean);
     const runNew = state.runBefore ? runNow.filter((e) => !state.runBefore!.includes(e)).map((e) => `/run/containerd/${e}`) : [];
-    // The provisioned containerd's data: mounts first (lazily), then the trees, never crossing into a mount.
-    for (const dir of [CONTAINERD_ROOT, CONTAINERD_STATE, ...runNew]) {
-      await mustExec(
-        node,
-        `for m in $(awk '{print $5}' /proc/self/mountinfo | grep -E '^${dir}(/|$)' | sort -r); do umount -l "$m"; done; rm -rf --one-file-system ${sh(dir)}`,
-        { timeoutMs: 120_000 },
-      );
+    // The provisioned containerd's data and what the runtime made at fixed paths: mounts first (lazily), then the trees.
+    const made = [CONTAINERD_ROOT, CONTAINERD_STATE, ...runNew, ...(state.absentBefore ?? [])];
+    for (const dir of made) await removeTreeOnNode(node, dir);
+    if (state.bridgeBefore === false && (await node.exec(`ip link show ${CNI_BRIDGE}`)).code === 0) {
+      await mustExec(node, `ip link del ${CNI_BRIDGE}`);
+      made.push(`link ${CNI_BRIDGE}`);
     }
-    return [CONTAINERD_ROOT, CONTAINERD_STATE, ...runNew];
+    return made;
   });
   await node.exec('rmdir /run/gvisor-e2e /run/containerd 2>/dev/null; true');
   if (state.wasActive) await restartContainerd(node, cfg);

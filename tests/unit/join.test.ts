@@ -62,7 +62,7 @@ describe('kubelet on a joined host', () => {
 
   it('its configuration renews its certificate, matches the cgroup driver, and keeps pod logs in its directory', () => {
     const c = joinedKubeletConfig({ cgroupDriver: 'systemd', containerdSocket: '/run/c.sock' }) as Record<string, unknown>;
-    expect(c).toMatchObject({ rotateCertificates: true, cgroupDriver: 'systemd', containerRuntimeEndpoint: 'unix:///run/c.sock', podLogsDirectory: `${KUBELET_DIR}/pod-logs`, readOnlyPort: 0 });
+    expect(c).toMatchObject({ rotateCertificates: true, cgroupDriver: 'systemd', containerRuntimeEndpoint: 'unix:///run/c.sock', podLogsDir: `${KUBELET_DIR}/pod-logs`, volumePluginDir: `${KUBELET_DIR}/volume-plugins`, readOnlyPort: 0 });
     expect((c.authentication as { anonymous: { enabled: boolean } }).anonymous.enabled).toBe(false);
   });
 });
