@@ -133,7 +133,8 @@ export interface ProvisionFacts {
  * result cache and host-local leases (/var/lib/cni), network namespaces (/run/netns), the NRI socket
  * (/run/nri), CRI's pod log dirs (/var/log/pods) and the introspection plugin's uuid.
  */
-export const RUNTIME_MADE_PATHS = ['/var/lib/cni', '/run/netns', '/run/nri', '/var/log/pods', '/var/lib/containerd/io.containerd.grpc.v1.introspection'];
+const INTROSPECTION_DIR = '/var/lib/containerd/io.containerd.grpc.v1.introspection';
+export const RUNTIME_MADE_PATHS = ['/var/lib/cni', '/run/netns', '/run/nri', '/var/log/pods', INTROSPECTION_DIR];
 /** The bridge renderCniConflist names. */
 const CNI_BRIDGE = 'gve2e0';
 
@@ -351,7 +352,12 @@ export async function unprovisionHost(node: NodeAccess, cfg: Config): Promise<st
     return made;
   });
   await node.exec('rmdir /run/gvisor-e2e /run/containerd 2>/dev/null; true');
-  if (state.wasActive) await restartContainerd(node, cfg);
+  if (state.wasActive) {
+    await restartContainerd(node, cfg);
+    // The original containerd writes its introspection uuid when first asked after a start (the
+    // readiness probe just did): the host had none before the harness came, so none is left.
+    if (state.absentBefore?.includes(INTROSPECTION_DIR)) await removeTreeOnNode(node, INTROSPECTION_DIR);
+  }
   return undone;
 }
 
