@@ -63,7 +63,7 @@ for (const n of sizes) {
     allVerbs: all,
     verbs: { up: brief(up), install: brief(install), run: brief(run), down: brief(down) },
   };
-  console.log(JSON.stringify({ nodes: n, state: r.state, checks: r.checks, suitesSeconds: r.suitesSeconds, peak: r.harnessPeakRssMiB, cpu: r.harnessCpuSeconds, share: r.harnessShareOfRunCpu, suitesShare: r.harnessShareOfSuitesCpu, breakdown: run.peakBreakdownMiB }));
+  console.log(JSON.stringify({ nodes: n, state: r.state, checks: r.checks, suitesSeconds: r.suitesSeconds, peak: r.harnessPeakRssMiB, cpu: r.harnessCpuSeconds, share: r.harnessShareOfRunCpu, suitesShare: r.harnessShareOfSuitesCpu, breakdown: run.peakBreakdownMiB, byRole: run.peakByRoleMiB, installPeak: install.harnessPeakRssMiB }));
   results.push(r);
 }
 const at50 = results.find((r) => r.nodes === 50) as { harnessPeakRssMiB: number; harnessShareOfRunCpu: number; harnessShareOfSuitesCpu: number } | undefined;

@@ -105,6 +105,8 @@ export interface Measured {
   harnessPeakRssMiB: number;
   /** What the tree held at its peak, by process kind. */
   peakBreakdownMiB: Record<string, number>;
+  /** Each process kind's own peak (e.g. the CLI while the suites ran, before Allure's generator). */
+  peakByRoleMiB: Record<string, number>;
 }
 
 /** A process's role in the harness, from its command line. */
@@ -160,6 +162,7 @@ export function cliMeasured(cfgPath: string, args: string[], intervalMs = 250, e
     let foreignTicks = 0;
     let peak = 0;
     let peakBreakdown: Record<string, number> = {};
+    const peakByRole: Record<string, number> = {};
     const sample = () => {
       const procs = readProcs();
       const kids = new Map<number, number[]>();
@@ -169,9 +172,10 @@ export function cliMeasured(cfgPath: string, args: string[], intervalMs = 250, e
         for (const k of kids.get(tree[i]!) ?? []) {
           const p = procs.get(k)!;
           const key = `${k}:${p.start}`;
-          let c = classified.get(key);
-          if (!c) classified.set(key, (c = isNodeProcess(p) ? 'node' : 'other'));
-          if (c !== 'node') tree.push(k);
+          // Only a node verdict is kept: a child forked by the CLI looks like it until it execs.
+          if (classified.get(key) === 'node') continue;
+          if (isNodeProcess(p)) classified.set(key, 'node');
+          else tree.push(k);
         }
       }
       const ours = new Set(tree);
@@ -187,6 +191,7 @@ export function cliMeasured(cfgPath: string, args: string[], intervalMs = 250, e
         harnessTicks += p.cpuTicks - (seen.get(key) ?? 0);
         seen.set(key, p.cpuTicks);
       }
+      for (const [k, v] of Object.entries(breakdown)) peakByRole[k] = Math.max(peakByRole[k] ?? 0, +(v / 1024).toFixed(0));
       if (rss > peak) {
         peak = rss;
         peakBreakdown = Object.fromEntries(Object.entries(breakdown).map(([k, v]) => [k, +(v / 1024).toFixed(0)]));
@@ -234,13 +239,14 @@ export function cliMeasured(cfgPath: string, args: string[], intervalMs = 250, e
         harnessShareOfRunCpu: +(harness / Math.max(0.01, busy - foreign - bench)).toFixed(3),
         harnessPeakRssMiB: +(peak / 1024).toFixed(0),
         peakBreakdownMiB: peakBreakdown,
+        peakByRoleMiB: peakByRole,
       });
     });
   });
 }
 
 /** Sums phases (up, install, run, down) into one: CPU adds up, the peak is the highest. */
-export function combine(phases: Measured[]): Omit<Measured, 'code' | 'stderr' | 'peakBreakdownMiB'> {
+export function combine(phases: Measured[]): Omit<Measured, 'code' | 'stderr' | 'peakBreakdownMiB' | 'peakByRoleMiB'> {
   const sum = (k: keyof Measured) => +phases.reduce((a, p) => a + (p[k] as number), 0).toFixed(2);
   const busy = sum('machineBusyCpuSeconds') - sum('foreignCpuSeconds') - sum('benchCpuSeconds');
   return {
