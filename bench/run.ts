@@ -87,6 +87,7 @@ async function watchTestPods(kc: k8s.KubeConfig, fn: () => Promise<Measured>): P
  * running `true`, until every one has finished and is deleted again.
  */
 async function floor(kc: k8s.KubeConfig, pods: SeenPod[]): Promise<number> {
+  if (pods.length === 0) throw new Error('floor: the warm run started no pod the watch saw');
   const core = kc.makeApiClient(k8s.CoreV1Api);
   const ns = `bench-floor-${process.pid}`;
   await core.createNamespace({ body: { metadata: { name: ns } } });
