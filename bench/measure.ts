@@ -107,6 +107,8 @@ export interface Measured {
   peakBreakdownMiB: Record<string, number>;
   /** Each process kind's own peak (e.g. the CLI while the suites ran, before Allure's generator). */
   peakByRoleMiB: Record<string, number>;
+  /** The CLI's timed steps (its "✔ step (N s)" lines), seconds; where the wall time went. */
+  steps: Record<string, number>;
 }
 
 /** A process's role in the harness, from its command line. */
@@ -154,7 +156,17 @@ export function cliMeasured(cfgPath: string, args: string[], intervalMs = 250, e
       env: { ...process.env, TIMES: timesFile },
     });
     let stderr = '';
-    child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
+    let partial = '';
+    const steps: Record<string, number> = {};
+    child.stderr.on('data', (d: Buffer) => {
+      stderr = (stderr + d.toString()).slice(-4000);
+      const lines = (partial + d.toString()).split('\n');
+      partial = lines.pop() ?? '';
+      for (const l of lines) {
+        const m = /✔ (.*) \(([\d.]+)s\)\s*$/.exec(l);
+        if (m) steps[m[1]!.slice(0, 80)] = Number(m[2]);
+      }
+    });
     const seen = new Map<string, number>(); // pid:start → last cpu ticks (harness)
     const foreignSeen = new Map<string, number>();
     const classified = new Map<string, 'node' | 'foreign' | 'other'>();
@@ -240,13 +252,14 @@ export function cliMeasured(cfgPath: string, args: string[], intervalMs = 250, e
         harnessPeakRssMiB: +(peak / 1024).toFixed(0),
         peakBreakdownMiB: peakBreakdown,
         peakByRoleMiB: peakByRole,
+        steps,
       });
     });
   });
 }
 
 /** Sums phases (up, install, run, down) into one: CPU adds up, the peak is the highest. */
-export function combine(phases: Measured[]): Omit<Measured, 'code' | 'stderr' | 'peakBreakdownMiB' | 'peakByRoleMiB'> {
+export function combine(phases: Measured[]): Omit<Measured, 'code' | 'stderr' | 'peakBreakdownMiB' | 'peakByRoleMiB' | 'steps'> {
   const sum = (k: keyof Measured) => +phases.reduce((a, p) => a + (p[k] as number), 0).toFixed(2);
   const busy = sum('machineBusyCpuSeconds') - sum('foreignCpuSeconds') - sum('benchCpuSeconds');
   return {

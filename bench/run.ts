@@ -50,6 +50,8 @@ const cost = (m: Measured) => ({
   foreignCpuSeconds: m.foreignCpuSeconds,
   harnessPeakRssMiB: m.harnessPeakRssMiB,
   peakBreakdownMiB: m.peakBreakdownMiB,
+  peakByRoleMiB: m.peakByRoleMiB,
+  steps: m.steps,
 });
 
 /** A pod the suites started, as the floor repeats it. */
