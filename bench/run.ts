@@ -183,7 +183,8 @@ try {
   const key = join(stateDir, 'ssh/id_ed25519');
   const known = join(stateDir, 'ssh/known_hosts');
   const node = openNode(nodeConfig({ name: 'gvisor-1', pool: 'gvisor', access: { type: 'ssh', host: '127.0.0.1', port, user: 'root', privateKeyPath: key, knownHostsPath: known } }));
-  const control = join(mkdtempSync(join(tmpdir(), 'gvisor-e2e-cm-')), 'cm');
+  const controlDir = mkdtempSync(join(tmpdir(), 'gvisor-e2e-cm-'));
+  const control = join(controlDir, 'cm');
   const ssh = (...extra: string[]) => execFileSync('ssh', ['-i', key, '-o', `UserKnownHostsFile=${known}`, '-o', 'StrictHostKeyChecking=yes', '-o', `ControlPath=${control}`, '-o', 'ControlMaster=auto', '-o', 'ControlPersist=300', '-p', String(port), ...extra, 'root@127.0.0.1', 'true']);
   try {
     await node.exec('true');
@@ -206,6 +207,7 @@ try {
     } catch {
       /* the master is gone already */
     }
+    rmSync(controlDir, { recursive: true, force: true });
   }
 
   // Pod exec: the harness's execInPod vs a minimal client-node Exec kept across commands, interleaved.
