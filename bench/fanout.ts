@@ -1,69 +1,26 @@
-import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
-import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
+// Fan-out: the node-level suites against 1, 10, … SSH nodes (host nodes on this machine, each an
+// sshd + containerd + gVisor in namespaces of its own). Measures, per size and verb (up, install,
+// run, down): wall time, the harness's own CPU seconds and their share of the CPU the run used, and
+// the peak memory of the harness's process tree (CLI, vitest workers, Allure), node daemons left out.
+// Usage: npx tsx bench/fanout.ts [sizes…]   (default 1 10 50; the built CLI, GVISOR_E2E_BENCH_ENTRY=tsx for source)
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { ROOT_DIR } from '../harness/paths.ts';
+import { buildIfNeeded, cliMeasured, combine, ENTRY, machine, type Measured } from './measure.ts';
 
-// Fan-out: the node-level suites against 1, 10, … SSH nodes (host nodes on this machine, each an
-// sshd + containerd + gVisor in namespaces of its own). Measures, per size: up, install and suite
-// wall time, and the peak memory of the harness's process tree (CLI + vitest workers).
-// Usage: npx tsx bench/fanout.ts [sizes…]   (default 1 10)
+const sizes = (process.argv.slice(2).length ? process.argv.slice(2) : ['1', '10', '50']).map(Number);
+const SUITES = ['runsc-installation', 'sandbox-dmesg', 'net-raw', 'limit-nofile'];
 
-const sizes = (process.argv.slice(2).length ? process.argv.slice(2) : ['1', '10']).map(Number);
+const brief = (m: Measured) => {
+  const { code, stderr, ...rest } = m;
+  return { ...rest, ms: +m.ms.toFixed(0), ...(code === 0 ? {} : { code, stderr: stderr.slice(-1500) }) };
+};
 
-/** Runs the CLI and samples the resident memory of its whole process tree. */
-function cliMeasured(cfg: string, args: string[]): Promise<{ ms: number; code: number | null; peakMiB: number; stderr: string }> {
-  return new Promise((res) => {
-    const t0 = performance.now();
-    const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT_DIR, 'bin/gvisor-e2e.ts'), '--config', cfg, ...args], { cwd: ROOT_DIR, stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
-    let peak = 0;
-    const timer = setInterval(() => {
-      const tree = descendants(child.pid!);
-      const rss = tree.reduce((sum, p) => sum + rssKiB(p), 0);
-      peak = Math.max(peak, rss);
-    }, 200);
-    child.on('exit', (code) => {
-      clearInterval(timer);
-      res({ ms: performance.now() - t0, code, peakMiB: +(peak / 1024).toFixed(0), stderr });
-    });
-  });
-}
-
-function descendants(pid: number): number[] {
-  const kids = new Map<number, number[]>();
-  for (const p of readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
-    try {
-      const ppid = Number(readFileSync(`/proc/${p}/stat`, 'utf8').split(') ')[1]!.split(' ')[1]);
-      kids.set(ppid, [...(kids.get(ppid) ?? []), Number(p)]);
-    } catch {
-      /* gone */
-    }
-  }
-  const out = [pid];
-  for (let i = 0; i < out.length; i++) out.push(...(kids.get(out[i]!) ?? []));
-  // Only the harness's own processes: node daemons (sshd, containerd) are started detached by the provider.
-  return out.filter((p) => {
-    try {
-      return /node|tsx|vitest/.test(readFileSync(`/proc/${p}/comm`, 'utf8'));
-    } catch {
-      return false;
-    }
-  });
-}
-
-function rssKiB(pid: number): number {
-  try {
-    return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
-  } catch {
-    return 0;
-  }
-}
-
+buildIfNeeded();
 const results: Record<string, unknown>[] = [];
-const loadAverageAtStart = loadavg().map((x) => +x.toFixed(2));
+const machineAtStart = machine();
 for (const n of sizes) {
   const dir = mkdtempSync(join(tmpdir(), 'gvisor-e2e-fanout-'));
   const cfg = join(dir, 'c.yaml');
@@ -77,28 +34,52 @@ for (const n of sizes) {
       reportsDir: join(dir, 'reports'),
     }),
   );
+  const before = machine();
   const up = await cliMeasured(cfg, ['up']);
-  const inst = await cliMeasured(cfg, ['install']);
-  const run = await cliMeasured(cfg, ['run', '--keep', '--no-install', '--suite', 'runsc-installation', 'sandbox-dmesg', 'net-raw', 'limit-nofile']);
-  const summary = JSON.parse(readFileSync(join(dir, 'reports', 'latest', 'summary.json'), 'utf8')) as { state: string; checks: unknown[] };
-  await cliMeasured(cfg, ['down']);
+  const install = await cliMeasured(cfg, ['install']);
+  const run = await cliMeasured(cfg, ['run', '--keep', '--no-install', '--suite', ...SUITES]);
+  let summary: { state: string; checks: unknown[] } = { state: 'missing', checks: [] };
+  try {
+    summary = JSON.parse(readFileSync(join(dir, 'reports', 'latest', 'summary.json'), 'utf8')) as typeof summary;
+  } catch {
+    /* reported as missing */
+  }
+  const down = await cliMeasured(cfg, ['down']);
+  rmSync(dir, { recursive: true, force: true });
+  const all = combine([up, install, run, down]);
   const r = {
     nodes: n,
-    upSeconds: +(up.ms / 1000).toFixed(1),
-    installSeconds: +(inst.ms / 1000).toFixed(1),
-    suitesSeconds: +(run.ms / 1000).toFixed(1),
+    machineBefore: before,
+    loadAverageAfter: machine().loadAverage,
     state: summary.state,
     checks: summary.checks.length,
-    harnessPeakMiB: Math.max(up.peakMiB, inst.peakMiB, run.peakMiB),
+    upSeconds: +(up.ms / 1000).toFixed(1),
+    installSeconds: +(install.ms / 1000).toFixed(1),
+    suitesSeconds: +(run.ms / 1000).toFixed(1),
+    harnessPeakRssMiB: all.harnessPeakRssMiB,
+    harnessCpuSeconds: all.harnessCpuSeconds,
+    harnessShareOfRunCpu: all.harnessShareOfRunCpu,
+    harnessShareOfSuitesCpu: run.harnessShareOfRunCpu,
+    allVerbs: all,
+    verbs: { up: brief(up), install: brief(install), run: brief(run), down: brief(down) },
   };
-  console.log(JSON.stringify(r));
+  console.log(JSON.stringify({ nodes: n, state: r.state, checks: r.checks, suitesSeconds: r.suitesSeconds, peak: r.harnessPeakRssMiB, cpu: r.harnessCpuSeconds, share: r.harnessShareOfRunCpu, suitesShare: r.harnessShareOfSuitesCpu, breakdown: run.peakBreakdownMiB, byRole: run.peakByRoleMiB, installPeak: install.harnessPeakRssMiB }));
   results.push(r);
 }
+const at50 = results.find((r) => r.nodes === 50) as { harnessPeakRssMiB: number; harnessShareOfRunCpu: number; harnessShareOfSuitesCpu: number } | undefined;
 const out = {
   date: new Date().toISOString(),
-  machine: { cpus: cpus().length, memoryGiB: +(totalmem() / 2 ** 30).toFixed(1), loadAverageAtStart },
+  machine: machineAtStart,
+  cli: ENTRY === 'dist' ? 'built package: node dist/bin/gvisor-e2e.js' : 'from source: node --import tsx bin/gvisor-e2e.ts',
+  how: 'harness = the CLI process tree (CLI, vitest workers, Allure generator, esbuild), node daemons (sshd, containerd, runsc, …) left out; CPU = rusage of the CLI and every process it waited for (and /proc sampling as a cross-check); share = harness CPU / (machine busy CPU from /proc/stat − other people\'s processes (qemu, other worktrees) − this benchmark process)',
   fanout: results,
+  targets: at50
+    ? {
+        harnessPeakRssAt50NodesUnder300MB: { value: `${at50.harnessPeakRssMiB} MiB (${(at50.harnessPeakRssMiB * 1.048576).toFixed(0)} MB)`, met: at50.harnessPeakRssMiB * 1.048576 <= 300 },
+        harnessCpuAt50NodesUnder10Percent: { value: `${(at50.harnessShareOfRunCpu * 100).toFixed(1)}% (suites verb alone ${(at50.harnessShareOfSuitesCpu * 100).toFixed(1)}%)`, met: at50.harnessShareOfRunCpu <= 0.1 },
+      }
+    : undefined,
 };
-const file = join(ROOT_DIR, 'bench', 'results', `fanout-${new Date().toISOString().slice(0, 10)}.json`);
+const file = join(ROOT_DIR, 'bench', 'results', `fanout-${new Date().toISOString().slice(0, 10)}${ENTRY === 'tsx' ? '-tsx' : ''}.json`);
 writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
 console.log(`written to ${file}`);

@@ -27,7 +27,7 @@ import { registerKnownSecrets } from '../harness/redact.ts';
 import { exitCodeOf, table, warningLines, type RunSummary } from '../harness/report.ts';
 import { loadRunSummary, rerunSelection, type RerunSelection } from '../harness/rerun.ts';
 import { releaseClusterLock, withClusterLock } from '../harness/state.ts';
-import { listChecks, runSuites } from '../harness/suite-runner.ts';
+// suite-runner.ts (vitest and Vite, ~50 MB built, ~200 MB through tsx) is loaded by the verbs that run suites only.
 
 /** How to start this CLI in a child: its entry beside this file (.ts from source through tsx, .js when built). */
 const CLI_ENTRY = import.meta.url.endsWith('.ts') ? ['--import', 'tsx', fileURLToPath(new URL('./gvisor-e2e.ts', import.meta.url))] : [fileURLToPath(new URL('./gvisor-e2e.js', import.meta.url))];
@@ -193,6 +193,7 @@ export async function run(cfg: Config, opts: RunOptions = {}): Promise<RunSummar
         const runId = newRunId();
         // Before the suites make anything: down after a crash removes this run's namespaces too.
         provider.recordRun(runId);
+        const { runSuites } = await import('../harness/suite-runner.ts');
         return await runSuites(cfg, nodes, suites, {
           runId,
           image: { image: outcome.image.image, pause: outcome.image.pause },
@@ -295,6 +296,7 @@ export async function listRun(cfg: Config, opts: Pick<RunOptions, 'suites' | 'sk
     kubeconfig = join(mkdtempSync(join(tmpdir(), 'gvisor-e2e-list-')), 'kubeconfig');
     writeFileSync(kubeconfig, 'apiVersion: v1\nkind: Config\nclusters: [{name: list, cluster: {server: "https://127.0.0.1:9"}}]\nusers: [{name: list, user: {}}]\ncontexts: [{name: list, context: {cluster: list, user: list}}]\ncurrent-context: list\n', { mode: 0o600 });
   }
+  const { listChecks } = await import('../harness/suite-runner.ts');
   const checks = await listChecks(cfg, standIns, runs, provider.info().capabilities, kubeconfig).finally(() => kubeconfig && rmSync(dirname(kubeconfig), { recursive: true, force: true }));
   lines.push('', 'checks:');
   for (const s of runs) {

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { processStartTime } from './state.ts';
 import { isDeepStrictEqual } from 'node:util';
@@ -22,6 +22,20 @@ import {
   renderLimitNofileDropIn,
   renderRunscToml,
 } from './render.ts';
+
+/**
+ * A binary's bytes, read once and shared by the nodes installed at the same time: a copy of runsc
+ * (~80 MB) per node in flight was most of install's memory. Held weakly (gone once no install uses
+ * it) and keyed by size and mtime (a file replaced on disk is read again).
+ */
+const binaryBytes = new Map<string, WeakRef<Buffer>>();
+function readBinary(path: string): Buffer {
+  const st = statSync(path);
+  const key = `${path}\0${st.size}\0${st.mtimeMs}`;
+  let b = binaryBytes.get(key)?.deref();
+  if (!b) binaryBytes.set(key, new WeakRef((b = readFileSync(path))));
+  return b;
+}
 
 // Puts gVisor and the image-builder containerd customizations on a node, idempotently, the
 // way the two upstreams do it: binaries replaced only when they differ (Gardener's install
@@ -127,10 +141,10 @@ async function installLocked(node: NodeAccess, cfg: Config, bins: GVisorBinaries
 
   if (inPool) {
     if (!bins) throw new InfrastructureError('gVisor binaries are needed to install a gVisor pool node');
-    await put(`${g.binaryPath}/runsc`, readFileSync(bins.runsc), '0755');
-    if (g.shim === 'runsc') await put(`${g.binaryPath}/containerd-shim-runsc-v1`, readFileSync(bins.shim), '0755');
+    await put(`${g.binaryPath}/runsc`, readBinary(bins.runsc), '0755');
+    if (g.shim === 'runsc') await put(`${g.binaryPath}/containerd-shim-runsc-v1`, readBinary(bins.shim), '0755');
     // runsc finds its sidecars in gvisor-bin/ next to itself (gVisor 2026+; runsc/gvisorbinaries).
-    for (const [name, file] of Object.entries(bins.sidecars)) await put(`${g.binaryPath}/${SIDECAR_DIR}/${name}`, readFileSync(file), '0755');
+    for (const [name, file] of Object.entries(bins.sidecars)) await put(`${g.binaryPath}/${SIDECAR_DIR}/${name}`, readBinary(file), '0755');
     await put(p.runscConfig, renderRunscToml(rules.runscFlags(g.configFlags)), '0644');
   } else {
     // A node whose pool no longer gets gVisor loses what an earlier install put there, as the

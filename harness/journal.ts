@@ -24,7 +24,14 @@ export interface KeptFile {
   why: string;
 }
 
-const sha256 = (b: string | Buffer) => createHash('sha256').update(b).digest('hex');
+// A binary installed on many nodes is one Buffer (installer.ts): hashed once, not once per node.
+const hashed = new WeakMap<Buffer, string>();
+const sha256 = (b: string | Buffer): string => {
+  if (typeof b === 'string') return createHash('sha256').update(b).digest('hex');
+  let h = hashed.get(b);
+  if (h === undefined) hashed.set(b, (h = createHash('sha256').update(b).digest('hex')));
+  return h;
+};
 const parent = (path: string) => path.slice(0, path.lastIndexOf('/')) || '/';
 
 /**

@@ -1,4 +1,6 @@
-import * as k8s from '@kubernetes/client-node';
+// Types only: the Kubernetes client (~130 MB under tsx) is loaded when a verb talks to the API.
+import type * as k8s from '@kubernetes/client-node';
+import { createRequire } from 'node:module';
 import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
@@ -7,7 +9,6 @@ import { z } from 'zod';
 import { type Config, type NodeConfig, dnsLabel, nodeConfig, nodeSchema } from '../../harness/config.ts';
 import { ConfigError, InfrastructureError } from '../../harness/errors.ts';
 import { uninstallNode } from '../../harness/installer.ts';
-import { api } from '../../harness/kube.ts';
 import { addKubernetesObjects, removeKubernetesObjects, type ObjectsRecord } from '../common/objects.ts';
 import { POOL_LABEL } from '../../harness/labels.ts';
 import { log, step } from '../../harness/log.ts';
@@ -20,6 +21,21 @@ import { BaseProvider } from '../common/base.ts';
 import { doctorNodes } from '../common/hosts.ts';
 import { gvisorPoolsAmong } from '../common/pools.ts';
 import { defineProvider, type Finding, type Secrets } from '../provider.ts';
+
+let k8sLoaded: typeof k8s | undefined;
+/** The Kubernetes client, loaded on first use (every verb that talks to the API awaits this first). */
+async function loadK8s(): Promise<typeof k8s> {
+  return (k8sLoaded ??= await import('@kubernetes/client-node'));
+}
+/** The same, synchronously, for kubeconfig() called before any API verb (require of ESM: Node >= 20.19, or tsx). */
+function k8sNow(): typeof k8s {
+  return (k8sLoaded ??= createRequire(import.meta.url)('@kubernetes/client-node') as typeof k8s);
+}
+/** harness/kube.ts's retrying call, loaded with the client it wraps. */
+async function api<T>(what: string, fn: () => Promise<T>): Promise<T> {
+  await loadK8s();
+  return (await import('../../harness/kube.ts')).api(what, fn);
+}
 
 // A Kubernetes cluster the harness did not create — typically a Gardener shoot that already runs
 // the runtime-gvisor extension. `up` only reads it (the nodes of each worker pool, from the API);
@@ -161,7 +177,7 @@ export class ExistingProvider extends BaseProvider<ExistingCluster> {
 
   /** Loads the user's kubeconfig (never echoing it) and registers its credentials for redaction. */
   private load(): k8s.KubeConfig {
-    const kc = new k8s.KubeConfig();
+    const kc = new (k8sNow().KubeConfig)();
     try {
       kc.loadFromFile(this.spec.kubeconfig);
     } catch (e) {
@@ -199,12 +215,13 @@ export class ExistingProvider extends BaseProvider<ExistingCluster> {
     return this.contextKubeconfig;
   }
 
-  private core(): k8s.CoreV1Api {
-    return this.load().makeApiClient(k8s.CoreV1Api);
+  private async core(): Promise<k8s.CoreV1Api> {
+    const { CoreV1Api } = await loadK8s();
+    return this.load().makeApiClient(CoreV1Api);
   }
 
   async up(): Promise<NodeConfig[]> {
-    const core = this.core();
+    const core = await this.core();
     const pools = this.spec.pools ?? this.cfg.gvisor.pools.map((name) => ({ name, selector: undefined }));
     const poolOf = new Map<string, string>();
     const found: k8s.V1Node[] = [];
@@ -275,8 +292,7 @@ export class ExistingProvider extends BaseProvider<ExistingCluster> {
   }
 
   async down(): Promise<void> {
-    const kc = this.load();
-    const core = kc.makeApiClient(k8s.CoreV1Api);
+    const core = await this.core();
     const state = this.readState();
     // The suites' namespaces of this record's runs: another harness's run on the same cluster keeps its own.
     const runs = new Set(state.runs ?? []);
