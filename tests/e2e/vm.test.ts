@@ -155,12 +155,14 @@ describe('vm provider: two qemu VMs joined as Kubernetes nodes', () => {
     expect(existsSync(join(env.GVISOR_E2E_STATE, 'vm-vm-e2e'))).toBe(false);
   });
 
-  it('run provisions containerd 2.x, joins both VMs with a bootstrap token it then deletes, and every suite passes', () => {
-    const r = run(['run']);
+  it("run provisions containerd 2.x, joins both VMs with a bootstrap token it then deletes, and the mission's five suites pass", () => {
+    // sandbox-basics (beyond the five) runs on every other provider; under TCG its five sandboxes
+    // were a third of this run's CPU, and this file is the longest of CI.
+    const r = run(['run', '--skip', 'sandbox-basics']);
     const s = latestSummary(reports);
     expect(SUITE_FAILURES(s), r.stderr.slice(-3000)).toEqual([]);
     expect(r.code, r.stderr.slice(-3000)).toBe(0);
-    expect(suiteStates(s)).toEqual(ALL_SUITES_PASSED);
+    expect(suiteStates(s)).toEqual(ALL_SUITES_PASSED.filter(([name]) => name !== 'sandbox-basics'));
     expect(r.stderr).toMatch(/containerd 1\.6\.\d+\S* is too old for the runsc shim/);
     const made = /bootstrap token ([a-z0-9]{6}) made for cluster "vm-e2e"/.exec(r.stderr);
     expect(made, r.stderr.slice(-3000)).not.toBeNull();
