@@ -20,7 +20,7 @@ import { buildTestImage, importTestImage, type TestImage } from '../harness/imag
 import { INSTALL_RULES, installNode, recordTestImage, type InstallRules, type PlannedChange } from '../harness/installer.ts';
 import { log, step } from '../harness/log.ts';
 import { loadManifest } from '../harness/manifests.ts';
-import { mapLimit } from '../harness/map-limit.ts';
+import { mapLimit, settleAll } from '../harness/map-limit.ts';
 import { openNode } from '../harness/node.ts';
 import { newRunId } from '../harness/rundir.ts';
 import { registerKnownSecrets } from '../harness/redact.ts';
@@ -232,11 +232,13 @@ export async function repro(base: Config, source: string, manifest: string, opts
   return summary;
 }
 
-/** Builds every cached artefact the config's cluster uses, so CI's first run is not a cold build. */
+/**
+ * Builds every cached artefact the config's cluster uses, so CI's first run is not a cold build.
+ * The builds run at once: on a new machine much of each is fetching Go modules or Debian packages,
+ * which overlaps the others' compiling.
+ */
 export async function warm(cfg: Config): Promise<void> {
-  await criProtoPath();
-  await buildGVisor();
-  await clusterOf(cfg).warm();
+  await settleAll([criProtoPath(), buildGVisor(), clusterOf(cfg).warm()]);
 }
 
 /** Says what this machine and the nodes lack for the chosen cluster, and how to get it, before a long run fails half way. */

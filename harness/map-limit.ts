@@ -13,3 +13,10 @@ export async function mapLimit<T, R>(items: T[], limit: number, fn: (t: T) => Pr
   await Promise.all(workers);
   return out;
 }
+
+/** Waits for every promise, then throws the first failure: nothing is left running behind an error. */
+export async function settleAll(ps: Promise<unknown>[]): Promise<void> {
+  const r = await Promise.allSettled(ps);
+  const failed = r.find((x): x is PromiseRejectedResult => x.status === 'rejected');
+  if (failed) throw failed.reason;
+}

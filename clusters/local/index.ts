@@ -18,6 +18,7 @@ import { startKubelet } from '../kube/kubelet.ts';
 import { HostNode } from './host-node.ts';
 import { ensureNspawnRootfs, NspawnNode, nspawnAlive, stopRecordedNspawn } from './nspawn-node.ts';
 import { freePort } from '../../harness/net.ts';
+import { settleAll } from '../../harness/map-limit.ts';
 
 // The embedded default cluster: nodes made on this machine, no Docker, no VM. "host" nodes are
 // namespaces with containerd 2.x and the runsc shim (gVisor pools); "systemd" nodes are Debian
@@ -116,10 +117,13 @@ export class LocalProvider extends BaseProvider<LocalCluster> {
   }
 
   override async warm(): Promise<void> {
-    await buildContainerd();
-    if (this.spec.kubernetes && !this.spec.kubernetesBinDir) await buildKubernetes();
-    await step('build the busybox test image', () => buildTestImage());
-    if (this.spec.pools.some((p) => p.kind === 'systemd')) await step('prepare the Debian rootfs for systemd nodes', () => ensureNspawnRootfs({ cacheDir: join(cacheRoot(), 'rootfs'), onProgress: (m) => log('info', `  ${m}`) }));
+    // At once (see app's warm): debootstrap mostly waits on the mirror while Go compiles.
+    await settleAll([
+      buildContainerd(),
+      ...(this.spec.kubernetes && !this.spec.kubernetesBinDir ? [buildKubernetes()] : []),
+      step('build the busybox test image', () => buildTestImage()),
+      ...(this.spec.pools.some((p) => p.kind === 'systemd') ? [step('prepare the Debian rootfs for systemd nodes', () => ensureNspawnRootfs({ cacheDir: join(cacheRoot(), 'rootfs'), onProgress: (m) => log('info', `  ${m}`) }))] : []),
+    ]);
   }
 
   async doctor(): Promise<Finding[]> {
