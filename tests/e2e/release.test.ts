@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -167,7 +168,8 @@ describe('a cluster installed from a release tarball', () => {
 
   it('a sidecar from another release fails a release-built runsc, naming both labels', async () => {
     // Upstream's own checkpointgofer, as the pinned module embeds it (another build than this release's runsc).
-    const upstream = join(process.env.HOME ?? '/root', 'go/pkg/mod/gvisor.dev', `gvisor@${GVISOR_MODULE_VERSION}`, 'runsc/checkpointgofer/checkpointgofer.bin');
+    const modCache = execFileSync('go', ['env', 'GOMODCACHE'], { encoding: 'utf8' }).trim();
+    const upstream = join(modCache, 'gvisor.dev', `gvisor@${GVISOR_MODULE_VERSION}`, 'runsc/checkpointgofer/checkpointgofer.bin');
     expect(existsSync(upstream), `${upstream} (the pinned gVisor module, downloaded by the build)`).toBe(true);
     await exec(`cp ${BIN}/gvisor-bin/checkpointgofer ${BIN}/.cpg.test-keep`);
     await writeNodeFile(gv, `${BIN}/gvisor-bin/checkpointgofer`, readFileSync(upstream), '0755');
