@@ -91,8 +91,16 @@ export async function buildIntoCache(title: string, entry: string, get: string[]
         await go(work, ['build', ...(b.tags ? ['-tags', b.tags] : []), '-trimpath', '-ldflags', b.ldflags, '-o', join(out, b.name), b.main ? `./${b.pkg}` : b.pkg]);
       }
       mkdirSync(dirname(dir), { recursive: true });
-      rmSync(dir, { recursive: true, force: true });
-      renameSync(out, dir);
+      // Another process (a second test lane) may have built the same entry meanwhile: keep its.
+      const complete = () => builds.every((b) => existsSync(join(dir, b.name)));
+      if (!complete()) {
+        rmSync(dir, { recursive: true, force: true });
+        try {
+          renameSync(out, dir);
+        } catch (e) {
+          if (!complete()) throw e;
+        }
+      }
     } finally {
       rmSync(work, { recursive: true, force: true });
     }

@@ -120,6 +120,8 @@ async function buildIntoCache(dir: string, complete: () => boolean, build: (out:
   try {
     chmodSync(out, 0o755); // mkdtemp makes it 0700; the entry is read by other users and copied to nodes
     await build(out);
+    // An incomplete entry (a build before this code) goes; a complete one another process made stays.
+    if (complete()) return;
     rmSync(dir, { recursive: true, force: true });
     try {
       renameSync(out, dir);
