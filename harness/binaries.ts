@@ -70,12 +70,29 @@ export interface GoBuild {
 }
 
 /**
+ * Puts a finished build `out` in place as the cache entry `dir` with one rename, so no process ever
+ * sees half an entry. An incomplete entry there (an interrupted older build) is replaced; a complete
+ * one that another process (a second test lane) finished meanwhile is kept, and `out` is left for
+ * the caller to remove.
+ */
+export function renameIntoCache(out: string, dir: string, complete: () => boolean): void {
+  if (complete()) return;
+  rmSync(dir, { recursive: true, force: true });
+  try {
+    renameSync(out, dir);
+  } catch (e) {
+    if (!complete()) throw e;
+  }
+}
+
+/**
  * Builds binaries from upstream Go modules into <cacheRoot>/<entry>, in a throwaway wrapper module,
  * and renames the result into place as a whole: an interrupted build never leaves half an entry.
  */
 export async function buildIntoCache(title: string, entry: string, get: string[], builds: GoBuild[]): Promise<string> {
   const dir = join(cacheRoot(), entry);
-  if (builds.every((b) => existsSync(join(dir, b.name)))) return dir;
+  const complete = () => builds.every((b) => existsSync(join(dir, b.name)));
+  if (complete()) return dir;
   await step(title, async () => {
     const work = mkdtempSync(join(tmpdir(), 'gvisor-e2e-gobuild-'));
     try {
@@ -91,16 +108,7 @@ export async function buildIntoCache(title: string, entry: string, get: string[]
         await go(work, ['build', ...(b.tags ? ['-tags', b.tags] : []), '-trimpath', '-ldflags', b.ldflags, '-o', join(out, b.name), b.main ? `./${b.pkg}` : b.pkg]);
       }
       mkdirSync(dirname(dir), { recursive: true });
-      // Another process (a second test lane) may have built the same entry meanwhile: keep its.
-      const complete = () => builds.every((b) => existsSync(join(dir, b.name)));
-      if (!complete()) {
-        rmSync(dir, { recursive: true, force: true });
-        try {
-          renameSync(out, dir);
-        } catch (e) {
-          if (!complete()) throw e;
-        }
-      }
+      renameIntoCache(out, dir, complete);
     } finally {
       rmSync(work, { recursive: true, force: true });
     }

@@ -24,7 +24,7 @@ export default class LongestFirst extends BaseSequencer {
       const i = LONGEST_FIRST.indexOf(relative(f.project.config.root, f.moduleId));
       return i < 0 ? LONGEST_FIRST.length : i;
     };
-    // A stable sort: files of equal rank keep the order vitest gave them.
-    return sorted.map((f, i) => ({ f, i })).sort((a, b) => a.f.project.config.sequence.groupOrder - b.f.project.config.sequence.groupOrder || rank(a.f) - rank(b.f) || a.i - b.i).map((x) => x.f);
+    // Array sort is stable: files of equal rank keep the order vitest gave them.
+    return sorted.sort((a, b) => a.project.config.sequence.groupOrder - b.project.config.sequence.groupOrder || rank(a) - rank(b));
   }
 }

@@ -1,7 +1,7 @@
-import { accessSync, chmodSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { accessSync, chmodSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cacheRoot, go } from '../../harness/binaries.ts';
+import { cacheRoot, go, renameIntoCache } from '../../harness/binaries.ts';
 import { ETCD_VERSION, KUBERNETES_VERSION } from '../../harness/versions.ts';
 
 export { ETCD_VERSION, KUBERNETES_VERSION };
@@ -120,14 +120,7 @@ async function buildIntoCache(dir: string, complete: () => boolean, build: (out:
   try {
     chmodSync(out, 0o755); // mkdtemp makes it 0700; the entry is read by other users and copied to nodes
     await build(out);
-    // An incomplete entry (a build before this code) goes; a complete one another process made stays.
-    if (complete()) return;
-    rmSync(dir, { recursive: true, force: true });
-    try {
-      renameSync(out, dir);
-    } catch (e) {
-      if (!complete()) throw e;
-    }
+    renameIntoCache(out, dir, complete);
   } finally {
     rmSync(out, { recursive: true, force: true });
   }
